@@ -1,7 +1,8 @@
-"""The generation cache: one SQLite file, one row per (model fingerprint, prompt, generation settings).
+"""The cache: one SQLite file. One row per generation, keyed by (model fingerprint, prompt, generation
+settings), and one per sandbox execution, keyed by (program, sandbox settings).
 
 SQLite in WAL mode commits each batch atomically, so a process killed at any moment (even `kill -9`) leaves
-every finished batch readable and no half-written row; a re-run generates only what is missing.
+every finished batch readable and no half-written row; a re-run generates (and executes) only what is missing.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def cache_key(fingerprint: str, prompt: str, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class GenerationCache:
+class Cache:
+    """`len()` counts generations."""
+
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -32,6 +35,7 @@ class GenerationCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
                          "n_tokens INTEGER NOT NULL, finish TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS executions (key TEXT PRIMARY KEY, outcome TEXT NOT NULL)")
         self._db.commit()
 
     def get_many(self, keys: list[str]) -> dict[str, CachedGeneration]:
@@ -47,6 +51,20 @@ class GenerationCache:
         with self._db:
             self._db.executemany("INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?)",
                                  [(k, g.text, g.n_tokens, g.finish) for k, g in items.items()])
+
+    def get_outcomes(self, keys: list[str]) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = self._db.execute(f"SELECT key, outcome FROM executions WHERE key IN ({','.join('?' * len(chunk))})",
+                                    chunk)
+            found.update({key: json.loads(outcome) for key, outcome in rows})
+        return found
+
+    def put_outcomes(self, items: dict[str, dict]) -> None:
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO executions VALUES (?, ?)",
+                                 [(k, json.dumps(v)) for k, v in items.items()])
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]

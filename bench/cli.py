@@ -36,11 +36,12 @@ def default_run_name(model: str, adapter: str | None) -> str:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> None:
-    from bench.cache import GenerationCache
+    from bench.cache import Cache
     from bench.data import load_task_data, resolve_data_dir
     from bench.engine import Engine
     from bench.models import load_model
     from bench.runner import evaluate
+    from bench.sandbox import Sandbox, isolation_notes
     from bench.store import RunStore
     from tasks import select_tasks
 
@@ -54,9 +55,12 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     store.check_writable()
     started = time.perf_counter()
     model = load_model(args.model, args.adapter, args.dtype)
-    cache = GenerationCache(results_dir / "cache" / "generations.sqlite")
+    cache = Cache(results_dir / "cache" / "generations.sqlite")
     engine = Engine(model, cache, batch_size=args.batch_size)
-    metrics = evaluate(model, engine, tasks, data, store, args.limit)
+    sandbox = Sandbox(workers=args.workers) if any(t.program for t in tasks) else None
+    if sandbox is not None and sandbox.isolation != "namespaces":
+        console.print(f"[yellow]sandbox: {isolation_notes(sandbox.isolation)}[/yellow]")
+    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox)
     table = Table(title=f"run {store.name}: {model.spec} ({model.dtype}, fingerprint {model.fingerprint})")
     for column in ("task", "metric", "n", "score", "95% CI"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
@@ -112,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
     ev.add_argument("--adapter", help="a PEFT adapter directory to load on top of the model")
     ev.add_argument("--batch-size", type=_positive_int, default=64, help="generation batch size (default 64)")
+    ev.add_argument("--workers", type=_positive_int, help="programs run in parallel by the code sandbox (default: the cores)")
     ev.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                     help="auto: bfloat16 where the hardware has it, else float32")
     ev.set_defaults(func=cmd_eval)

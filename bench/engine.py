@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.cache import CachedGeneration, GenerationCache, cache_key
+from bench.cache import CachedGeneration, Cache, cache_key
 from bench.models import LoadedModel
 from bench.types import GenerationConfig
 
@@ -35,7 +35,7 @@ def progress_bar() -> Progress:
 
 
 class Engine:
-    def __init__(self, model: LoadedModel, cache: GenerationCache | None = None, batch_size: int = 64):
+    def __init__(self, model: LoadedModel, cache: Cache | None = None, batch_size: int = 64):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.model = model

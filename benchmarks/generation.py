@@ -86,7 +86,7 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     for dtype in args.dtypes.split(","):
         model = load_model("default", dtype=dtype)
-        prompts = [model.render(gsm8k.to_messages(ex)) for ex in examples]
+        prompts = [model.render(gsm8k.to_prompt(ex)) for ex in examples]
         engine = Engine(model, cache=None, batch_size=N_PROMPTS)
         engine.generate(prompts[:2], GenerationConfig(max_new_tokens=4))  # warm-up
         gens, seconds = timed(lambda: engine.generate(prompts, config), args.repeats)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from bench.types import BenchError, Task
+from tasks.code import humaneval, humaneval_chat
 from tasks.math import gsm8k, multiarith
 from tasks.safety import advbench, harmbench
+from tasks.tooluse import openfunction
 
 TASKS: dict[str, Task] = {
     task.name: task
@@ -13,12 +15,17 @@ TASKS: dict[str, Task] = {
         advbench("raw"),
         advbench("jailbreak"),
         harmbench,
+        humaneval,
+        humaneval_chat,
+        openfunction,
     )
 }
 
 SUITES: dict[str, tuple[str, ...]] = {
     "math": ("gsm8k", "multiarith"),
     "safety": ("advbench_raw", "advbench_jailbreak", "harmbench"),
+    "code": ("humaneval",),
+    "tooluse": ("openfunction",),
 }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.sandbox import Sandbox
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -111,3 +113,47 @@ def test_tasks_lists_sizes(capsys, fixture_data):
     assert code == 0
     assert "gsm8k" in out and "12" in out and "advbench_jailbreak"[:12] in out
     assert "suites" in out and "16" in out  # math = 12 gsm8k + 4 multiarith fixture lines
+
+
+def test_code_and_tooluse_suites_record_outcomes_and_never_rerun_a_program(capsys, base_args, tmp_path, monkeypatch):
+    argv = ["eval", *base_args, "--suite", "code,tooluse", "--tasks", "humaneval_chat", "--limit", "2", "--workers", "2"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    run_dir = tmp_path / "results" / "runs" / "run"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["sandbox"]["isolation"] in ("namespaces", "user-namespaces", "process-group")
+    assert record["identity"]["tasks"]["humaneval"]["sandbox"]["limits"]["wall_seconds"] == 10.0
+    for task in ("humaneval", "humaneval_chat"):
+        rows = [json.loads(line) for line in (run_dir / task / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == 2
+        for row in rows:
+            assert row["outcome"] in ("passed", "failed", "timeout", "error")
+            assert row["score"] == float(row["outcome"] == "passed")
+            assert "check(" in row["program"] and "error_type" in row
+        metrics = json.loads((run_dir / task / "metrics.json").read_text())
+        assert sum(metrics["outcomes"].values()) == 2 and metrics["metric"] == "pass@1"
+    humaneval_rows = [json.loads(line) for line in (run_dir / "humaneval" / "predictions.jsonl").read_text().splitlines()]
+    assert humaneval_rows[0]["prompt"].startswith("Question: Write a Python function `has_close_elements(")
+    tool = json.loads((run_dir / "openfunction" / "metrics.json").read_text())
+    assert tool["metric"] == "exact" and set(tool["others"]) == {"ast"} and tool["others"]["ast"]["n"] == 2
+
+    # A re-run that lost its run directory (a kill before the store wrote it) executes no finished program.
+    shutil.rmtree(run_dir)
+    monkeypatch.setattr(Sandbox, "run_many", lambda self, sources, on_done=None: pytest.fail("re-executed"))
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    again = [json.loads(line) for line in (run_dir / "humaneval" / "predictions.jsonl").read_text().splitlines()]
+    assert again == humaneval_rows
+
+
+def test_malformed_openfunction_reference_names_the_line(capsys, base_args, tmp_path, fixture_data):
+    data = tmp_path / "data"
+    shutil.copytree(fixture_data, data)
+    path = data / "openfunction" / "test.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = json.dumps({"instruction": "q", "output": "book a flight please"})
+    path.write_text("\n".join(lines) + "\n")
+    args = [a if a != str(fixture_data) else str(data) for a in base_args]
+    code, _, err = run(capsys, "eval", *args, "--tasks", "openfunction")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and f"{path}:2:" in err and "not a function call" in err

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cache import GenerationCache
+from bench.cache import Cache
 from bench.engine import Engine
 from bench.models import load_model
 from bench.types import GenerationConfig
@@ -79,7 +79,7 @@ def test_stop_sequences_cut_the_output(tiny):
 
 
 def test_cache_makes_a_rerun_generate_nothing(tiny, tmp_path):
-    cache = GenerationCache(tmp_path / "gen.sqlite")
+    cache = Cache(tmp_path / "gen.sqlite")
     prompts = prompts_for(tiny)
     config = GenerationConfig(max_new_tokens=20)
     first = Engine(tiny, cache, batch_size=2).generate(prompts, config)
@@ -92,7 +92,7 @@ def test_cache_makes_a_rerun_generate_nothing(tiny, tmp_path):
 
 
 def test_duplicate_prompts_are_generated_once(tiny, tmp_path):
-    cache = GenerationCache(tmp_path / "gen.sqlite")
+    cache = Cache(tmp_path / "gen.sqlite")
     prompts = prompts_for(tiny)
     gens = Engine(tiny, cache, batch_size=2).generate(prompts + prompts[:2], GenerationConfig(max_new_tokens=5))
     assert len(cache) == len(prompts)

@@ -128,7 +128,7 @@ def test_score_math_invalid_reference() -> None:
 def test_messages() -> None:
     ex = gsm8k_example(GSM8K_RECORD, 0)
     for task in (gsm8k, multiarith):
-        assert task.to_messages(ex) == [
+        assert task.to_prompt(ex) == [
             {"role": "system", "content": MATH_SYSTEM},
             {"role": "user", "content": GSM8K_RECORD["question"]},
         ]

@@ -7,7 +7,8 @@ from tasks import SUITES, TASKS, select_tasks
 
 
 def test_tasks_by_name() -> None:
-    assert list(TASKS) == ["gsm8k", "multiarith", "advbench_raw", "advbench_jailbreak", "harmbench"]
+    assert list(TASKS) == ["gsm8k", "multiarith", "advbench_raw", "advbench_jailbreak", "harmbench", "humaneval",
+                           "humaneval_chat", "openfunction"]
     for name, task in TASKS.items():
         assert task.name == name
 
@@ -16,6 +17,8 @@ def test_suites() -> None:
     assert SUITES == {
         "math": ("gsm8k", "multiarith"),
         "safety": ("advbench_raw", "advbench_jailbreak", "harmbench"),
+        "code": ("humaneval",),
+        "tooluse": ("openfunction",),
     }
     for suite, names in SUITES.items():
         assert all(name in TASKS for name in names), suite

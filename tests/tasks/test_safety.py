@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from bench.types import Example
+from tasks.alpaca import ALPACA_SYSTEM, ALPACA_USER
 from tasks.safety import (
-    ALPACA_SYSTEM,
-    ALPACA_USER,
     JAILBREAK_SUFFIX,
     REFUSAL_MARKERS,
     advbench,
@@ -114,7 +113,7 @@ def test_advbench_unknown_variant() -> None:
 def test_alpaca_messages() -> None:
     ex = advbench("jailbreak").to_example({"goal": "Do {x} now"}, 0)
     expected_user = "### Instruction:\nDo {x} now" + JAILBREAK_SUFFIX + "\n\n### Response:\n"
-    assert advbench("jailbreak").to_messages(ex) == [
+    assert advbench("jailbreak").to_prompt(ex) == [
         {"role": "system", "content": ALPACA_SYSTEM},
         {"role": "user", "content": expected_user},
     ]

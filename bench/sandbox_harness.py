@@ -1,0 +1,99 @@
+"""The trusted first lines of every sandboxed interpreter (bench/sandbox.py runs this file as a script; never import it).
+
+Reads its spec from stdin, then, as root inside its own namespaces where it has them: mounts private tmpfs
+over /tmp, /var/tmp and /dev/shm; hides every directory the sandbox uid could not enter anyway (a 0700 home,
+say) behind a tmpfs that shows only the path to the Python installation; drops to the sandbox uid; applies the
+resource limits; runs the program; and writes the verdict to a private pipe, the token only after a clean run.
+"""
+import ctypes
+import json
+import os
+import resource
+import signal
+import stat
+import sys
+
+MS_BIND, MS_REC, MNT_DETACH = 4096, 16384, 2
+
+
+def _mount(libc, source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
+        raise OSError(ctypes.get_errno(), f"mount {source} on {target}")
+
+
+def _private_tmp(libc) -> None:
+    for d in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(d):
+            _mount(libc, "tmpfs", d, "tmpfs", 0, "size=64m,mode=1777")
+
+
+def _expose(libc, paths: list[str]) -> None:
+    """Make each path reachable by an unprivileged uid: every ancestor closed to others is replaced by a tmpfs
+    holding only the next step of the path, bind-mounted from the original."""
+    for path in paths:
+        parts = path.strip("/").split("/")
+        for depth in range(len(parts) - 1):
+            parent = "/" + "/".join(parts[:depth + 1])
+            if os.stat(parent).st_mode & stat.S_IXOTH:
+                continue
+            stash = f"/tmp/.expose{depth}"
+            os.mkdir(stash)
+            _mount(libc, parent, stash, None, MS_BIND | MS_REC, None)
+            _mount(libc, "tmpfs", parent, "tmpfs", 0, "size=1m,mode=0755")
+            child = parts[depth + 1]
+            os.mkdir(os.path.join(parent, child), 0o755)
+            _mount(libc, os.path.join(stash, child), os.path.join(parent, child), None, MS_BIND | MS_REC, None)
+            libc.umount2(stash.encode(), MNT_DETACH)
+            os.rmdir(stash)
+
+
+def main() -> None:
+    spec = json.loads(sys.stdin.read())
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    fd, token, source, uid = spec["verdict_fd"], spec["token"].encode(), spec["source"], spec["uid"]
+    if spec["private_tmp"]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        _private_tmp(libc)
+        if uid is not None:
+            _expose(libc, spec["expose"])
+        os.mkdir("/tmp/work", 0o700)
+        if uid is not None:
+            os.chown("/tmp/work", uid, uid)
+        os.chdir("/tmp/work")
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    for name, value in spec["rlimits"].items():
+        # CPU: SIGXCPU at the soft limit (reported below), SIGKILL a second later if the program ignores it
+        resource.setrlimit(getattr(resource, name), (value, value + 1 if name == "RLIMIT_CPU" else value))
+    del spec
+    # Bound before the program runs: it may replace os.write, os._exit or builtins.AssertionError.
+    me, getpid, write, exit_, assertion_error = os.getpid(), os.getpid, os.write, os._exit, AssertionError
+    stdout, stderr = sys.stdout, sys.stderr
+
+    def report(line: bytes, status: int) -> None:
+        if getpid() != me:  # a forked child of the program: only the program's own process reports
+            exit_(status)
+        try:
+            stdout.flush()
+            stderr.flush()
+        except BaseException:
+            pass
+        write(fd, line)
+        exit_(status)  # no atexit hook, no finaliser can change the outcome now
+
+    signal.signal(signal.SIGXCPU, lambda *_: report(b"timeout CPUTimeLimit", 1))
+    try:
+        exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    except assertion_error:
+        report(b"failed AssertionError", 1)
+    except BaseException as e:
+        report(b"error " + type(e).__name__.encode(errors="replace")[:100], 1)
+    report(b"passed " + token, 0)
+
+
+main()
