@@ -30,6 +30,7 @@ reproduce: install
 
 benchmark: install
 	$(BIN)/python benchmarks/generation.py $(DATA_ARG)
+	$(BIN)/python benchmarks/sandbox.py $(DATA_ARG)
 
 clean:
 	rm -rf $(VENV) results/runs results/cache

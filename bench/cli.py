@@ -5,6 +5,7 @@ import argparse
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -29,6 +30,16 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return number
+
+
 def default_run_name(model: str, adapter: str | None) -> str:
     def slug(spec: str) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(spec.rstrip("/")).name or spec).strip("-.") or "model"
@@ -48,6 +59,10 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     if not args.suite and not args.tasks:
         raise BenchError("give --suite or --tasks (see `bench tasks`)")
     tasks = select_tasks(args.suite, args.tasks)
+    if args.temperature is not None:
+        tasks = [replace(t, generation=replace(t.generation, temperature=args.temperature)) for t in tasks]
+    if args.samples > 1 and not args.temperature:
+        raise BenchError("--samples above 1 needs --temperature above 0 (greedy samples are all the same)")
     data_dir = resolve_data_dir(args.data_dir)
     data = {t.name: load_task_data(t, data_dir, args.limit) for t in tasks}
     results_dir = Path(args.results_dir)
@@ -60,12 +75,14 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     sandbox = Sandbox(workers=args.workers) if any(t.program for t in tasks) else None
     if sandbox is not None and sandbox.isolation != "namespaces":
         console.print(f"[yellow]sandbox: {isolation_notes(sandbox.isolation)}[/yellow]")
-    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox)
+    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples)
     table = Table(title=f"run {store.name}: {model.spec} ({model.dtype}, fingerprint {model.fingerprint})")
     for column in ("task", "metric", "n", "score", "95% CI"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for name, m in metrics.items():
-        table.add_row(name, m["metric"], str(m["n"]), f"{100 * m['mean']:.2f}",
+        extra = "".join(f"  {k} {100 * v:.2f}" for k, v in m.get("pass@k", {}).items() if k != "pass@1")
+        extra += "".join(f"  {k} {100 * v['mean']:.2f}" for k, v in m.get("others", {}).items())
+        table.add_row(name, m["metric"], str(m["n"]), f"{100 * m['mean']:.2f}{extra}",
                       f"[{100 * m['ci_low']:.2f}, {100 * m['ci_high']:.2f}]")
     console.print(table)
     console.print(f"results: {store.dir}  ({time.perf_counter() - started:.1f} s)")
@@ -116,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
     ev.add_argument("--adapter", help="a PEFT adapter directory to load on top of the model")
     ev.add_argument("--batch-size", type=_positive_int, default=64, help="generation batch size (default 64)")
+    ev.add_argument("--samples", type=_positive_int, default=1,
+                    help="generations per example (needs --temperature); code tasks report pass@k for k <= N")
+    ev.add_argument("--temperature", type=_non_negative_float, help="sampling temperature (default: greedy)")
     ev.add_argument("--workers", type=_positive_int, help="programs run in parallel by the code sandbox (default: the cores)")
     ev.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                     help="auto: bfloat16 where the hardware has it, else float32")

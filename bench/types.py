@@ -34,17 +34,20 @@ class Score:
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Greedy by default; part of every cache key, so any change here means new generations."""
+    """Greedy by default (temperature 0); part of every cache key, so any change here means new generations.
+    With a temperature, each (prompt, sample) draws from its own generator seeded from `seed`, the model, the
+    prompt and the sample's index, so samples do not depend on the batch they ran in."""
 
     max_new_tokens: int = 512
     stop: tuple[str, ...] = ()
     temperature: float = 0.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature != 0.0:
-            raise ValueError("only greedy generation (temperature 0.0) is supported so far")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
 
 
 @dataclass(frozen=True)

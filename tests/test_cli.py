@@ -157,3 +157,23 @@ def test_malformed_openfunction_reference_names_the_line(capsys, base_args, tmp_
     code, _, err = run(capsys, "eval", *args, "--tasks", "openfunction")
     assert code == 2
     assert err.strip().count("\n") == 0 and f"{path}:2:" in err and "not a function call" in err
+
+
+def test_samples_need_a_temperature(capsys, base_args):
+    code, _, err = run(capsys, "eval", *base_args, "--tasks", "humaneval", "--samples", "3")
+    assert code == 2 and "--temperature" in err and err.strip().count("\n") == 0
+
+
+def test_pass_at_k_with_samples(capsys, base_args, tmp_path):
+    code, out, err = run(capsys, "eval", *base_args, "--tasks", "humaneval", "--limit", "2", "--samples", "5",
+                         "--temperature", "0.8", "--workers", "2")
+    assert code == 0, err
+    task_dir = tmp_path / "results" / "runs" / "run" / "humaneval"
+    metrics = json.loads((task_dir / "metrics.json").read_text())
+    assert metrics["samples"] == 5 and set(metrics["pass@k"]) == {"pass@1", "pass@5"}
+    assert metrics["pass@k"]["pass@1"] == pytest.approx(metrics["mean"])
+    assert metrics["pass@k"]["pass@1"] <= metrics["pass@k"]["pass@5"]
+    assert sum(metrics["outcomes"].values()) == 10
+    rows = [json.loads(line) for line in (task_dir / "predictions.jsonl").read_text().splitlines()]
+    assert all(len(r["samples"]) == 5 and r["score"] == sum(s["score"] for s in r["samples"]) / 5 for r in rows)
+    assert all(len({s["output"] for s in r["samples"]}) > 1 for r in rows)

@@ -41,6 +41,26 @@ def test_outputs_do_not_depend_on_batch_size(tiny):
     assert by_size[1] == by_size[2] == by_size[5] == by_size[64]
 
 
+def test_samples_are_seeded_per_prompt_and_do_not_depend_on_batch_size(tiny):
+    prompts = prompts_for(tiny)
+    config = GenerationConfig(max_new_tokens=20, temperature=1.0, seed=7)
+    by_size = {b: [g.text for g in Engine(tiny, batch_size=b).generate(prompts, config, samples=3)] for b in (1, 4, 64)}
+    assert by_size[1] == by_size[4] == by_size[64]
+    texts = by_size[64]
+    assert len(texts) == 3 * len(prompts)
+    assert len(set(texts)) > len(prompts), "samples of one prompt differ"
+    other_seed = Engine(tiny).generate(prompts, GenerationConfig(max_new_tokens=20, temperature=1.0, seed=8), samples=3)
+    assert [g.text for g in other_seed] != texts
+    with pytest.raises(ValueError, match="temperature"):
+        Engine(tiny).generate(prompts, GenerationConfig(max_new_tokens=5), samples=2)
+
+
+def test_greedy_cache_keys_ignore_the_seed(tiny):
+    engine = Engine(tiny)
+    assert engine.settings(GenerationConfig(seed=1)) == engine.settings(GenerationConfig(seed=2))
+    assert engine.settings(GenerationConfig(temperature=0.8, seed=1)) != engine.settings(GenerationConfig(temperature=0.8, seed=2))
+
+
 def test_greedy_matches_transformers_generate(tiny):
     """Our decode loop is a faster route to the same greedy outputs as `model.generate` at batch 1."""
     import torch
