@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.types import BenchError
+from bench.types import BenchError, HarnessTask, Task
 
 DEFAULT_RESULTS_DIR = Path("results")
 
@@ -50,6 +50,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     from bench.cache import Cache
     from bench.data import load_task_data, resolve_data_dir
     from bench.engine import Engine
+    from bench.lmeval import Harness, load_harness_data
     from bench.models import load_model
     from bench.runner import evaluate
     from bench.sandbox import Sandbox, isolation_notes
@@ -60,11 +61,13 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
         raise BenchError("give --suite or --tasks (see `bench tasks`)")
     tasks = select_tasks(args.suite, args.tasks)
     if args.temperature is not None:
-        tasks = [replace(t, generation=replace(t.generation, temperature=args.temperature)) for t in tasks]
+        tasks = [replace(t, generation=replace(t.generation, temperature=args.temperature))
+                 if isinstance(t, Task) else t for t in tasks]
     if args.samples > 1 and not args.temperature:
         raise BenchError("--samples above 1 needs --temperature above 0 (greedy samples are all the same)")
     data_dir = resolve_data_dir(args.data_dir)
-    data = {t.name: load_task_data(t, data_dir, args.limit) for t in tasks}
+    data = {t.name: (load_task_data if isinstance(t, Task) else load_harness_data)(t, data_dir, args.limit)
+            for t in tasks}
     results_dir = Path(args.results_dir)
     store = RunStore(results_dir, args.name or default_run_name(args.model, args.adapter))
     store.check_writable()
@@ -72,14 +75,19 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     model = load_model(args.model, args.adapter, args.dtype)
     cache = Cache(results_dir / "cache" / "generations.sqlite")
     engine = Engine(model, cache, batch_size=args.batch_size)
-    sandbox = Sandbox(workers=args.workers) if any(t.program for t in tasks) else None
+    sandbox = Sandbox(workers=args.workers) if any(isinstance(t, Task) and t.program for t in tasks) else None
+    harness = Harness(model, args.batch_size, results_dir / "cache", data_dir) \
+        if any(isinstance(t, HarnessTask) for t in tasks) else None
     if sandbox is not None and sandbox.isolation != "namespaces":
         console.print(f"[yellow]sandbox: {isolation_notes(sandbox.isolation)}[/yellow]")
-    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples)
+    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples, harness)
     table = Table(title=f"run {store.name}: {model.spec} ({model.dtype}, fingerprint {model.fingerprint})")
     for column in ("task", "metric", "n", "score", "95% CI"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for name, m in metrics.items():
+        if "skipped" in m:
+            table.add_row(name, m["metric"], "0", "skipped", m["skipped"])
+            continue
         extra = "".join(f"  {k} {100 * v:.2f}" for k, v in m.get("pass@k", {}).items() if k != "pass@1")
         extra += "".join(f"  {k} {100 * v['mean']:.2f}" for k, v in m.get("others", {}).items())
         table.add_row(name, m["metric"], str(m["n"]), f"{100 * m['mean']:.2f}{extra}",
@@ -98,11 +106,13 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> None:
         table.add_column(column)
     sizes: dict[str, int | None] = {}
     for name, task in TASKS.items():
-        path = data_dir / task.dataset if data_dir is not None else None
-        sizes[name] = len(read_jsonl(path)) if path is not None and path.is_file() else None
+        paths = _eval_files(task, data_dir)
+        sizes[name] = sum(len(read_jsonl(p)) for p in paths) if paths and all(p.is_file() for p in paths) else None
+        source = task.dataset if isinstance(task, Task) else \
+            f"lm-eval {task.name}" + (f" ({len(task.builtin)} tasks)" if len(task.builtin) > 1 else "")
         suites = ",".join(s for s, names in SUITES.items() if name in names)
         table.add_row(name, task.capability, task.metric, "?" if sizes[name] is None else str(sizes[name]),
-                      task.dataset, suites)
+                      source, suites)
     console.print(table)
     suite_table = Table(title="suites")
     for column in ("suite", "tasks", "examples"):
@@ -112,6 +122,18 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> None:
         total = str(sum(known)) if len(known) == len(names) else "?"
         suite_table.add_row(suite, ", ".join(names), total)
     console.print(suite_table)
+
+
+def _eval_files(task: Task | HarnessTask, data_dir: Path | None) -> list[Path]:
+    """The files holding a task's scored examples in the mirror (none for Hub-only tasks)."""
+    from bench.lmeval import eval_split, leaves, mirror_files
+
+    if data_dir is None:
+        return []
+    if isinstance(task, Task):
+        return [data_dir / task.dataset]
+    files = [mirror_files(task, leaf, data_dir) for leaf, _ in leaves(task)]
+    return [f[eval_split(f)] for f in files if f is not None]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,6 +18,7 @@ class LoadedData:
     source: str  # the file read, or hf://path@revision
     sha256: str  # of the file's bytes, or of the Hub records as JSON lines
     total: int  # examples in the dataset before --limit
+    skipped: str | None = None  # why the task cannot run here (a Hub-only task offline)
 
 
 def default_data_dir() -> Path | None:

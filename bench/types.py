@@ -89,3 +89,23 @@ class Task:
     def __post_init__(self) -> None:
         if (self.score is None) == (self.program is None):
             raise ValueError(f"task {self.name}: give exactly one of score and program")
+
+
+@dataclass(frozen=True)
+class HarnessTask:
+    """A task that lm-evaluation-harness runs and scores, so that our numbers are its numbers.
+
+    `builtin` names lm-eval's own task configs (YAML paths under lm_eval/tasks; the leaf tasks of a group such as
+    mmlu), whose prompts, few-shot settings and metrics are used unchanged. Offline, each leaf reads mirror files instead of the Hub:
+    `files(leaf)` maps lm-eval's split names to paths relative to the data directory, and `to_doc` (a dotted
+    name, since lm-eval's configs refer to functions by name) turns one mirror record into the document the
+    built-in task reads from the Hub. A task without `files` runs from the Hub only.
+    """
+
+    name: str
+    capability: str
+    builtin: tuple[str, ...]
+    metric: str = "acc"
+    files: Callable[[str], dict[str, str]] | None = None
+    to_doc: str | None = None
+    description: str = ""

@@ -1,13 +1,14 @@
 """The task registry: every task by name, and the suites that group them. Plain Python, no discovery."""
 from __future__ import annotations
 
-from bench.types import BenchError, Task
+from bench.types import BenchError, HarnessTask, Task
 from tasks.code import humaneval, humaneval_chat
+from tasks.knowledge import arc_challenge, arc_easy, hellaswag, mmlu, truthfulqa_mc1, truthfulqa_mc2, winogrande
 from tasks.math import gsm8k, multiarith
 from tasks.safety import advbench, harmbench
 from tasks.tooluse import openfunction
 
-TASKS: dict[str, Task] = {
+TASKS: dict[str, Task | HarnessTask] = {
     task.name: task
     for task in (
         gsm8k,
@@ -18,6 +19,13 @@ TASKS: dict[str, Task] = {
         humaneval,
         humaneval_chat,
         openfunction,
+        mmlu,
+        truthfulqa_mc1,
+        truthfulqa_mc2,
+        arc_easy,
+        arc_challenge,
+        winogrande,
+        hellaswag,
     )
 }
 
@@ -26,10 +34,11 @@ SUITES: dict[str, tuple[str, ...]] = {
     "safety": ("advbench_raw", "advbench_jailbreak", "harmbench"),
     "code": ("humaneval",),
     "tooluse": ("openfunction",),
+    "knowledge": ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "winogrande", "hellaswag"),
 }
 
 
-def select_tasks(suites: list[str], tasks: list[str]) -> list[Task]:
+def select_tasks(suites: list[str], tasks: list[str]) -> list[Task | HarnessTask]:
     """The suites' tasks then the named tasks, each once, in that order; an unknown name fails listing the choices."""
     for suite in suites:
         if suite not in SUITES:

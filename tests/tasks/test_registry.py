@@ -8,7 +8,8 @@ from tasks import SUITES, TASKS, select_tasks
 
 def test_tasks_by_name() -> None:
     assert list(TASKS) == ["gsm8k", "multiarith", "advbench_raw", "advbench_jailbreak", "harmbench", "humaneval",
-                           "humaneval_chat", "openfunction"]
+                           "humaneval_chat", "openfunction", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy",
+                           "arc_challenge", "winogrande", "hellaswag"]
     for name, task in TASKS.items():
         assert task.name == name
 
@@ -19,6 +20,8 @@ def test_suites() -> None:
         "safety": ("advbench_raw", "advbench_jailbreak", "harmbench"),
         "code": ("humaneval",),
         "tooluse": ("openfunction",),
+        "knowledge": ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "winogrande",
+                      "hellaswag"),
     }
     for suite, names in SUITES.items():
         assert all(name in TASKS for name in names), suite
