@@ -75,3 +75,39 @@ def test_knowledge_bad_input_is_one_line(capsys, tiny_model_dir, fixture_data, t
     assert code == 2 and err.strip().count("\n") == 0
     assert f"{data / 'validation.jsonl'}:1: missing field 'option2'" in err
     assert not (tmp_path / "results" / "runs").exists() or not any((tmp_path / "results" / "runs").rglob("run.json"))
+
+
+def test_adapter_reaches_lm_eval(capsys, tiny_model_dir, other_tiny_model_dir, fixture_data, tmp_path):
+    from test_models import make_adapter
+
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
+    base = ("eval", str(tiny_model_dir), "--tasks", "arc_challenge", "--dtype", "float32", "--data-dir",
+            str(fixture_data), "--results-dir", str(tmp_path / "results"))
+    assert bench(capsys, *base, "--name", "base")[0] == 0
+    assert bench(capsys, *base, "--name", "tuned", "--adapter", str(adapter))[0] == 0
+    rows = {name: [json.loads(line)["loglikelihoods"] for line in
+                   (tmp_path / "results" / "runs" / name / "arc_challenge" / "predictions.jsonl").open()]
+            for name in ("base", "tuned")}
+    assert rows["base"] != rows["tuned"]
+    code, _, err = bench(capsys, "eval", str(other_tiny_model_dir), "--tasks", "arc_challenge", "--adapter",
+                         str(adapter), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path / "results"))
+    last = err.strip().splitlines()[-1]  # above it, only transformers' loading bar
+    assert code == 2 and last.startswith("bench: error: --adapter") and "does not fit" in last
+
+
+def test_rerun_computes_only_the_requests_not_cached(capsys, tiny_model_dir, fixture_data, tmp_path, monkeypatch):
+    """What a killed run re-run relies on: lm-eval's request cache, filled request by request."""
+    from lm_eval.models.huggingface import HFLM
+
+    seen: list[int] = []
+    original = HFLM.loglikelihood
+    monkeypatch.setattr(HFLM, "loglikelihood", lambda self, requests, **kw: seen.append(len(requests))
+                        or original(self, requests, **kw))
+    base = ("eval", str(tiny_model_dir), "--tasks", "arc_easy", "--dtype", "float32", "--data-dir", str(fixture_data),
+            "--results-dir", str(tmp_path))
+    assert bench(capsys, *base, "--limit", "10", "--name", "first")[0] == 0
+    assert bench(capsys, *base, "--name", "all")[0] == 0
+    assert seen == [40, 40]  # 10 questions x 4 choices, then only the 10 new ones
+    first, full = ([json.loads(line) for line in (tmp_path / "runs" / name / "arc_easy" / "predictions.jsonl").open()]
+                   for name in ("first", "all"))
+    assert first == full[:10]
