@@ -130,14 +130,16 @@ def hub_unreachable(dataset: str) -> str | None:
 
 def load_harness_data(task: HarnessTask, data_dir: Path | None, limit: int | None) -> LoadedData:
     """Validate the task's mirror files and name its examples (`LEAF/i` for groups, `i` otherwise) as lm-eval
-    will see them: the first `limit` documents of each leaf. Hub-only tasks that cannot reach the Hub are
-    `skipped`, with the reason."""
+    will see them: the first `limit` documents of each leaf. A Hub-only task that cannot reach the Hub is
+    `skipped`, with the reason; a mirror task without a mirror and without the Hub is an error."""
     pairs = leaves(task)
     if mirror_files(task, pairs[0][0], data_dir) is None:
         dataset = hub_dataset(pairs[0][1])
         reason = hub_unreachable(dataset)
+        if reason is not None and task.files is not None:  # it has a mirror layout: the user forgot the mirror
+            raise BenchError(f"task {task.name}: no data directory (set --data-dir or $BENCH_DATA_DIR) and {reason}")
         if reason is not None:
-            reason = f"not in the mirror, and {reason}" if data_dir is not None else reason
+            reason = f"not in the mirror, and {reason}"
         return LoadedData([], f"hf://{dataset}", "", 0, skipped=reason)
     examples, total, digest, hashes = [], 0, hashlib.sha256(), []
     for leaf, _ in pairs:

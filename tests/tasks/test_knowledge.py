@@ -133,3 +133,13 @@ def test_missing_field_names_file_and_line(tmp_path, fixture_data):
 def test_a_builtin_that_lm_eval_lacks_is_an_error():
     with pytest.raises(BenchError, match="nope/nope.yaml"):
         leaves(replace(arc_easy, builtin=("nope/nope.yaml",)))
+
+
+def test_offline_hub_only_task_is_skipped_and_mirror_task_without_mirror_is_an_error(monkeypatch, fixture_data):
+    from tasks.knowledge import hellaswag
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    skipped = load_harness_data(hellaswag, fixture_data, None)
+    assert skipped.skipped == "not in the mirror, and offline mode (HF_HUB_OFFLINE)" and skipped.examples == []
+    with pytest.raises(BenchError, match="task arc_easy: no data directory"):
+        load_harness_data(arc_easy, None, None)
