@@ -96,6 +96,38 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     console.print(f"results: {store.dir}  ({time.perf_counter() - started:.1f} s)")
 
 
+def cmd_compare(args: argparse.Namespace, console: Console) -> None:
+    from bench.compare import compare, flips
+
+    results_dir = Path(args.results_dir)
+    table_rows = compare(results_dir, args.runs)
+    reference = args.runs[0]
+    table = Table(title=f"scores (%) with 95% intervals; deltas against {reference}, paired over the same examples "
+                        f"(* p < 0.05; right->wrong / wrong->right flips)")
+    table.add_column("task")
+    for name in args.runs:
+        table.add_column(name, justify="right")
+    for task, group in table_rows.groupby("task", sort=False):
+        cells = []
+        for _, r in group.iterrows():
+            cell = f"{100 * r.score:.2f} [{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]"
+            if r.run != reference:
+                star = "*" if r.significant else ""
+                cell += (f"\n{100 * r.delta:+.2f}{star} [{100 * r.delta_low:+.2f}, {100 * r.delta_high:+.2f}] "
+                         f"p={r.p_value:.3g}\n{int(r.right_to_wrong)} / {int(r.wrong_to_right)}")
+            cells.append(cell)
+        table.add_row(f"{task}\n{group.iloc[0].metric} (n={group.iloc[0].n})", *cells)
+    console.print(table)
+    for name in args.runs[1:] if args.flips else ():
+        changed = flips(results_dir, reference, name, args.flips)
+        flip_table = Table(title=f"{args.flips}: {len(changed)} examples changed from {reference} to {name}")
+        for column in changed.columns:
+            flip_table.add_column(str(column))
+        for values in changed.itertuples(index=False):
+            flip_table.add_row(*(str(v) for v in values))
+        console.print(flip_table)
+
+
 def cmd_tasks(args: argparse.Namespace, console: Console) -> None:
     from bench.data import read_jsonl, resolve_data_dir
     from tasks import SUITES, TASKS
@@ -162,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                     help="auto: bfloat16 where the hardware has it, else float32")
     ev.set_defaults(func=cmd_eval)
+
+    cmp = commands.add_parser("compare", help="paired comparison of runs against the first (the reference)")
+    cmp.add_argument("runs", nargs="+", help="run names: the reference first, then the runs to compare with it")
+    cmp.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
+    cmp.add_argument("--flips", metavar="TASK", help="list the examples of TASK whose score changed")
+    cmp.set_defaults(func=cmd_compare)
 
     ls = commands.add_parser("tasks", help="list tasks, suites and their sizes")
     ls.add_argument("--data-dir")

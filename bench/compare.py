@@ -1,0 +1,135 @@
+"""Paired comparison of runs: the same examples, scored for a reference run and for each other run.
+
+A delta is only meaningful on the same examples, so runs must have scored the same example ids for a task;
+intervals and tests are paired over those examples (paired bootstrap; McNemar's exact test for pass/fail
+scores, a paired sign-flip permutation test otherwise).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci
+from bench.store import RUN_FILE, read_jsonl
+from bench.types import BenchError
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class RunScores:
+    name: str
+    record: dict[str, Any]  # run.json
+    tasks: dict[str, pd.DataFrame]  # task -> columns id, score (file order)
+    metrics: dict[str, dict[str, Any]]
+
+
+def load_run(results_dir: Path, name: str) -> RunScores:
+    """A complete run's per-example scores; a missing or unfinished run is an error naming it."""
+    run_dir = results_dir / "runs" / name
+    if not (run_dir / RUN_FILE).is_file():
+        known = sorted(p.name for p in (results_dir / "runs").glob("*") if (p / RUN_FILE).is_file())
+        raise BenchError(f"no run {name!r} in {results_dir / 'runs'} (runs: {', '.join(known) or 'none'})")
+    record = json.loads((run_dir / RUN_FILE).read_text())
+    if not record.get("complete"):
+        raise BenchError(f"run {name!r} in {run_dir} is not complete; finish it with the same `bench eval` command")
+    tasks, metrics = {}, {}
+    for task in record["identity"]["tasks"]:
+        task_metrics = json.loads((run_dir / task / "metrics.json").read_text())
+        if "skipped" in task_metrics:
+            continue
+        rows = read_jsonl(run_dir / task / "predictions.jsonl")
+        tasks[task] = pd.DataFrame({"id": [r["id"] for r in rows], "score": [float(r["score"]) for r in rows]})
+        metrics[task] = task_metrics
+    return RunScores(name, record, tasks, metrics)
+
+
+def paired_bootstrap_ci(reference: np.ndarray, other: np.ndarray, level: float = LEVEL,
+                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile interval of mean(other - reference), resampling examples (both runs together)."""
+    return bootstrap_ci(list(other - reference), level, resamples, seed)
+
+
+def mcnemar_exact(right_to_wrong: int, wrong_to_right: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant pairs against Binomial(n, 1/2)."""
+    from scipy.stats import binomtest
+
+    n = right_to_wrong + wrong_to_right
+    return 1.0 if n == 0 else float(binomtest(right_to_wrong, n, 0.5).pvalue)
+
+
+def sign_flip_p(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> float:
+    """Two-sided paired permutation p-value of mean(differences) = 0, by random sign flips (with the +1 rule)."""
+    if not np.any(differences):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    observed = abs(differences.mean())
+    signs = rng.choice((-1.0, 1.0), size=(resamples, len(differences)))
+    extreme = np.sum(np.abs((signs * differences).mean(axis=1)) >= observed - 1e-12)
+    return float((extreme + 1) / (resamples + 1))
+
+
+def is_binary(*scores: np.ndarray) -> bool:
+    return all(np.isin(s, (0.0, 1.0)).all() for s in scores)
+
+
+def aligned(reference: RunScores, other: RunScores, task: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Both runs' scores on the task's examples in one order; different example sets are an error."""
+    ref, oth = reference.tasks[task], other.tasks[task]
+    if set(ref["id"]) != set(oth["id"]) or len(ref) != len(oth):
+        only_ref, only_other = len(set(ref["id"]) - set(oth["id"])), len(set(oth["id"]) - set(ref["id"]))
+        raise BenchError(f"task {task}: runs {reference.name} and {other.name} scored different examples "
+                         f"({len(ref)} vs {len(oth)}; {only_ref} only in {reference.name}, {only_other} only in "
+                         f"{other.name}); evaluate both with the same --limit and data")
+    merged = ref.merge(oth, on="id", suffixes=("_ref", "_other"), sort=False)
+    return merged["score_ref"].to_numpy(), merged["score_other"].to_numpy(), list(merged["id"])
+
+
+def compare(results_dir: Path, names: list[str]) -> pd.DataFrame:
+    """One row per (task, run): the score with its interval and, against the first run, the paired delta,
+    its interval, the test's p-value and the per-example flips. Tasks are those every run has."""
+    if len(names) < 2:
+        raise BenchError("bench compare needs a reference run and at least one other run")
+    runs = [load_run(results_dir, name) for name in names]
+    reference = runs[0]
+    tasks = [t for t in reference.tasks if all(t in r.tasks for r in runs[1:])]
+    if not tasks:
+        raise BenchError(f"runs {', '.join(names)} have no task in common")
+    rows = []
+    for task in tasks:
+        for run in runs:
+            metrics = run.metrics[task]
+            row = {"task": task, "capability": metrics.get("capability"), "metric": metrics.get("metric"),
+                   "run": run.name, "n": metrics["n"], "score": metrics["mean"], "ci_low": metrics["ci_low"],
+                   "ci_high": metrics["ci_high"]}
+            if run is not reference:
+                ref, other, _ = aligned(reference, run, task)
+                diff = other - ref
+                low, high = paired_bootstrap_ci(ref, other)
+                binary = is_binary(ref, other)
+                right_to_wrong, wrong_to_right = int(np.sum(diff < 0)), int(np.sum(diff > 0))
+                p = mcnemar_exact(right_to_wrong, wrong_to_right) if binary else sign_flip_p(diff)
+                row.update(delta=float(diff.mean()), delta_low=low, delta_high=high, p_value=p,
+                           test="McNemar exact" if binary else "paired sign-flip permutation",
+                           right_to_wrong=right_to_wrong, wrong_to_right=wrong_to_right,
+                           significant=bool(p < 1 - LEVEL))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def flips(results_dir: Path, reference: str, other: str, task: str) -> pd.DataFrame:
+    """The examples whose score changed from the reference run to the other: id, both scores, direction."""
+    ref_run, other_run = load_run(results_dir, reference), load_run(results_dir, other)
+    for run in (ref_run, other_run):
+        if task not in run.tasks:
+            raise BenchError(f"--flips {task}: run {run.name} has no scored task {task!r} "
+                             f"(tasks: {', '.join(run.tasks)})")
+    ref, oth, ids = aligned(ref_run, other_run, task)
+    changed = ref != oth
+    return pd.DataFrame({"id": np.asarray(ids)[changed], reference: ref[changed], other: oth[changed],
+                         "direction": np.where(oth[changed] < ref[changed], "right->wrong", "wrong->right")})
