@@ -128,6 +128,43 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         console.print(flip_table)
 
 
+def cmd_train(args: argparse.Namespace, console: Console) -> None:
+    import json
+    from dataclasses import asdict
+
+    from bench.data import resolve_data_dir
+    from bench.runner import git_commit, package_versions
+    from bench.store import RunStore
+    from fine_tune.data import load_train_examples
+    from fine_tune.sft import finish, load_config, train_sft
+
+    config = load_config(Path(args.config) if args.config else None)
+    if args.epochs is not None:
+        config = replace(config, epochs=args.epochs)
+    examples, data_sha256 = load_train_examples(args.task, resolve_data_dir(args.data_dir), args.limit)
+    name = args.name or f"{args.method}-{args.task}"
+    RunStore(Path(args.results_dir), name)  # the same rules for a checkpoint name as for a run name
+    out = Path(args.results_dir) / "checkpoints" / name
+    identity = {"method": args.method, "task": args.task, "model": args.model, "limit": args.limit,
+                "dtype": args.dtype, "data_sha256": data_sha256, "config": json.loads(json.dumps(asdict(config)))}
+    if (out / "train.json").is_file():
+        done = json.loads((out / "train.json").read_text())
+        if done.get("identity") != identity:
+            raise BenchError(f"checkpoint {name} in {out} was trained with other settings; choose another --name")
+        console.print(f"already trained: {out} (delete it to train again)")
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"--results-dir {args.results_dir}: not writable ({e.strerror})") from None
+    record = train_sft(args.model, args.task, examples, config, out, args.dtype,
+                       extra={"identity": identity, "data_sha256": data_sha256, "packages": package_versions(),
+                              "git": git_commit(), "command": sys.argv})
+    finish(out, record)
+    console.print(f"adapter: {out}  ({record['steps']} steps, loss {record['final_loss']:.4f}, "
+                  f"{record['seconds']:.1f} s)")
+
+
 def cmd_tasks(args: argparse.Namespace, console: Console) -> None:
     from bench.data import read_jsonl, resolve_data_dir
     from tasks import SUITES, TASKS
@@ -194,6 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                     help="auto: bfloat16 where the hardware has it, else float32")
     ev.set_defaults(func=cmd_eval)
+
+    tr = commands.add_parser("train", help="fine-tune a LoRA adapter on a task's training data")
+    tr.add_argument("method", choices=("sft",), help="sft: plain supervised fine-tuning")
+    tr.add_argument("--task", required=True, help="gsm8k, openfunction, alpaca, dolly or lima")
+    tr.add_argument("--model", default="default", help="the seed model (default: the embedded SmolLM2-135M-Instruct)")
+    tr.add_argument("--limit", type=_positive_int, help="the first N training examples")
+    tr.add_argument("--epochs", type=_non_negative_float, help="default: the study's (5 for gsm8k, openfunction; else 2)")
+    tr.add_argument("--config", help="a JSON or TOML file of SFTConfig keys (rank, alpha, learning_rate, ...)")
+    tr.add_argument("--name", help="checkpoint name (default: METHOD-TASK)")
+    tr.add_argument("--data-dir")
+    tr.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
+    tr.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
+                    help="auto: bf16 autocast where the hardware has it, else float32")
+    tr.set_defaults(func=cmd_train)
 
     cmp = commands.add_parser("compare", help="paired comparison of runs against the first (the reference)")
     cmp.add_argument("runs", nargs="+", help="run names: the reference first, then the runs to compare with it")

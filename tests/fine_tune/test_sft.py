@@ -1,0 +1,83 @@
+"""fine_tune/sft.py and `bench train sft`: a real LoRA training on a tiny model, its files, its refusals."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from bench.cli import main
+from bench.types import BenchError
+from fine_tune.sft import SFTConfig, config_from_dict
+
+
+def bench(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_study_defaults():
+    config = SFTConfig()
+    assert (config.rank, config.alpha, config.dropout, config.target_modules) == (8, 16, 0.1, ("q_proj", "v_proj"))
+    assert (config.learning_rate, config.scheduler, config.batch_size, config.gradient_accumulation) == \
+        (1e-4, "cosine", 2, 4)
+    assert config.epochs_for("gsm8k") == config.epochs_for("openfunction") == 5 and config.epochs_for("alpaca") == 2
+
+
+def test_config_keys_and_types_are_checked():
+    assert config_from_dict({"rank": 4, "target_modules": ["q_proj"], "epochs": 1}, "f").target_modules == ("q_proj",)
+    with pytest.raises(BenchError, match="f: unknown key 'rnak'"):
+        config_from_dict({"rnak": 4}, "f")
+    with pytest.raises(BenchError, match="f: key 'learning_rate' must be float, got str"):
+        config_from_dict({"learning_rate": "1e-4"}, "f")
+    with pytest.raises(BenchError, match="f: key 'rank' must be int, got bool"):
+        config_from_dict({"rank": True}, "f")
+
+
+def test_train_sft_writes_a_loadable_adapter_and_is_not_repeated(capsys, tiny_model_dir, fixture_data, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"batch_size": 2, "gradient_accumulation": 1, "learning_rate": 0.01, "rank": 4}))
+    args = ("train", "sft", "--task", "gsm8k", "--model", str(tiny_model_dir), "--epochs", "2", "--config",
+            str(config), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path), "--name", "tiny",
+            "--dtype", "float32")
+    code, out, err = bench(capsys, *args)
+    assert code == 0, err
+    out_dir = tmp_path / "checkpoints" / "tiny"
+    record = json.loads((out_dir / "train.json").read_text())
+    assert record["steps"] == 4 and record["examples"] == 4 and record["config"]["rank"] == 4
+    assert record["identity"]["data_sha256"] == record["data_sha256"] and record["tokens_per_s"] > 0
+    assert not (out_dir / "trainer").exists()
+    log = list(csv.DictReader((out_dir / "train_log.csv").open()))
+    assert [int(r["step"]) for r in log] == [1, 2, 3, 4] and all(float(r["loss"]) > 0 for r in log)
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out_dir)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(torch.any(p != 0) for p in lora_b)  # trained: LoRA's B starts at zero
+
+    code, out, _ = bench(capsys, *args)
+    assert code == 0 and "already trained" in out
+    code, _, err = bench(capsys, *args[:-4], "--limit", "2", "--dtype", "float32", "--name", "tiny")
+    assert code == 2 and "trained with other settings" in err
+
+    code, _, err = bench(capsys, "eval", str(tiny_model_dir), "--adapter", str(out_dir), "--tasks", "gsm8k",
+                         "--limit", "1", "--dtype", "float32", "--data-dir", str(fixture_data), "--results-dir",
+                         str(tmp_path))
+    assert code == 0, err
+
+
+def test_train_bad_input_is_one_line(capsys, tiny_model_dir, fixture_data, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rank = 'eight'\n")
+    code, _, err = bench(capsys, "train", "sft", "--task", "gsm8k", "--config", str(bad), "--data-dir",
+                         str(fixture_data), "--results-dir", str(tmp_path))
+    assert code == 2 and "key 'rank' must be int" in err and err.count("\n") == 1
+    code, _, err = bench(capsys, "train", "sft", "--task", "mmlu", "--data-dir", str(fixture_data))
+    assert code == 2 and "unknown training task 'mmlu'" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "gkd", "--task", "gsm8k"])
+    assert exit_.value.code == 2 and "invalid choice: 'gkd'" in capsys.readouterr().err

@@ -1,0 +1,54 @@
+"""fine_tune/data.py: the study's training formats, and the loss on the response only."""
+from __future__ import annotations
+
+import pytest
+
+from bench.types import BenchError
+from fine_tune.data import IGNORE_INDEX, load_train_examples, tokenize
+from tasks.alpaca import ALPACA_SYSTEM
+from tasks.math import MATH_TRAIN_SYSTEM
+
+
+def test_gsm8k_examples_use_the_math_training_prompt(fixture_data):
+    examples, sha = load_train_examples("gsm8k", fixture_data, limit=2)
+    assert len(examples) == 2 and len(sha) == 64
+    first = examples[0]
+    assert first.messages[0] == {"role": "system", "content": MATH_TRAIN_SYSTEM}
+    assert first.messages[1]["content"].startswith("Natalia sold clips")
+    assert first.response == first.reference and first.response.endswith("The answer is 72.")
+
+
+def test_alpaca_examples_put_a_nonempty_input_after_the_instruction(fixture_data):
+    examples, _ = load_train_examples("alpaca", fixture_data)
+    with_input = examples[0]
+    assert with_input.messages[0]["content"] == ALPACA_SYSTEM
+    assert with_input.messages[1]["content"] == (
+        "### Instruction:\nRewrite the sentence using gender-neutral language.\nOutput should be a single sentence."
+        "\n\nA salesman is giving a presentation.\n\n### Response:\n")
+    assert "\n\n\n" not in examples[1].messages[1]["content"]  # empty input: nothing added
+
+
+def test_loss_mask_covers_exactly_the_response_and_end_of_turn(tiny_model_dir, fixture_data):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    example = load_train_examples("gsm8k", fixture_data, limit=1)[0][0]
+    features = tokenize(tokenizer, example.messages, example.response, max_length=4096)
+    ids, labels = features["input_ids"], features["labels"]
+    assert len(ids) == len(labels) == len(features["attention_mask"])
+    learned = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    assert learned == list(range(learned[0], len(ids)))  # one contiguous span at the end
+    assert tokenizer.decode([ids[i] for i in learned]) == example.response + tokenizer.eos_token
+    prompt = tokenizer.decode(ids[:learned[0]])
+    assert prompt == tokenizer.apply_chat_template(list(example.messages), tokenize=False, add_generation_prompt=True)
+    short = tokenize(tokenizer, example.messages, example.response, max_length=10)
+    assert len(short["input_ids"]) == 10 and set(short["labels"]) == {IGNORE_INDEX}
+
+
+def test_unknown_task_and_missing_field_are_errors(fixture_data, tmp_path):
+    with pytest.raises(BenchError, match="unknown training task 'nope'"):
+        load_train_examples("nope", fixture_data)
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "train.jsonl").write_text('{"question": "q", "answer": "a"}\n{"question": "q"}\n')
+    with pytest.raises(BenchError, match=r"gsm8k/train.jsonl:2: missing field 'answer'"):
+        load_train_examples("gsm8k", tmp_path)
