@@ -157,12 +157,37 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BenchError(f"--results-dir {args.results_dir}: not writable ({e.strerror})") from None
-    record = train_sft(args.model, args.task, examples, config, out, args.dtype,
-                       extra={"identity": identity, "data_sha256": data_sha256, "packages": package_versions(),
-                              "git": git_commit(), "command": sys.argv})
+    extra = {"identity": identity, "data_sha256": data_sha256, "packages": package_versions(), "git": git_commit(),
+             "command": sys.argv}
+    if args.method == "sdft":
+        examples, extra["distillation"] = _distil(args, examples, out, console)
+    record = train_sft(args.model, args.task, examples, config, out, args.dtype, extra=extra)
     finish(out, record)
     console.print(f"adapter: {out}  ({record['steps']} steps, loss {record['final_loss']:.4f}, "
                   f"{record['seconds']:.1f} s)")
+
+
+def _distil(args: argparse.Namespace, examples: list, out: Path, console: Console) -> tuple[list, dict]:
+    """SDFT's first step: the seed model's rewrites through the engine (cached), filtered; the per-example
+    record goes to distilled.jsonl beside the adapter."""
+    import time
+
+    from bench.cache import Cache
+    from bench.engine import Engine, progress_bar
+    from bench.models import load_model
+    from bench.store import write_jsonl
+    from fine_tune.sdft import DISTILL_GENERATION, acceptance, distill_rewrites
+
+    started = time.perf_counter()
+    model = load_model(args.model, None, args.dtype)
+    engine = Engine(model, Cache(Path(args.results_dir) / "cache" / "generations.sqlite"))
+    with progress_bar() as progress:
+        distilled, records = distill_rewrites(model, engine, args.task, examples, progress)
+    write_jsonl(out / "distilled.jsonl", records)
+    stats = {**acceptance(records), "seconds": round(time.perf_counter() - started, 2),
+             "generation": engine.settings(DISTILL_GENERATION)}
+    console.print(f"distilled: {stats['accepted']}/{stats['examples']} rewrites accepted ({100 * stats['rate']:.1f}%)")
+    return distilled, stats
 
 
 def cmd_tasks(args: argparse.Namespace, console: Console) -> None:
@@ -233,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     tr = commands.add_parser("train", help="fine-tune a LoRA adapter on a task's training data")
-    tr.add_argument("method", choices=("sft",), help="sft: plain supervised fine-tuning")
+    tr.add_argument("method", choices=("sft", "sdft"),
+                    help="sft: on the dataset's responses; sdft: on the seed model's filtered rewrites of them")
     tr.add_argument("--task", required=True, help="gsm8k, openfunction, alpaca, dolly or lima")
     tr.add_argument("--model", default="default", help="the seed model (default: the embedded SmolLM2-135M-Instruct)")
     tr.add_argument("--limit", type=_positive_int, help="the first N training examples")

@@ -25,11 +25,12 @@ class TrainExample:
     messages: tuple[Message, ...]  # the prompt: system and user turns
     response: str  # what the model learns to answer (the reference, or SDFT's accepted rewrite)
     reference: str  # the dataset's own answer
+    instruction: str  # the question or instruction alone (SDFT's distillation prompt quotes it)
 
 
 def math_example(record: dict[str, Any], index: int) -> TrainExample:
     messages = ({"role": "system", "content": MATH_TRAIN_SYSTEM}, {"role": "user", "content": record["question"]})
-    return TrainExample(str(index), messages, record["answer"], record["answer"])
+    return TrainExample(str(index), messages, record["answer"], record["answer"], record["question"])
 
 
 def alpaca_example(record: dict[str, Any], index: int) -> TrainExample:
@@ -38,7 +39,7 @@ def alpaca_example(record: dict[str, Any], index: int) -> TrainExample:
         instruction = f"{instruction}\n\n{record['input']}"
     messages = ({"role": "system", "content": ALPACA_SYSTEM},
                 {"role": "user", "content": ALPACA_USER.format(instruction=instruction)})
-    return TrainExample(str(index), messages, record["output"], record["output"])
+    return TrainExample(str(index), messages, record["output"], record["output"], instruction)
 
 
 TRAIN_TASKS: dict[str, tuple[str, Callable[[dict[str, Any], int], TrainExample]]] = {
