@@ -97,11 +97,18 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
+    import json
+
     from bench.compare import compare, flips
+    from bench.report import trained_capability, write_report
 
     results_dir = Path(args.results_dir)
     table_rows = compare(results_dir, args.runs)
     reference = args.runs[0]
+    trained = {name: trained_capability(json.loads((results_dir / "runs" / name / "run.json").read_text()))
+               for name in args.runs[1:]}
+    report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), table_rows, reference,
+                          trained)
     table = Table(title=f"scores (%) with 95% intervals; deltas against {reference}, paired over the same examples "
                         f"(* p < 0.05; right->wrong / wrong->right flips)")
     table.add_column("task")
@@ -126,6 +133,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         for values in changed.itertuples(index=False):
             flip_table.add_row(*(str(v) for v in values))
         console.print(flip_table)
+    console.print(f"report: {report}/report.{{md,csv,json,html}}")
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
@@ -276,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("runs", nargs="+", help="run names: the reference first, then the runs to compare with it")
     cmp.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
     cmp.add_argument("--flips", metavar="TASK", help="list the examples of TASK whose score changed")
+    cmp.add_argument("--name", help="report name under RESULTS_DIR/reports (default: RUN-vs-RUN...)")
     cmp.set_defaults(func=cmd_compare)
 
     ls = commands.add_parser("tasks", help="list tasks, suites and their sizes")

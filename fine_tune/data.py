@@ -51,6 +51,10 @@ TRAIN_TASKS: dict[str, tuple[str, Callable[[dict[str, Any], int], TrainExample]]
 }
 
 
+TRAINED_CAPABILITY = {"gsm8k": "math", "openfunction": "tooluse", "alpaca": "helpfulness", "dolly": "helpfulness",
+                      "lima": "helpfulness"}  # what a comparison counts as gain rather than forgetting
+
+
 def load_train_examples(task: str, data_dir: Path | None, limit: int | None = None) -> tuple[list[TrainExample], str]:
     """The task's training examples (the first `limit`) and the sha256 of the file they came from."""
     if task not in TRAIN_TASKS:

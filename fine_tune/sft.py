@@ -18,7 +18,7 @@ from typing import Any
 from bench.models import resolve_dtype, resolve_model_dir, weights_sha256
 from bench.store import write_json
 from bench.types import BenchError
-from fine_tune.data import IGNORE_INDEX, TrainExample, tokenize
+from fine_tune.data import IGNORE_INDEX, TRAINED_CAPABILITY, TrainExample, tokenize
 
 EPOCHS = {"gsm8k": 5, "openfunction": 5}  # the study's; 2 for every other task
 
@@ -154,7 +154,7 @@ def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: 
         item.replace(out_dir / item.name)
     staging.rmdir()
     trained_tokens = sum(len(f["input_ids"]) for f in features) * config.epochs_for(task)
-    record = {"method": "sft", "task": task, "model": model_spec, "model_dir": str(model_dir),
+    record = {"method": "sft", "task": task, "capability": TRAINED_CAPABILITY.get(task), "model": model_spec, "model_dir": str(model_dir),
               "weights_sha256": weights_sha256(model_dir), "dtype": dtype, "config": asdict(config),
               "epochs": config.epochs_for(task), "examples": len(examples), "trained_examples": len(features),
               "steps": result.global_step, "final_loss": result.training_loss, "seconds": round(seconds, 2),

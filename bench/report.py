@@ -1,0 +1,152 @@
+"""The files of a comparison: report.md, report.csv, report.json and report.html (its table and plots).
+
+Per fine-tuned run it adds what a forgetting study reads first: per capability, the retention ratio (the run's
+mean score over the capability's tasks divided by the reference's) and, over the capabilities it was not
+trained on, the mean forgetting (reference minus run, in score points); and, where its adapter's train.json
+names the capability it was trained for, the gain there.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.store import atomic_write_text, write_json
+
+
+def trained_capability(run_record: dict[str, Any]) -> str | None:
+    """The capability the run's adapter was trained for, from the checkpoint's train.json."""
+    adapter = (run_record.get("model") or {}).get("adapter")
+    path = Path(adapter) / "train.json" if adapter else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("capability")
+
+
+def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | None]) -> pd.DataFrame:
+    """One row per (run, capability): both means, the retention ratio, and whether it was trained for; plus one
+    `mean forgetting` row per run over the capabilities it was not trained for."""
+    means = table.groupby(["run", "capability"], sort=False)["score"].mean()
+    rows = []
+    for run in table["run"].unique():
+        if run == reference:
+            continue
+        untrained = []
+        for capability in table["capability"].unique():
+            ref, own = means[(reference, capability)], means[(run, capability)]
+            is_trained = capability == trained.get(run)
+            rows.append({"run": run, "capability": capability, "reference": ref, "score": own,
+                         "retention": own / ref if ref > 0 else float("nan"), "delta": own - ref,
+                         "trained": is_trained})
+            if not is_trained:
+                untrained.append(ref - own)
+        rows.append({"run": run, "capability": "mean forgetting (untrained capabilities)",
+                     "delta": -sum(untrained) / len(untrained) if untrained else float("nan"), "trained": False,
+                     "forgetting": sum(untrained) / len(untrained) if untrained else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> str:
+    runs = list(table["run"].unique())
+    lines = [f"| task | metric | n | " + " | ".join(runs) + " |", "|" + "---|" * (3 + len(runs))]
+    for task, group in table.groupby("task", sort=False):
+        cells = []
+        for _, r in group.iterrows():
+            cell = f"{100 * r.score:.2f} [{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]"
+            if r.run != reference:
+                cell += (f"<br>Δ {100 * r.delta:+.2f}{'*' if r.significant else ''} "
+                         f"[{100 * r.delta_low:+.2f}, {100 * r.delta_high:+.2f}], p={r.p_value:.3g}, "
+                         f"flips {int(r.right_to_wrong)}↓ {int(r.wrong_to_right)}↑")
+            cells.append(cell)
+        first = group.iloc[0]
+        lines.append(f"| {task} | {first.metric} | {first.n} | " + " | ".join(cells) + " |")
+    lines += ["", f"Scores in %, 95% intervals; Δ against {reference}, paired over the same examples "
+                  "(* p < 0.05: McNemar's exact test for pass/fail scores, a sign-flip permutation test otherwise).",
+              "", "| run | capability | reference | score | retention | Δ |", "|---|---|---|---|---|---|"]
+    for _, r in capabilities.iterrows():
+        if "forgetting" in r and pd.notna(r.get("forgetting")):
+            lines.append(f"| {r.run} | {r.capability} | | | | {100 * r.delta:+.2f} |")
+        else:
+            lines.append(f"| {r.run} | {r.capability}{' (trained)' if r.trained else ''} | {100 * r.reference:.2f} | "
+                         f"{100 * r.score:.2f} | {r.retention:.3f} | {100 * r.delta:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> str:
+    """The grouped bar chart of deltas with their intervals and the gain-vs-forgetting scatter, as base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = table[table["run"] != reference]
+    tasks, runs = list(others["task"].unique()), list(others["run"].unique())
+    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(6 + 0.8 * len(tasks), 4.5),
+                                        gridspec_kw={"width_ratios": [max(len(tasks), 2), 2]})
+    width = 0.8 / len(runs)
+    for i, run in enumerate(runs):
+        rows = others[others["run"] == run].set_index("task").loc[tasks]
+        x = [t + i * width for t in range(len(tasks))]
+        low, high = 100 * (rows["delta"] - rows["delta_low"]), 100 * (rows["delta_high"] - rows["delta"])
+        bars.bar(x, 100 * rows["delta"], width, yerr=[low, high], capsize=3, label=run)
+    bars.axhline(0, color="black", linewidth=0.8)
+    bars.set_xticks([t + width * (len(runs) - 1) / 2 for t in range(len(tasks))], tasks, rotation=45, ha="right")
+    bars.set_ylabel(f"Δ vs {reference} (points, 95% paired CI)")
+    bars.legend()
+    for run in runs:
+        rows = capabilities[capabilities["run"] == run]
+        trained, forgot = rows[rows["trained"]], rows["forgetting"].dropna() if "forgetting" in rows else []
+        if len(trained) and len(forgot):
+            scatter.scatter(100 * forgot.iloc[0], 100 * trained["delta"].iloc[0], label=run)
+            scatter.annotate(run, (100 * forgot.iloc[0], 100 * trained["delta"].iloc[0]))
+    scatter.set_xlabel("mean forgetting (points)")
+    scatter.set_ylabel("gain on the trained capability (points)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: dict[str, str | None]) -> Path:
+    """All four files, each written atomically; returns the directory."""
+    capabilities = forgetting(table, reference, trained)
+    text = markdown(table, reference, capabilities)
+    atomic_write_text(out_dir / "report.md", text)
+    atomic_write_text(out_dir / "report.csv", table.to_csv(index=False))
+    write_json(out_dir / "report.json", {
+        "reference": reference, "runs": list(table["run"].unique()), "trained": trained,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tasks": json.loads(table.to_json(orient="records")),
+        "capabilities": json.loads(capabilities.to_json(orient="records"))})
+    png = _plot(table, reference, capabilities)
+    html = ("<!doctype html><meta charset='utf-8'><title>forgetbench report</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:4px 8px;"
+            "border-bottom:1px solid #ddd;text-align:right}</style>"
+            f"<h1>forgetbench: {' vs '.join(table['run'].unique())}</h1>"
+            + _markdown_table_html(text) + f"<img alt='deltas' src='data:image/png;base64,{png}'>")
+    atomic_write_text(out_dir / "report.html", html)
+    return out_dir
+
+
+def _markdown_table_html(text: str) -> str:
+    """Our own markdown tables as HTML (pipes, one header row, no escaping needed beyond &, <, >)."""
+    html, rows = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-"):
+                rows.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if rows:
+            head, *body = rows
+            html.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+            rows = []
+        if line:
+            html.append(f"<p>{line.replace('&', '&amp;').replace('<', '&lt;')}</p>")
+    return "".join(html)

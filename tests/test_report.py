@@ -1,0 +1,49 @@
+"""bench/report.py: retention and forgetting per capability, and the four report files."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from bench.report import forgetting, trained_capability, write_report
+
+
+def table() -> pd.DataFrame:
+    rows = []
+    for run, scores in {"seed": (0.10, 0.60, 0.40), "sft": (0.30, 0.45, 0.40)}.items():
+        for task, capability, score in zip(("gsm8k", "arc_easy", "winogrande"), ("math", "knowledge", "knowledge"),
+                                           scores):
+            row = {"task": task, "capability": capability, "metric": "acc", "run": run, "n": 100, "score": score,
+                   "ci_low": score - 0.05, "ci_high": score + 0.05}
+            if run == "sft":
+                delta = score - {"gsm8k": 0.10, "arc_easy": 0.60, "winogrande": 0.40}[task]
+                row.update(delta=delta, delta_low=delta - 0.04, delta_high=delta + 0.04, p_value=0.01 if delta else 1.0,
+                           test="McNemar exact", right_to_wrong=5, wrong_to_right=3, significant=bool(delta))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_retention_and_mean_forgetting_leave_out_the_trained_capability():
+    result = forgetting(table(), "seed", {"sft": "math"}).set_index("capability")
+    assert result.loc["math", "trained"] and result.loc["math", "delta"] == pytest.approx(0.20)
+    assert result.loc["knowledge", "retention"] == pytest.approx(0.425 / 0.5)
+    assert result.loc["mean forgetting (untrained capabilities)", "forgetting"] == pytest.approx(0.075)
+
+
+def test_report_files(tmp_path):
+    out = write_report(tmp_path / "r", table(), "seed", {"sft": "math"})
+    md = (out / "report.md").read_text()
+    assert "| gsm8k | acc | 100 | 10.00 [5.00, 15.00] | 30.00 [25.00, 35.00]<br>Δ +20.00* [+16.00, +24.00]" in md
+    assert "| sft | math (trained) | 10.00 | 30.00 | 3.000 | +20.00 |" in md
+    assert len(pd.read_csv(out / "report.csv")) == 6
+    report = json.loads((out / "report.json").read_text())
+    assert report["reference"] == "seed" and report["trained"] == {"sft": "math"}
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "data:image/png;base64," in html
+
+
+def test_trained_capability_reads_the_adapters_train_json(tmp_path):
+    (tmp_path / "train.json").write_text(json.dumps({"capability": "tooluse"}))
+    assert trained_capability({"model": {"adapter": str(tmp_path)}}) == "tooluse"
+    assert trained_capability({"model": {"adapter": None}}) is None
