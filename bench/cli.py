@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BenchError(f"--results-dir {args.results_dir}: not writable ({e.strerror})") from None
-    extra = {"identity": identity, "data_sha256": data_sha256, "packages": package_versions(), "git": git_commit(),
+    extra = {"method": args.method, "identity": identity, "data_sha256": data_sha256, "packages": package_versions(), "git": git_commit(),
              "command": sys.argv}
     if args.method == "sdft":
         examples, extra["distillation"] = _distil(args, examples, out, console)

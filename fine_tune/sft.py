@@ -154,8 +154,8 @@ def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: 
         item.replace(out_dir / item.name)
     staging.rmdir()
     trained_tokens = sum(len(f["input_ids"]) for f in features) * config.epochs_for(task)
-    record = {"method": "sft", "task": task, "capability": TRAINED_CAPABILITY.get(task), "model": model_spec, "model_dir": str(model_dir),
-              "weights_sha256": weights_sha256(model_dir), "dtype": dtype, "config": asdict(config),
+    record = {"method": "sft", "task": task, "capability": TRAINED_CAPABILITY.get(task), "model": model_spec,
+              "model_dir": str(model_dir), "weights_sha256": weights_sha256(model_dir), "dtype": dtype, "config": asdict(config),
               "epochs": config.epochs_for(task), "examples": len(examples), "trained_examples": len(features),
               "steps": result.global_step, "final_loss": result.training_loss, "seconds": round(seconds, 2),
               "tokens_per_s": round(trained_tokens / seconds, 1) if not resume else None,
@@ -163,8 +163,31 @@ def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: 
     return record
 
 
+def plot_loss(log_path: Path, out_path: Path, title: str) -> None:
+    """loss.png: training loss by optimizer step, from train_log.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_path)
+
+
 def finish(out_dir: Path, record: dict[str, Any]) -> None:
-    """train.json last, atomically: its presence says the checkpoint is complete."""
+    """loss.png, then train.json last, atomically: its presence says the checkpoint is complete."""
     shutil.rmtree(out_dir / "trainer", ignore_errors=True)
+    if (out_dir / "train_log.csv").is_file():
+        plot_loss(out_dir / "train_log.csv", out_dir / "loss.png", f"{record['method']} {record['task']}")
     write_json(out_dir / "train.json", record)
 

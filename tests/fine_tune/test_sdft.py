@@ -64,5 +64,5 @@ def test_train_sdft_writes_distilled_data_and_an_adapter(capsys, tiny_model_dir,
     record = json.loads((checkpoint / "train.json").read_text())
     assert len(rows) == 4 and all(r["accepted"] is (r["reason"] is None) for r in rows)
     assert record["distillation"]["examples"] == 4 and record["distillation"]["accepted"] == sum(r["accepted"] for r in rows)
-    assert record["identity"]["method"] == "sdft" and (checkpoint / "adapter_model.safetensors").is_file()
+    assert record["identity"]["method"] == record["method"] == "sdft" and (checkpoint / "adapter_model.safetensors").is_file()
     assert "rewrites accepted" in out

@@ -51,7 +51,7 @@ def test_train_sft_writes_a_loadable_adapter_and_is_not_repeated(capsys, tiny_mo
     record = json.loads((out_dir / "train.json").read_text())
     assert record["steps"] == 4 and record["examples"] == 4 and record["config"]["rank"] == 4
     assert record["identity"]["data_sha256"] == record["data_sha256"] and record["tokens_per_s"] > 0
-    assert not (out_dir / "trainer").exists()
+    assert not (out_dir / "trainer").exists() and (out_dir / "loss.png").stat().st_size > 1000
     log = list(csv.DictReader((out_dir / "train_log.csv").open()))
     assert [int(r["step"]) for r in log] == [1, 2, 3, 4] and all(float(r["loss"]) > 0 for r in log)
 
