@@ -62,7 +62,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     tasks = select_tasks(args.suite, args.tasks)
     if args.temperature is not None:
         tasks = [replace(t, generation=replace(t.generation, temperature=args.temperature))
-                 if isinstance(t, Task) else t for t in tasks]
+                 if isinstance(t, Task) and not t.drift else t for t in tasks]
     if args.samples > 1 and not args.temperature:
         raise BenchError("--samples above 1 needs --temperature above 0 (greedy samples are all the same)")
     data_dir = resolve_data_dir(args.data_dir)
@@ -80,7 +80,11 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
         if any(isinstance(t, HarnessTask) for t in tasks) else None
     if sandbox is not None and sandbox.isolation != "namespaces":
         console.print(f"[yellow]sandbox: {isolation_notes(sandbox.isolation)}[/yellow]")
-    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples, harness)
+    seed = None
+    if any(isinstance(t, Task) and t.drift for t in tasks):
+        seed_model = model if args.adapter is None else load_model(args.model, None, args.dtype)
+        seed = (seed_model, engine if seed_model is model else Engine(seed_model, cache, batch_size=args.batch_size))
+    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples, harness, seed)
     table = Table(title=f"run {store.name}: {model.spec} ({model.dtype}, fingerprint {model.fingerprint})")
     for column in ("task", "metric", "n", "score", "95% CI"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
@@ -99,7 +103,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     import json
 
-    from bench.compare import compare, flips
+    from bench.compare import compare, flips, scale
     from bench.report import trained_capability, write_report
 
     results_dir = Path(args.results_dir)
@@ -109,18 +113,19 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
                for name in args.runs[1:]}
     report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), table_rows, reference,
                           trained)
-    table = Table(title=f"scores (%) with 95% intervals; deltas against {reference}, paired over the same examples "
-                        f"(* p < 0.05; right->wrong / wrong->right flips)")
+    table = Table(title=f"scores (%; drift: KL in nats) with 95% intervals; deltas against {reference}, paired over "
+                        f"the same examples (* p < 0.05; flips: score down / score up)")
     table.add_column("task")
     for name in args.runs:
         table.add_column(name, justify="right")
     for task, group in table_rows.groupby("task", sort=False):
         cells = []
         for _, r in group.iterrows():
-            cell = f"{100 * r.score:.2f} [{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]"
+            k = scale(r.metric)
+            cell = f"{k * r.score:.2f} [{k * r.ci_low:.2f}, {k * r.ci_high:.2f}]"
             if r.run != reference:
                 star = "*" if r.significant else ""
-                cell += (f"\n{100 * r.delta:+.2f}{star} [{100 * r.delta_low:+.2f}, {100 * r.delta_high:+.2f}] "
+                cell += (f"\n{k * r.delta:+.2f}{star} [{k * r.delta_low:+.2f}, {k * r.delta_high:+.2f}] "
                          f"p={r.p_value:.3g}\n{int(r.right_to_wrong)} / {int(r.wrong_to_right)}")
             cells.append(cell)
         table.add_row(f"{task}\n{group.iloc[0].metric} (n={group.iloc[0].n})", *cells)

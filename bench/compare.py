@@ -19,6 +19,11 @@ from bench.store import RUN_FILE, read_jsonl
 from bench.types import BenchError
 
 LEVEL = 0.95
+RAW_METRICS = ("kl",)  # shown as they are (nats); every other metric is a fraction, shown in %
+
+
+def scale(metric: str) -> float:
+    return 1.0 if metric in RAW_METRICS else 100.0
 
 
 @dataclass(frozen=True)

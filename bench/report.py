@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.compare import RAW_METRICS, scale
 from bench.store import atomic_write_text, write_json
 
 
@@ -31,6 +32,7 @@ def trained_capability(run_record: dict[str, Any]) -> str | None:
 def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | None]) -> pd.DataFrame:
     """One row per (run, capability): both means, the retention ratio, and whether it was trained for; plus one
     `mean forgetting` row per run over the capabilities it was not trained for."""
+    table = table[~table["metric"].isin(RAW_METRICS)]  # drift is in nats: reported beside, never averaged in
     means = table.groupby(["run", "capability"], sort=False)["score"].mean()
     rows = []
     for run in table["run"].unique():
@@ -57,15 +59,16 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) ->
     for task, group in table.groupby("task", sort=False):
         cells = []
         for _, r in group.iterrows():
-            cell = f"{100 * r.score:.2f} [{100 * r.ci_low:.2f}, {100 * r.ci_high:.2f}]"
+            k = scale(r.metric)
+            cell = f"{k * r.score:.2f} [{k * r.ci_low:.2f}, {k * r.ci_high:.2f}]"
             if r.run != reference:
-                cell += (f"<br>Δ {100 * r.delta:+.2f}{'*' if r.significant else ''} "
-                         f"[{100 * r.delta_low:+.2f}, {100 * r.delta_high:+.2f}], p={r.p_value:.3g}, "
+                cell += (f"<br>Δ {k * r.delta:+.2f}{'*' if r.significant else ''} "
+                         f"[{k * r.delta_low:+.2f}, {k * r.delta_high:+.2f}], p={r.p_value:.3g}, "
                          f"flips {int(r.right_to_wrong)}↓ {int(r.wrong_to_right)}↑")
             cells.append(cell)
         first = group.iloc[0]
         lines.append(f"| {task} | {first.metric} | {first.n} | " + " | ".join(cells) + " |")
-    lines += ["", f"Scores in %, 95% intervals; Δ against {reference}, paired over the same examples "
+    lines += ["", f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals; Δ against {reference}, paired over the same examples "
                   "(* p < 0.05: McNemar's exact test for pass/fail scores, a sign-flip permutation test otherwise).",
               "", "| run | capability | reference | score | retention | Δ |", "|---|---|---|---|---|---|"]
     for _, r in capabilities.iterrows():
@@ -84,11 +87,11 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    others = table[table["run"] != reference]
+    others = table[(table["run"] != reference) & ~table["metric"].isin(RAW_METRICS)]
     tasks, runs = list(others["task"].unique()), list(others["run"].unique())
     fig, (bars, scatter) = plt.subplots(1, 2, figsize=(6 + 0.8 * len(tasks), 4.5),
                                         gridspec_kw={"width_ratios": [max(len(tasks), 2), 2]})
-    width = 0.8 / len(runs)
+    width = 0.8 / max(len(runs), 1)
     for i, run in enumerate(runs):
         rows = others[others["run"] == run].set_index("task").loc[tasks]
         x = [t + i * width for t in range(len(tasks))]
@@ -97,7 +100,8 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
     bars.axhline(0, color="black", linewidth=0.8)
     bars.set_xticks([t + width * (len(runs) - 1) / 2 for t in range(len(tasks))], tasks, rotation=45, ha="right")
     bars.set_ylabel(f"Δ vs {reference} (points, 95% paired CI)")
-    bars.legend()
+    if runs:
+        bars.legend()
     for run in runs:
         rows = capabilities[capabilities["run"] == run]
         trained, forgot = rows[rows["trained"]], rows["forgetting"].dropna() if "forgetting" in rows else []

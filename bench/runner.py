@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cache import Cache, cache_key
+from bench.drift import evaluate_drift
 from bench.data import LoadedData
 from bench.engine import Engine, progress_bar
 from bench.lmeval import Harness
@@ -50,11 +51,13 @@ def git_commit() -> dict[str, Any] | None:
 
 def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
                  limit: int | None, sandbox: Sandbox | None = None, samples: int = 1,
-                 harness: Harness | None = None) -> dict[str, Any]:
+                 harness: Harness | None = None, seed: LoadedModel | None = None) -> dict[str, Any]:
     """What makes two invocations the same run: a finished run with this identity is reused, not recomputed."""
     def settings(t: Task | HarnessTask) -> dict[str, Any]:
         if isinstance(t, HarnessTask):
             return {"harness": harness.settings(), "skipped": data[t.name].skipped}
+        if t.drift:
+            return {"generation": engine.settings(t.generation), "seed_fingerprint": seed.fingerprint}
         return {"generation": engine.settings(t.generation), "samples": samples,
                 **({"sandbox": sandbox.settings()} if t.program and sandbox else {})}
 
@@ -72,13 +75,16 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
 
 def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
              store: RunStore, limit: int | None, sandbox: Sandbox | None = None, samples: int = 1,
-             harness: Harness | None = None) -> dict[str, dict[str, Any]]:
-    """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox, knowledge tasks a harness."""
+             harness: Harness | None = None, seed: tuple[LoadedModel, Engine] | None = None) -> dict[str, dict[str, Any]]:
+    """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox, knowledge tasks a
+    harness, drift the seed model (the evaluated model without its adapter) with its engine."""
     if sandbox is None and any(getattr(t, "program", None) for t in tasks):
         raise ValueError("code tasks need a sandbox")
     if harness is None and any(isinstance(t, HarnessTask) for t in tasks):
         raise ValueError("knowledge tasks need a harness")
-    identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness)
+    if seed is None and any(getattr(t, "drift", False) for t in tasks):
+        raise ValueError("drift needs the seed model")
+    identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness, seed and seed[0])
     if store.finished_with(identity):
         return {t.name: _read_metrics(store, t.name) for t in tasks}
     record = {
@@ -106,6 +112,12 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
             started = time.perf_counter()
             if isinstance(task, HarnessTask):
                 predictions, metrics = evaluate_harness_task(harness, task, data[task.name], limit)
+            elif task.drift:
+                predictions = evaluate_drift(task, data[task.name].examples, seed[0], model, seed[1], progress)
+                metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
+                           **_summary([r["score"] for r in predictions]),
+                           "others": {"nll": _summary([r["scores"]["nll"] for r in predictions])},
+                           "generation": asdict(task.generation), "seed_fingerprint": seed[0].fingerprint}
             else:
                 predictions, metrics = evaluate_task(model, engine, task, data[task.name], progress, sandbox, samples)
             store.write_task(task.name, predictions, metrics)

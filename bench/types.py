@@ -71,7 +71,8 @@ class Task:
     `dataset` is a path relative to the data directory (`gsm8k/test.jsonl`), in the layout of the
     offline mirror; `to_example(record, index)` turns one JSON line into an `Example`. A code task gives
     `program` instead of `score`: the pure function that turns an output into a program with its tests,
-    which the runner executes in the sandbox; it passes or it does not.
+    which the runner executes in the sandbox; it passes or it does not. A `drift` task scores no output: the
+    runner measures how far the model moved from its seed along the seed's own responses (bench/drift.py).
     """
 
     name: str
@@ -83,12 +84,13 @@ class Task:
     metric: str
     score: Callable[[str, Example], Score] | None = None
     program: Callable[[str, Example], str] | None = None
+    drift: bool = False  # instead of scoring: the seed's responses, and the model's NLL and KL along them
     hub: HubSource | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
-        if (self.score is None) == (self.program is None):
-            raise ValueError(f"task {self.name}: give exactly one of score and program")
+        if sum((self.score is not None, self.program is not None, self.drift)) != 1:
+            raise ValueError(f"task {self.name}: give exactly one of score, program and drift")
 
 
 @dataclass(frozen=True)

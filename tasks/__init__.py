@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from bench.types import BenchError, HarnessTask, Task
 from tasks.code import humaneval, humaneval_chat
+from tasks.drift import drift
 from tasks.knowledge import arc_challenge, arc_easy, hellaswag, mmlu, truthfulqa_mc1, truthfulqa_mc2, winogrande
 from tasks.math import gsm8k, multiarith
 from tasks.safety import advbench, harmbench
@@ -26,6 +27,7 @@ TASKS: dict[str, Task | HarnessTask] = {
         arc_challenge,
         winogrande,
         hellaswag,
+        drift,
     )
 }
 
@@ -35,6 +37,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "code": ("humaneval",),
     "tooluse": ("openfunction",),
     "knowledge": ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "winogrande", "hellaswag"),
+    "drift": ("drift",),
 }
 
 

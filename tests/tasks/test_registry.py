@@ -9,7 +9,7 @@ from tasks import SUITES, TASKS, select_tasks
 def test_tasks_by_name() -> None:
     assert list(TASKS) == ["gsm8k", "multiarith", "advbench_raw", "advbench_jailbreak", "harmbench", "humaneval",
                            "humaneval_chat", "openfunction", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy",
-                           "arc_challenge", "winogrande", "hellaswag"]
+                           "arc_challenge", "winogrande", "hellaswag", "drift"]
     for name, task in TASKS.items():
         assert task.name == name
 
@@ -22,6 +22,7 @@ def test_suites() -> None:
         "tooluse": ("openfunction",),
         "knowledge": ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "winogrande",
                       "hellaswag"),
+        "drift": ("drift",),
     }
     for suite, names in SUITES.items():
         assert all(name in TASKS for name in names), suite

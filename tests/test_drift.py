@@ -1,0 +1,43 @@
+"""bench/drift.py: KL from the seed is zero for the seed itself and positive for an adapted model; NLL is the
+model's own; `bench eval --tasks drift` and `bench compare` carry it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.cli import main
+from bench.drift import per_token_drift
+from bench.models import load_model
+
+
+def test_seed_has_no_drift_and_an_adapter_has_some(tiny_model_dir, tmp_path):
+    from test_models import make_adapter
+
+    seed = load_model(str(tiny_model_dir), dtype="float32")
+    tuned = load_model(str(tiny_model_dir), str(make_adapter(tiny_model_dir, tmp_path / "adapter")), "float32")
+    nll, kl, n = per_token_drift(seed, seed, "<|im_start|>user\nhi<|im_end|>\n", "hello there")
+    assert kl == 0.0 and nll > 0 and n >= 2
+    nll_tuned, kl_tuned, _ = per_token_drift(seed, tuned, "<|im_start|>user\nhi<|im_end|>\n", "hello there")
+    assert kl_tuned > 0 and nll_tuned != pytest.approx(nll)
+
+
+def test_drift_task_through_eval_and_compare(capsys, tiny_model_dir, fixture_data, tmp_path):
+    from test_models import make_adapter
+
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
+    base = ("eval", str(tiny_model_dir), "--tasks", "drift", "--dtype", "float32", "--data-dir", str(fixture_data),
+            "--results-dir", str(tmp_path / "results"))
+    assert main([*base, "--name", "seed"]) == 0
+    assert main([*base, "--name", "tuned", "--adapter", str(adapter)]) == 0
+    runs = tmp_path / "results" / "runs"
+    seed_rows = [json.loads(line) for line in (runs / "seed" / "drift" / "predictions.jsonl").open()]
+    tuned_rows = [json.loads(line) for line in (runs / "tuned" / "drift" / "predictions.jsonl").open()]
+    assert len(seed_rows) == 3 and all(r["score"] == 0.0 for r in seed_rows)
+    assert [r["output"] for r in seed_rows] == [r["output"] for r in tuned_rows]  # both along the seed's responses
+    assert all(r["score"] > 0 for r in tuned_rows)
+    metrics = json.loads((runs / "tuned" / "drift" / "metrics.json").read_text())
+    assert metrics["metric"] == "kl" and metrics["others"]["nll"]["n"] == 3
+    capsys.readouterr()
+    assert main(["compare", "seed", "tuned", "--results-dir", str(tmp_path / "results")]) == 0
+    assert "drift" in capsys.readouterr().out
