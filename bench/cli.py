@@ -40,6 +40,14 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _task_limits(value: str) -> dict[str, int]:
+    limits = {}
+    for item in _csv(value):
+        task, _, number = item.partition("=")
+        limits[task.strip()] = _positive_int(number)
+    return limits
+
+
 def default_run_name(model: str, adapter: str | None) -> str:
     def slug(spec: str) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(spec.rstrip("/")).name or spec).strip("-.") or "model"
@@ -52,6 +60,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     from bench.engine import Engine
     from bench.lmeval import Harness, load_harness_data
     from bench.models import load_model
+    from bench.compare import scale
     from bench.runner import evaluate
     from bench.sandbox import Sandbox, isolation_notes
     from bench.store import RunStore
@@ -66,8 +75,12 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     if args.samples > 1 and not args.temperature:
         raise BenchError("--samples above 1 needs --temperature above 0 (greedy samples are all the same)")
     data_dir = resolve_data_dir(args.data_dir)
-    data = {t.name: (load_task_data if isinstance(t, Task) else load_harness_data)(t, data_dir, args.limit)
-            for t in tasks}
+    task_limits = getattr(args, "task_limits", None) or {}
+    unknown = sorted(set(task_limits) - {t.name for t in tasks})
+    if unknown:
+        raise BenchError(f"--task-limits: {', '.join(unknown)} not among the selected tasks")
+    data = {t.name: (load_task_data if isinstance(t, Task) else load_harness_data)(
+        t, data_dir, task_limits.get(t.name, args.limit)) for t in tasks}
     results_dir = Path(args.results_dir)
     store = RunStore(results_dir, args.name or default_run_name(args.model, args.adapter))
     store.check_writable()
@@ -94,8 +107,9 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
             continue
         extra = "".join(f"  {k} {100 * v:.2f}" for k, v in m.get("pass@k", {}).items() if k != "pass@1")
         extra += "".join(f"  {k} {100 * v['mean']:.2f}" for k, v in m.get("others", {}).items())
-        table.add_row(name, m["metric"], str(m["n"]), f"{100 * m['mean']:.2f}{extra}",
-                      f"[{100 * m['ci_low']:.2f}, {100 * m['ci_high']:.2f}]")
+        k = scale(m["metric"])
+        table.add_row(name, m["metric"], str(m["n"]), f"{k * m['mean']:.2f}{extra}",
+                      f"[{k * m['ci_low']:.2f}, {k * m['ci_high']:.2f}]")
     console.print(table)
     console.print(f"results: {store.dir}  ({time.perf_counter() - started:.1f} s)")
 
@@ -149,9 +163,10 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     from bench.runner import git_commit, package_versions
     from bench.store import RunStore
     from fine_tune.data import load_train_examples
-    from fine_tune.sft import finish, load_config, train_sft
+    from fine_tune.sft import config_from_dict, finish, load_config, train_sft
 
-    config = load_config(Path(args.config) if args.config else None)
+    values = getattr(args, "config_values", None)  # from a profile's [sft] table
+    config = config_from_dict(values, "profile [sft]") if values else load_config(Path(args.config) if args.config else None)
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
     examples, data_sha256 = load_train_examples(args.task, resolve_data_dir(args.data_dir), args.limit)
@@ -170,8 +185,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BenchError(f"--results-dir {args.results_dir}: not writable ({e.strerror})") from None
-    extra = {"method": args.method, "identity": identity, "data_sha256": data_sha256, "packages": package_versions(), "git": git_commit(),
-             "command": sys.argv}
+    extra = {"method": args.method, "identity": identity, "data_sha256": data_sha256,
+             "packages": package_versions(), "git": git_commit(), "command": sys.argv}
     if args.method == "sdft":
         examples, extra["distillation"] = _distil(args, examples, out, console)
     record = train_sft(args.model, args.task, examples, config, out, args.dtype, extra=extra)
@@ -201,6 +216,40 @@ def _distil(args: argparse.Namespace, examples: list, out: Path, console: Consol
              "generation": engine.settings(DISTILL_GENERATION)}
     console.print(f"distilled: {stats['accepted']}/{stats['examples']} rewrites accepted ({100 * stats['rate']:.1f}%)")
     return distilled, stats
+
+
+def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
+    """The study of a profile, stage by stage, through the same commands a user runs: train each method,
+    evaluate the seed and every fine-tuned model, compare. Every stage reuses finished work."""
+    import json
+
+    from bench.profile import load_profile
+    from bench.store import write_json
+
+    profile = load_profile(args.profile)
+    common = {"data_dir": args.data_dir, "results_dir": args.results_dir}
+    timings: dict[str, float] = {}
+
+    def stage(label: str, command, **values) -> None:
+        console.rule(f"[bold]{profile.name}: {label}")
+        started = time.perf_counter()
+        command(argparse.Namespace(**common, **values), console)
+        timings[label] = round(time.perf_counter() - started, 1)
+
+    for method in profile.methods:
+        stage(f"train {method}", cmd_train, method=method, task=profile.train_task, model=profile.model,
+              limit=profile.train_limit, epochs=None, config=None, config_values=profile.sft,
+              name=f"{profile.name}-{method}", dtype=profile.dtype)
+    runs = [f"{profile.name}-seed"] + [f"{profile.name}-{m}" for m in profile.methods]
+    for run, method in zip(runs, [None, *profile.methods]):
+        adapter = str(Path(args.results_dir) / "checkpoints" / f"{profile.name}-{method}") if method else None
+        stage(f"eval {run.removeprefix(profile.name + '-')}", cmd_eval, model=profile.model, adapter=adapter,
+              suite=profile.suites, tasks=[], limit=profile.limit, task_limits=profile.task_limits, name=run,
+              batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype)
+    stage("compare", cmd_compare, runs=runs, flips=None, name=profile.name)
+    timings["total"] = round(sum(timings.values()), 1)
+    write_json(Path(args.results_dir) / "reports" / profile.name / "stages.json", timings)
+    console.print("stage seconds: " + json.dumps(timings))
 
 
 def cmd_tasks(args: argparse.Namespace, console: Console) -> None:
@@ -257,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--suite", type=_csv, default=[], help="comma-separated suites (see `bench tasks`)")
     ev.add_argument("--tasks", type=_csv, default=[], help="comma-separated task names")
     ev.add_argument("--limit", type=_positive_int, help="the first N examples of each task")
+    ev.add_argument("--task-limits", type=_task_limits, default={}, metavar="TASK=N,...",
+                    help="per-task limits that override --limit")
     ev.add_argument("--data-dir", help="offline mirror (default: $BENCH_DATA_DIR, else ../shared/data if present, else the Hub)")
     ev.add_argument("--name", help="run name (default: from the model and adapter)")
     ev.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
@@ -291,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--flips", metavar="TASK", help="list the examples of TASK whose score changed")
     cmp.add_argument("--name", help="report name under RESULTS_DIR/reports (default: RUN-vs-RUN...)")
     cmp.set_defaults(func=cmd_compare)
+
+    rp = commands.add_parser("reproduce", help="run a study profile: train, evaluate, compare")
+    rp.add_argument("--profile", default="tiny", help="tiny (CPU, embedded model), paper (the study's, GPU), or a .toml")
+    rp.add_argument("--data-dir")
+    rp.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
+    rp.set_defaults(func=cmd_reproduce)
 
     ls = commands.add_parser("tasks", help="list tasks, suites and their sizes")
     ls.add_argument("--data-dir")

@@ -19,6 +19,7 @@ class LoadedData:
     sha256: str  # of the file's bytes, or of the Hub records as JSON lines
     total: int  # examples in the dataset before --limit
     skipped: str | None = None  # why the task cannot run here (a Hub-only task offline)
+    limit: int | None = None  # the --limit it was loaded with
 
 
 def default_data_dir() -> Path | None:
@@ -92,7 +93,7 @@ def load_task_data(task: Task, data_dir: Path | None, limit: int | None = None) 
     else:
         loaded = _load_from_hub(task)
     if limit is not None:
-        loaded = LoadedData(loaded.examples[:limit], loaded.source, loaded.sha256, loaded.total)
+        loaded = LoadedData(loaded.examples[:limit], loaded.source, loaded.sha256, loaded.total, limit=limit)
     return loaded
 
 

@@ -140,7 +140,7 @@ def load_harness_data(task: HarnessTask, data_dir: Path | None, limit: int | Non
             raise BenchError(f"task {task.name}: no data directory (set --data-dir or $BENCH_DATA_DIR) and {reason}")
         if reason is not None:
             reason = f"not in the mirror, and {reason}"
-        return LoadedData([], f"hf://{dataset}", "", 0, skipped=reason)
+        return LoadedData([], f"hf://{dataset}", "", 0, skipped=reason, limit=limit)
     examples, total, digest, hashes = [], 0, hashlib.sha256(), []
     for leaf, _ in pairs:
         files = mirror_files(task, leaf, data_dir)
@@ -155,7 +155,7 @@ def load_harness_data(task: HarnessTask, data_dir: Path | None, limit: int | Non
         digest.update(f"{path.relative_to(data_dir)}:{sha}\n".encode())
     sha256 = hashes[0][1] if len(hashes) == 1 else digest.hexdigest()
     source = str(hashes[0][0]) if len(hashes) == 1 else f"{data_dir}/{task.name} ({len(hashes)} files)"
-    return LoadedData(examples, source, sha256, total)
+    return LoadedData(examples, source, sha256, total, limit=limit)
 
 
 class Harness:

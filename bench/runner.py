@@ -68,7 +68,8 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
         "adapter_sha256": model.adapter_sha256,
         "dtype": model.dtype,
         "limit": limit,
-        "tasks": {t.name: {"data_sha256": data[t.name].sha256, "n": len(data[t.name].examples), **settings(t)}
+        "tasks": {t.name: {"data_sha256": data[t.name].sha256, "n": len(data[t.name].examples), **settings(t),
+                           **({"limit": data[t.name].limit} if data[t.name].limit != limit else {})}
                   for t in tasks},
     }
 
@@ -111,7 +112,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
         for task in tasks:
             started = time.perf_counter()
             if isinstance(task, HarnessTask):
-                predictions, metrics = evaluate_harness_task(harness, task, data[task.name], limit)
+                predictions, metrics = evaluate_harness_task(harness, task, data[task.name], data[task.name].limit)
             elif task.drift:
                 predictions = evaluate_drift(task, data[task.name].examples, seed[0], model, seed[1], progress)
                 metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,

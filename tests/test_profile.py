@@ -1,0 +1,65 @@
+"""bench/profile.py and `bench reproduce`: profiles are data; the paper profile is the study's; a tiny study runs
+end to end and a second run reuses everything."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.profile import load_profile
+from bench.types import BenchError
+
+METHODS = Path(__file__).resolve().parents[2] / "shared" / "docs" / "methods.md"
+
+
+@pytest.mark.skipif(not METHODS.is_file(), reason="needs ../shared/docs/methods.md beside the checkout")
+def test_paper_profile_is_the_studys_configuration_line_by_line():
+    text = METHODS.read_text()
+    training = next(line for line in text.splitlines() if line.startswith("Training (scripts/"))
+    paper = load_profile("paper")
+    assert paper.model.endswith(re.search(r"(Llama-2-7b-chat-hf)", training).group(1))
+    assert f"LoRA rank {paper.sft['rank']}, alpha {paper.sft['alpha']}, dropout {paper.sft['dropout']}" in training
+    assert f"targets {','.join(paper.sft['target_modules'])}" in training
+    assert f"lr {paper.sft['learning_rate']:.0e}".replace("e-0", "e-") in training
+    assert f"{paper.sft['scheduler']}" in training and "bf16" in training and paper.dtype == "bfloat16"
+    assert f"per-device batch {paper.sft['batch_size']} x grad-accum {paper.sft['gradient_accumulation']}" in training
+    assert f"epochs {paper.sft['epochs']} for {paper.train_task}" in training
+    assert paper.train_task == "gsm8k" and paper.limit is None and paper.train_limit is None
+    assert set(paper.suites) == {"math", "safety", "code", "tooluse", "knowledge", "drift"}
+
+
+def test_profile_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "default"\ntrain_task = "gsm8k"\nsuites = ["math"]\nlimt = 3\n')
+    with pytest.raises(BenchError, match="unknown key 'limt'"):
+        load_profile(str(bad))
+    bad.write_text('model = "default"\ntrain_task = "gsm8k"\nsuites = "math"\n')
+    with pytest.raises(BenchError, match="key 'suites' must be list"):
+        load_profile(str(bad))
+    with pytest.raises(BenchError, match="no such profile"):
+        load_profile("nope")
+
+
+def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, tmp_path):
+    profile = tmp_path / "micro.toml"
+    profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\ntrain_task = "gsm8k"\ntrain_limit = 4\n'
+                       'suites = ["math", "drift"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
+                       'epochs = 1\n[task_limits]\ndrift = 3\n')
+    args = ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    report = tmp_path / "reports" / "micro"
+    table = json.loads((report / "report.json").read_text())
+    assert table["runs"] == ["micro-seed", "micro-sft", "micro-sdft"] and table["trained"]["micro-sft"] == "math"
+    rows = {(r["task"], r["run"]) for r in table["tasks"]}
+    assert ("drift", "micro-sdft") in rows and ("gsm8k", "micro-sft") in rows and ("multiarith", "micro-seed") in rows
+    drift_n = {r["n"] for r in table["tasks"] if r["task"] == "drift"}
+    assert drift_n == {3}
+    stages = json.loads((report / "stages.json").read_text())
+    assert set(stages) == {"train sft", "train sdft", "eval seed", "eval sft", "eval sdft", "compare", "total"}
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("already trained") == 2
