@@ -29,8 +29,10 @@ reproduce: install
 	$(BIN)/bench eval default --suite math,safety $(LIMIT_ARG) --name seed-limit$(or $(LIMIT),all) $(DATA_ARG)
 
 benchmark: install
+	$(BIN)/pip install --quiet -e ".[dev,benchmark]"
 	$(BIN)/python benchmarks/generation.py $(DATA_ARG)
 	$(BIN)/python benchmarks/sandbox.py $(DATA_ARG)
+	$(BIN)/python benchmarks/training.py $(DATA_ARG)
 
 clean:
 	rm -rf $(VENV) results/runs results/cache
