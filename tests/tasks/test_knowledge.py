@@ -16,6 +16,15 @@ MMLU_TWO = replace(mmlu, builtin=("mmlu/default/mmlu_abstract_algebra.yaml", "mm
 
 # The first fixture record of each task as its Hugging Face dataset holds it, written out by hand.
 HUB_DOCS = {
+    "arc_easy": {
+        "id": "Mercury_417466",
+        "question": "Which statement best explains why photosynthesis is the foundation of most food webs?",
+        "choices": {"text": ["Sunlight is the source of energy for nearly all ecosystems.",
+                             "Most ecosystems are found on land instead of in water.",
+                             "Carbon dioxide is more available than other gases.",
+                             "The producers in all ecosystems are plants."],
+                    "label": ["A", "B", "C", "D"]},
+        "answerKey": "A"},
     "arc_challenge": {
         "id": "Mercury_7175875",
         "question": "An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most "
@@ -84,6 +93,7 @@ def _requests(task):
 
 
 @pytest.mark.parametrize("task, leaf, doc_key", [
+    (arc_easy, "arc_easy", "arc_easy"),
     (arc_challenge, "arc_challenge", "arc_challenge"),
     (truthfulqa_mc1, "truthfulqa_mc1", "truthfulqa"),
     (truthfulqa_mc2, "truthfulqa_mc2", "truthfulqa"),
