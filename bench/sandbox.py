@@ -190,14 +190,18 @@ class Sandbox:
         return Outcome(status, error_type, round(duration, 4), self.isolation, stderr_tail[-1000:])
 
     def _kill(self, proc: subprocess.Popen) -> None:
-        """Kill everything the program started. In a PID namespace, killing `unshare` kills the namespace's
-        init and with it every process inside; otherwise kill the process group."""
+        """Kill everything the program started, and return only once it is gone. In a PID namespace, killing
+        `unshare` kills the namespace's init and with it every process inside; otherwise kill the process
+        group, whose members die asynchronously (and stay members until reaped): wait for the group to empty."""
         for target in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
             try:
                 target()
             except (ProcessLookupError, PermissionError):
                 pass
         proc.wait()
+        deadline = time.monotonic() + 5
+        while _live_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     @staticmethod
     def _verdict(verdict: bytes, token: str, returncode: int, timed_out: bool) -> tuple[str, str | None]:
@@ -218,6 +222,23 @@ class Sandbox:
             except ValueError:
                 return "error", f"signal {-returncode}"
         return "error", "NoVerdict"  # it exited before its tests ended, or was killed
+
+
+def _live_members(pgid: int) -> bool:
+    """Whether a process of group `pgid` is still running (a zombie has died: only its reaping is pending)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        state, _, group = stat[stat.rindex(")") + 2:].split()[:3]
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
 
 
 def isolation_notes(isolation: str) -> str:

@@ -11,7 +11,7 @@ import os
 import resource
 import sys
 
-MS_BIND, MS_REC, MNT_DETACH = 4096, 16384, 2
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MNT_DETACH = 1, 32, 4096, 16384, 2
 
 
 def _mount(libc, source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
@@ -21,10 +21,22 @@ def _mount(libc, source: str, target: str, fstype: str | None, flags: int, data:
         raise OSError(ctypes.get_errno(), f"mount {source} on {target}")
 
 
-def _private_tmp(libc) -> None:
+def _private_tmp(libc, keep: list[str]) -> None:
+    """A fresh tmpfs on each temporary directory. Paths of `keep` inside one (a virtualenv cloned under /tmp)
+    are bind-mounted back, read-only, from the directory the tmpfs covers (reached through an fd opened before)."""
     for d in ("/tmp", "/var/tmp", "/dev/shm"):
-        if os.path.isdir(d):
-            _mount(libc, "tmpfs", d, "tmpfs", 0, "size=64m,mode=1777")
+        if not os.path.isdir(d):
+            continue
+        inside = [p[len(d) + 1:] for p in keep if p.startswith(d + "/")]
+        covered = os.open(d, os.O_RDONLY | os.O_DIRECTORY) if inside else -1
+        _mount(libc, "tmpfs", d, "tmpfs", 0, "size=64m,mode=1777")
+        for rel in inside:
+            target = os.path.join(d, rel)
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            _mount(libc, f"/proc/self/fd/{covered}/{rel}", target, None, MS_BIND | MS_REC, None)
+            _mount(libc, "none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+        if covered != -1:
+            os.close(covered)
 
 
 def _expose(libc, paths: list[str]) -> None:
@@ -57,7 +69,7 @@ def main() -> None:
     if spec["private_tmp"]:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
-        _private_tmp(libc)
+        _private_tmp(libc, spec["expose"])
         if uid is not None:
             _expose(libc, spec["expose"])
         os.mkdir("/tmp/work", 0o700)

@@ -254,3 +254,30 @@ def test_process_group_fallback_still_judges() -> None:
     assert [weak.run(s).status for s in ("assert True\n", "assert False\n", "import os\nos._exit(0)\n")] == \
         ["passed", "failed", "error"]
     assert weak.run("while True:\n    pass\n").status == "timeout"
+
+
+@needs_namespaces
+def test_python_installed_under_tmp_stays_importable_and_read_only(sandbox: Sandbox, tmp_path, monkeypatch) -> None:
+    """A checkout (and its virtualenv) cloned under /tmp: the private /tmp must not hide it."""
+    import bench.sandbox
+
+    lib = tmp_path / "site-packages"
+    lib.mkdir()
+    (lib / "probe_module.py").write_text("VALUE = 42\n")
+    for d in (tmp_path, lib):
+        d.chmod(0o755)
+    monkeypatch.setattr(bench.sandbox, "_python_paths", lambda: [str(lib)])
+    outcome = run(sandbox, f"""
+        import sys
+        sys.path.append({str(lib)!r})
+        import probe_module
+        assert probe_module.VALUE == 42
+        try:
+            open({str(lib / "written")!r}, "w")
+        except OSError:
+            pass
+        else:
+            raise AssertionError("wrote into the Python installation")
+        """)
+    assert (outcome.status, outcome.error_type) == ("passed", None), outcome.stderr_tail
+    assert not (lib / "written").exists()
