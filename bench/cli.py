@@ -105,9 +105,9 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
         if "skipped" in m:
             table.add_row(name, m["metric"], "0", "skipped", m["skipped"])
             continue
-        extra = "".join(f"  {k} {100 * v:.2f}" for k, v in m.get("pass@k", {}).items() if k != "pass@1")
-        extra += "".join(f"  {k} {100 * v['mean']:.2f}" for k, v in m.get("others", {}).items())
-        k = scale(m["metric"])
+        k = scale(m["metric"])  # others share their task's scale (drift: KL and NLL, both in nats)
+        extra = "".join(f"  {name_} {100 * v:.2f}" for name_, v in m.get("pass@k", {}).items() if name_ != "pass@1")
+        extra += "".join(f"  {name_} {k * v['mean']:.2f}" for name_, v in m.get("others", {}).items())
         table.add_row(name, m["metric"], str(m["n"]), f"{k * m['mean']:.2f}{extra}",
                       f"[{k * m['ci_low']:.2f}, {k * m['ci_high']:.2f}]")
     console.print(table)
@@ -117,7 +117,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     import json
 
-    from bench.compare import compare, flips, scale
+    from bench.compare import compare, flips, format_cell
     from bench.report import trained_capability, write_report
 
     results_dir = Path(args.results_dir)
@@ -133,15 +133,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     for name in args.runs:
         table.add_column(name, justify="right")
     for task, group in table_rows.groupby("task", sort=False):
-        cells = []
-        for _, r in group.iterrows():
-            k = scale(r.metric)
-            cell = f"{k * r.score:.2f} [{k * r.ci_low:.2f}, {k * r.ci_high:.2f}]"
-            if r.run != reference:
-                star = "*" if r.significant else ""
-                cell += (f"\n{k * r.delta:+.2f}{star} [{k * r.delta_low:+.2f}, {k * r.delta_high:+.2f}] "
-                         f"p={r.p_value:.3g}\n{int(r.right_to_wrong)} / {int(r.wrong_to_right)}")
-            cells.append(cell)
+        cells = [format_cell(r, reference, "\n") for _, r in group.iterrows()]
         table.add_row(f"{task}\n{group.iloc[0].metric} (n={group.iloc[0].n})", *cells)
     console.print(table)
     for name in args.runs[1:] if args.flips else ():

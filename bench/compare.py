@@ -26,6 +26,18 @@ def scale(metric: str) -> float:
     return 1.0 if metric in RAW_METRICS else 100.0
 
 
+def format_cell(row: Any, reference: str, newline: str) -> str:
+    """One run's cell of a comparison table: score [CI]; for a run other than the reference, then the delta
+    [paired CI] with its p-value (* below 0.05), then the flips (score down / score up)."""
+    k = scale(row.metric)
+    cell = f"{k * row.score:.2f} [{k * row.ci_low:.2f}, {k * row.ci_high:.2f}]"
+    if row.run != reference:
+        cell += (f"{newline}Δ {k * row.delta:+.2f}{'*' if row.significant else ''} "
+                 f"[{k * row.delta_low:+.2f}, {k * row.delta_high:+.2f}] p={row.p_value:.3g}"
+                 f"{newline}flips {int(row.right_to_wrong)} / {int(row.wrong_to_right)}")
+    return cell
+
+
 @dataclass(frozen=True)
 class RunScores:
     name: str

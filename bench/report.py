@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.compare import RAW_METRICS, scale
+from bench.compare import RAW_METRICS, format_cell
 from bench.store import atomic_write_text, write_json
 
 
@@ -57,15 +57,7 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) ->
     runs = list(table["run"].unique())
     lines = [f"| task | metric | n | " + " | ".join(runs) + " |", "|" + "---|" * (3 + len(runs))]
     for task, group in table.groupby("task", sort=False):
-        cells = []
-        for _, r in group.iterrows():
-            k = scale(r.metric)
-            cell = f"{k * r.score:.2f} [{k * r.ci_low:.2f}, {k * r.ci_high:.2f}]"
-            if r.run != reference:
-                cell += (f"<br>Δ {k * r.delta:+.2f}{'*' if r.significant else ''} "
-                         f"[{k * r.delta_low:+.2f}, {k * r.delta_high:+.2f}], p={r.p_value:.3g}, "
-                         f"flips {int(r.right_to_wrong)}↓ {int(r.wrong_to_right)}↑")
-            cells.append(cell)
+        cells = [format_cell(r, reference, "<br>") for _, r in group.iterrows()]
         first = group.iloc[0]
         lines.append(f"| {task} | {first.metric} | {first.n} | " + " | ".join(cells) + " |")
     lines += ["", f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals; Δ against {reference}, paired over the same examples "

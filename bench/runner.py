@@ -58,7 +58,7 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
             return {"harness": harness.settings(), "skipped": data[t.name].skipped}
         if t.drift:
             return {"generation": engine.settings(t.generation), "seed_fingerprint": seed.fingerprint}
-        return {"generation": engine.settings(t.generation), "samples": samples,
+        return {"generation": engine.settings(t.generation), **({"samples": samples} if samples > 1 else {}),
                 **({"sandbox": sandbox.settings()} if t.program and sandbox else {})}
 
     return {

@@ -6,10 +6,9 @@ study did (`lm_eval --tasks mmlu,truthfulqa,ai2_arc,hellaswag,winogrande`).
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
+from bench.lmeval import builtin_dir
 from bench.types import HarnessTask
 
 LETTERS = ("A", "B", "C", "D")
@@ -42,11 +41,7 @@ def mmlu_doc(record: dict[str, Any]) -> dict[str, Any]:
 
 def mmlu_subjects() -> tuple[str, ...]:
     """lm-eval's 57 MMLU leaf tasks (their YAML files), found in its package without importing it."""
-    spec = importlib.util.find_spec("lm_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return ()
-    folder = Path(list(spec.submodule_search_locations)[0]) / "tasks" / "mmlu" / "default"
-    return tuple(sorted(f"mmlu/default/{p.name}" for p in folder.glob("mmlu_*.yaml")))
+    return tuple(sorted(f"mmlu/default/{p.name}" for p in (builtin_dir() / "mmlu" / "default").glob("mmlu_*.yaml")))
 
 
 def mmlu_files(leaf: str) -> dict[str, str]:
