@@ -3,9 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?=
-LIMIT ?= 100
+PROFILE ?= tiny
 DATA_ARG := $(if $(DATA),--data-dir $(DATA),)
-LIMIT_ARG := $(if $(LIMIT),--limit $(LIMIT),)
 
 .PHONY: install test reproduce benchmark clean
 
@@ -23,10 +22,10 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
-# Tiny profile for now: the seed model's math and safety evaluation, first LIMIT examples per task
-# (LIMIT= for the full sets). Re-running reuses the finished run; a killed run resumes from the cache.
+# The study of profiles/$(PROFILE).toml: train SFT and SDFT, evaluate seed and both, compare (results/reports/).
+# Every stage reuses finished work, so a second run only re-reads; a killed run resumes.
 reproduce: install
-	$(BIN)/bench eval default --suite math,safety $(LIMIT_ARG) --name seed-limit$(or $(LIMIT),all) $(DATA_ARG)
+	$(BIN)/bench reproduce --profile $(PROFILE) $(DATA_ARG)
 
 benchmark: install
 	$(BIN)/pip install --quiet -e ".[dev,benchmark]"
@@ -35,4 +34,4 @@ benchmark: install
 	$(BIN)/python benchmarks/training.py $(DATA_ARG)
 
 clean:
-	rm -rf $(VENV) results/runs results/cache
+	rm -rf $(VENV) results/runs results/cache results/checkpoints results/reports

@@ -221,6 +221,7 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
     profile = load_profile(args.profile)
     common = {"data_dir": args.data_dir, "results_dir": args.results_dir}
     timings: dict[str, float] = {}
+    begun = time.time()
 
     def stage(label: str, command, **values) -> None:
         console.rule(f"[bold]{profile.name}: {label}")
@@ -236,12 +237,37 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
     for run, method in zip(runs, [None, *profile.methods]):
         adapter = str(Path(args.results_dir) / "checkpoints" / f"{profile.name}-{method}") if method else None
         stage(f"eval {run.removeprefix(profile.name + '-')}", cmd_eval, model=profile.model, adapter=adapter,
-              suite=profile.suites, tasks=[], limit=profile.limit, task_limits=profile.task_limits, name=run,
+              suite=profile.suites, tasks=profile.tasks, limit=profile.limit, task_limits=profile.task_limits, name=run,
               batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype)
     stage("compare", cmd_compare, runs=runs, flips=None, name=profile.name)
     timings["total"] = round(sum(timings.values()), 1)
-    write_json(Path(args.results_dir) / "reports" / profile.name / "stages.json", timings)
+    detail = _stage_detail(Path(args.results_dir), profile.name, profile.methods, runs, begun)
+    write_json(Path(args.results_dir) / "reports" / profile.name / "stages.json", {**timings, "detail": detail})
     console.print("stage seconds: " + json.dumps(timings))
+    console.print("within stages: " + json.dumps(detail))
+
+
+def _stage_detail(results_dir: Path, profile: str, methods: list[str], runs: list[str],
+                  begun: float) -> dict[str, dict[str, float]]:
+    """Where each stage's time went when it ran now (distillation inside `train sdft`, each task inside `eval`);
+    a stage that reused work finished before `begun` has nothing inside it."""
+    import json
+
+    detail: dict[str, dict[str, float]] = {}
+    for method in methods:
+        path = results_dir / "checkpoints" / f"{profile}-{method}" / "train.json"
+        record = json.loads(path.read_text())
+        if path.stat().st_mtime >= begun:
+            detail[f"train {method}"] = {"training": record["seconds"]}
+            if "distillation" in record:
+                detail[f"train {method}"]["distil"] = record["distillation"]["seconds"]
+    for run in runs:
+        path = results_dir / "runs" / run / "run.json"
+        tasks = json.loads(path.read_text())["timings"]
+        tasks.pop("total", None)
+        if path.stat().st_mtime >= begun:
+            detail[f"eval {run.removeprefix(profile + '-')}"] = tasks
+    return detail
 
 
 def cmd_tasks(args: argparse.Namespace, console: Console) -> None:

@@ -17,7 +17,8 @@ class Profile:
     name: str
     model: str
     train_task: str
-    suites: list[str]
+    suites: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)  # tasks beyond the suites' (suites and tasks as in `bench eval`)
     dtype: str = "auto"
     methods: list[str] = field(default_factory=lambda: ["sft", "sdft"])
     train_limit: int | None = None
@@ -45,7 +46,9 @@ def load_profile(spec: str) -> Profile:
                     "dict[str, Any]": dict}[types[key]]
         if not isinstance(value, expected) or isinstance(value, bool):
             raise BenchError(f"{path}: key {key!r} must be {types[key]}, got {type(value).__name__}")
-    for key in ("model", "train_task", "suites"):
+    for key in ("model", "train_task"):
         if key not in values:
             raise BenchError(f"{path}: missing key {key!r}")
+    if not values.get("suites") and not values.get("tasks"):
+        raise BenchError(f"{path}: name the evaluation in 'suites' or 'tasks'")
     return Profile(name=path.stem, **values)

@@ -31,6 +31,17 @@ def test_paper_profile_is_the_studys_configuration_line_by_line():
     assert set(paper.suites) == {"math", "safety", "code", "tooluse", "knowledge", "drift"}
 
 
+@pytest.mark.parametrize("name", ["tiny", "paper"])
+def test_shipped_profiles_name_known_tasks_and_valid_training(name):
+    from fine_tune.sft import config_from_dict
+    from tasks import TASKS, select_tasks
+
+    profile = load_profile(name)
+    assert select_tasks(profile.suites, profile.tasks) and profile.train_task in TASKS
+    assert set(profile.task_limits) <= {t.name for t in select_tasks(profile.suites, profile.tasks)}
+    config_from_dict(profile.sft, f"profile {name} [sft]")
+
+
 def test_profile_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('model = "default"\ntrain_task = "gsm8k"\nsuites = ["math"]\nlimt = 3\n')
@@ -39,6 +50,9 @@ def test_profile_errors_name_the_key(tmp_path):
     bad.write_text('model = "default"\ntrain_task = "gsm8k"\nsuites = "math"\n')
     with pytest.raises(BenchError, match="key 'suites' must be list"):
         load_profile(str(bad))
+    bad.write_text('model = "default"\ntrain_task = "gsm8k"\n')
+    with pytest.raises(BenchError, match="name the evaluation in 'suites' or 'tasks'"):
+        load_profile(str(bad))
     with pytest.raises(BenchError, match="no such profile"):
         load_profile("nope")
 
@@ -46,7 +60,7 @@ def test_profile_errors_name_the_key(tmp_path):
 def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, tmp_path):
     profile = tmp_path / "micro.toml"
     profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\ntrain_task = "gsm8k"\ntrain_limit = 4\n'
-                       'suites = ["math", "drift"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
+                       'suites = ["math"]\ntasks = ["drift"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
                        'epochs = 1\n[task_limits]\ndrift = 3\n')
     args = ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path)]
     assert main(args) == 0, capsys.readouterr().err
@@ -58,8 +72,11 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
     drift_n = {r["n"] for r in table["tasks"] if r["task"] == "drift"}
     assert drift_n == {3}
     stages = json.loads((report / "stages.json").read_text())
-    assert set(stages) == {"train sft", "train sdft", "eval seed", "eval sft", "eval sdft", "compare", "total"}
+    assert set(stages) == {"train sft", "train sdft", "eval seed", "eval sft", "eval sdft", "compare", "total", "detail"}
+    assert set(stages["detail"]["train sdft"]) == {"distil", "training"}
+    assert set(stages["detail"]["eval sft"]) == {"gsm8k", "multiarith", "drift"}
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("already trained") == 2
+    assert json.loads((report / "stages.json").read_text())["detail"] == {}
