@@ -1,11 +1,15 @@
 """SFT speed: our trainer (fine_tune/sft.py) against TRL's SFTTrainer with its default settings, side by side.
 
-Same seed (the embedded model), same first N gsm8k training examples as prompt/completion pairs through the chat
-template, same LoRA (the study's: r 8, alpha 16, dropout 0.1, q_proj and v_proj), lr 1e-4 cosine, batch 2 x
-gradient accumulation 4, one epoch, same dtype. Tokens/s counts every trained token (prompt and response) of
-every example; each trainer runs `--repeats` times in this process and the median is printed, with the ratio.
+Same seed (the embedded model), same first N training examples of the task as prompt/completion pairs through the
+chat template, same LoRA and optimisation (the study's by default: r 8, alpha 16, dropout 0.1, q_proj and v_proj,
+lr 1e-4 cosine, batch 2 x gradient accumulation 4; or a profile's `[sft]` table), one epoch, same dtype.
+Tokens/s counts every trained token (prompt and response) of every example; each trainer runs `--repeats` times in
+this process and the median is printed, with the ratio.
 
-    .venv/bin/python benchmarks/training.py [--examples 64] [--repeats 1] [--dtype auto|float32|bfloat16]
+    .venv/bin/python benchmarks/training.py [--examples 64] [--task gsm8k] [--profile tiny] [--repeats 1]
+        [--dtype auto|float32|bfloat16]
+
+`--profile tiny` takes the tiny study's task, training examples and LoRA config (one epoch).
 """
 from __future__ import annotations
 
@@ -13,22 +17,24 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench.data import resolve_data_dir
 from bench.models import resolve_dtype, resolve_model_dir
+from bench.profile import load_profile
 from fine_tune.data import load_train_examples, tokenize
-from fine_tune.sft import SFTConfig, train_sft
+from fine_tune.sft import SFTConfig, config_from_dict, train_sft
 
 
-def ours(examples, config: SFTConfig, dtype: str) -> float:
+def ours(task: str, examples, config: SFTConfig, dtype: str) -> float:
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        train_sft("default", "gsm8k", examples, config, Path(out), dtype)
+        train_sft("default", task, examples, config, Path(out), dtype)
         return time.perf_counter() - started
 
 
-def trl(examples, config: SFTConfig, dtype: str) -> float:
+def trl(task: str, examples, config: SFTConfig, dtype: str) -> float:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -59,24 +65,31 @@ def trl(examples, config: SFTConfig, dtype: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir")
-    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--examples", type=int)
+    parser.add_argument("--task", default="gsm8k")
+    parser.add_argument("--profile", help="take the task, examples and [sft] config of this profile")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
     dtype = resolve_dtype(args.dtype)
-    examples, _ = load_train_examples("gsm8k", resolve_data_dir(args.data_dir), args.examples)
-    config = SFTConfig(epochs=1)
+    task, limit, config = args.task, args.examples or 64, SFTConfig(epochs=1)
+    if args.profile:
+        profile = load_profile(args.profile)
+        task, limit = profile.train_task, args.examples or profile.train_limit
+        config = replace(config_from_dict(profile.sft, f"profile {profile.name} [sft]"), epochs=1)
+    examples, _ = load_train_examples(task, resolve_data_dir(args.data_dir), limit)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("default"))
     tokens = sum(len(tokenize(tokenizer, ex.messages, ex.response, config.max_length)["input_ids"]) for ex in examples)
     rates = {}
     for name, fn in (("forgetbench (Trainer, length-grouped)", ours), ("TRL SFTTrainer (defaults)", trl)):
-        seconds = statistics.median(fn(examples, config, dtype) for _ in range(args.repeats))
+        seconds = statistics.median(fn(task, examples, config, dtype) for _ in range(args.repeats))
         rates[name] = tokens / seconds
         print(f"{name:40s} {rates[name]:7.1f} tokens/s  ({seconds:.1f} s, {tokens} tokens, {dtype})", flush=True)
     ours_rate, trl_rate = rates.values()
-    print(f"ratio forgetbench / TRL: {ours_rate / trl_rate:.2f}x ({len(examples)} examples, median of {args.repeats}; "
+    print(f"ratio forgetbench / TRL: {ours_rate / trl_rate:.2f}x ({len(examples)} {task} examples, "
+          f"median of {args.repeats}; "
           f"both times include loading the model)")
 
 
