@@ -34,7 +34,7 @@ def ours(task: str, examples, config: SFTConfig, dtype: str) -> float:
         return time.perf_counter() - started
 
 
-def trl(task: str, examples, config: SFTConfig, dtype: str) -> float:
+def trl(examples, config: SFTConfig, dtype: str) -> float:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -83,8 +83,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("default"))
     tokens = sum(len(tokenize(tokenizer, ex.messages, ex.response, config.max_length)["input_ids"]) for ex in examples)
     rates = {}
-    for name, fn in (("forgetbench (Trainer, length-grouped)", ours), ("TRL SFTTrainer (defaults)", trl)):
-        seconds = statistics.median(fn(task, examples, config, dtype) for _ in range(args.repeats))
+    trainers = {"forgetbench (Trainer, length-grouped)": lambda: ours(task, examples, config, dtype),
+                "TRL SFTTrainer (defaults)": lambda: trl(examples, config, dtype)}
+    for name, fn in trainers.items():
+        seconds = statistics.median(fn() for _ in range(args.repeats))
         rates[name] = tokens / seconds
         print(f"{name:40s} {rates[name]:7.1f} tokens/s  ({seconds:.1f} s, {tokens} tokens, {dtype})", flush=True)
     ours_rate, trl_rate = rates.values()
