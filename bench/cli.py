@@ -128,7 +128,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), table_rows, reference,
                           trained)
     table = Table(title=f"scores (%; drift: KL in nats) with 95% intervals; deltas against {reference}, paired over "
-                        f"the same examples (* p < 0.05; flips: score down / score up)")
+                        f"the same examples (* p < 0.05; lost / gained: examples right->wrong / wrong->right)")
     table.add_column("task")
     for name in args.runs:
         table.add_column(name, justify="right")

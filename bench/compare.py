@@ -19,6 +19,7 @@ from bench.store import RUN_FILE, read_jsonl
 from bench.types import BenchError
 
 LEVEL = 0.95
+PASS_FAIL_TEST = "McNemar exact"
 RAW_METRICS = ("kl",)  # shown as they are (nats); every other metric is a fraction, shown in %
 
 
@@ -28,14 +29,20 @@ def scale(metric: str) -> float:
 
 def format_cell(row: Any, reference: str, newline: str) -> str:
     """One run's cell of a comparison table: score [CI]; for a run other than the reference, then the delta
-    [paired CI] with its p-value (* below 0.05), then the flips (score down / score up)."""
+    [paired CI] with its p-value (* below 0.05), then how many examples changed each way (for a score that is
+    not pass/fail, such as drift's KL, "up" and "down" carry no judgement)."""
     k = scale(row.metric)
     cell = f"{k * row.score:.2f} [{k * row.ci_low:.2f}, {k * row.ci_high:.2f}]"
     if row.run != reference:
         cell += (f"{newline}Δ {k * row.delta:+.2f}{'*' if row.significant else ''} "
                  f"[{k * row.delta_low:+.2f}, {k * row.delta_high:+.2f}] p={row.p_value:.3g}"
-                 f"{newline}flips {int(row.right_to_wrong)} / {int(row.wrong_to_right)}")
+                 f"{newline}{changes(row.right_to_wrong, row.wrong_to_right, row.test == PASS_FAIL_TEST)}")
     return cell
+
+
+def changes(down: int, up: int, pass_fail: bool) -> str:
+    """How many examples' scores went down and up: lost / gained for pass/fail scores."""
+    return f"{int(down)} lost / {int(up)} gained" if pass_fail else f"{int(down)} down / {int(up)} up"
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,7 @@ def compare(results_dir: Path, names: list[str]) -> pd.DataFrame:
                 right_to_wrong, wrong_to_right = int(np.sum(diff < 0)), int(np.sum(diff > 0))
                 p = mcnemar_exact(right_to_wrong, wrong_to_right) if binary else sign_flip_p(diff)
                 row.update(delta=float(diff.mean()), delta_low=low, delta_high=high, p_value=p,
-                           test="McNemar exact" if binary else "paired sign-flip permutation",
+                           test=PASS_FAIL_TEST if binary else "paired sign-flip permutation",
                            right_to_wrong=right_to_wrong, wrong_to_right=wrong_to_right,
                            significant=bool(p < 1 - LEVEL))
             rows.append(row)
@@ -148,5 +155,6 @@ def flips(results_dir: Path, reference: str, other: str, task: str) -> pd.DataFr
                              f"(tasks: {', '.join(run.tasks)})")
     ref, oth, ids = aligned(ref_run, other_run, task)
     changed = ref != oth
+    down, up = ("right->wrong", "wrong->right") if is_binary(ref, oth) else ("down", "up")
     return pd.DataFrame({"id": np.asarray(ids)[changed], reference: ref[changed], other: oth[changed],
-                         "direction": np.where(oth[changed] < ref[changed], "right->wrong", "wrong->right")})
+                         "direction": np.where(oth[changed] < ref[changed], down, up)})

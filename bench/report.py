@@ -61,7 +61,8 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) ->
         first = group.iloc[0]
         lines.append(f"| {task} | {first.metric} | {first.n} | " + " | ".join(cells) + " |")
     lines += ["", f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals; Δ against {reference}, paired over the same examples "
-                  "(* p < 0.05: McNemar's exact test for pass/fail scores, a sign-flip permutation test otherwise).",
+                  "(* p < 0.05: McNemar's exact test for pass/fail scores, a sign-flip permutation test otherwise); "
+                  "lost / gained: examples right->wrong / wrong->right; down / up: examples whose score fell / rose.",
               "", "| run | capability | reference | score | retention | Δ |", "|---|---|---|---|---|---|"]
     for _, r in capabilities.iterrows():
         if "forgetting" in r and pd.notna(r.get("forgetting")):

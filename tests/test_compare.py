@@ -71,4 +71,14 @@ def test_cli_prints_the_table_and_flips(tmp_path, capsys):
     write_run(tmp_path, "sdft", {"gsm8k": [(f"q{i}", 0.0) for i in range(12)]})
     assert main(["compare", "seed", "sdft", "--results-dir", str(tmp_path), "--flips", "gsm8k"]) == 0
     out = capsys.readouterr().out
-    assert "-100.00*" in out and "12 / 0" in out and "12 examples changed" in out and "right->wrong" in out
+    assert "-100.00*" in out and "12 lost / 0 gained" in out and "12 examples changed" in out and "right->wrong" in out
+
+
+def test_scores_that_are_not_pass_fail_change_down_or_up(tmp_path, capsys):
+    write_run(tmp_path, "seed", {"drift": [(f"i{i}", 0.0) for i in range(8)]})
+    write_run(tmp_path, "sft", {"drift": [(f"i{i}", 0.1 * (i + 1)) for i in range(8)]})
+    row = compare(tmp_path, ["seed", "sft"]).set_index("run").loc["sft"]
+    assert row.test == "paired sign-flip permutation" and (row.right_to_wrong, row.wrong_to_right) == (0, 8)
+    assert set(flips(tmp_path, "seed", "sft", "drift")["direction"]) == {"up"}
+    assert main(["compare", "seed", "sft", "--results-dir", str(tmp_path)]) == 0
+    assert "0 down / 8 up" in capsys.readouterr().out
