@@ -19,6 +19,8 @@ import pandas as pd
 from bench.compare import RAW_METRICS, format_cell
 from bench.store import atomic_write_text, write_json
 
+UNTRAINED_MEAN = "untrained capabilities (mean)"
+
 
 def trained_capability(run_record: dict[str, Any]) -> str | None:
     """The capability the run's adapter was trained for, from the checkpoint's train.json."""
@@ -31,7 +33,7 @@ def trained_capability(run_record: dict[str, Any]) -> str | None:
 
 def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | None]) -> pd.DataFrame:
     """One row per (run, capability): both means, the retention ratio, and whether it was trained for; plus one
-    `mean forgetting` row per run over the capabilities it was not trained for."""
+    row per run with the means over the capabilities it was not trained for, whose `forgetting` is -delta."""
     table = table[~table["metric"].isin(RAW_METRICS)]  # drift is in nats: reported beside, never averaged in
     means = table.groupby(["run", "capability"], sort=False)["score"].mean()
     rows = []
@@ -46,10 +48,11 @@ def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | Non
                          "retention": own / ref if ref > 0 else float("nan"), "delta": own - ref,
                          "trained": is_trained})
             if not is_trained:
-                untrained.append(ref - own)
-        rows.append({"run": run, "capability": "mean forgetting (untrained capabilities)",
-                     "delta": -sum(untrained) / len(untrained) if untrained else float("nan"), "trained": False,
-                     "forgetting": sum(untrained) / len(untrained) if untrained else float("nan")})
+                untrained.append((ref, own))
+        ref, own = (sum(pair[i] for pair in untrained) / len(untrained) if untrained else float("nan")
+                    for i in (0, 1))
+        rows.append({"run": run, "capability": UNTRAINED_MEAN, "reference": ref, "score": own,
+                     "delta": own - ref, "trained": False, "forgetting": ref - own})
     return pd.DataFrame(rows)
 
 
@@ -65,25 +68,26 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) ->
                   "lost / gained: examples right->wrong / wrong->right; down / up: examples whose score fell / rose.",
               "", "| run | capability | reference | score | retention | Δ |", "|---|---|---|---|---|---|"]
     for _, r in capabilities.iterrows():
-        if "forgetting" in r and pd.notna(r.get("forgetting")):
-            lines.append(f"| {r.run} | {r.capability} | | | | {100 * r.delta:+.2f} |")
-        else:
-            lines.append(f"| {r.run} | {r.capability}{' (trained)' if r.trained else ''} | {100 * r.reference:.2f} | "
-                         f"{100 * r.score:.2f} | {r.retention:.3f} | {100 * r.delta:+.2f} |")
+        retention = "" if r.capability == UNTRAINED_MEAN else f"{r.retention:.3f}"
+        lines.append(f"| {r.run} | {r.capability}{' (trained)' if r.trained else ''} | {100 * r.reference:.2f} | "
+                     f"{100 * r.score:.2f} | {retention} | {100 * r.delta:+.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> str:
-    """The grouped bar chart of deltas with their intervals and the gain-vs-forgetting scatter, as base64 PNG."""
+    """The grouped bar chart of deltas with their intervals, the gain-vs-forgetting scatter and, where the runs
+    were measured for drift, each run's KL from the reference, as base64 PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     others = table[(table["run"] != reference) & ~table["metric"].isin(RAW_METRICS)]
+    drift = table[(table["run"] != reference) & table["metric"].isin(RAW_METRICS)]
     tasks, runs = list(others["task"].unique()), list(others["run"].unique())
-    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(6 + 0.8 * len(tasks), 4.5),
-                                        gridspec_kw={"width_ratios": [max(len(tasks), 2), 2]})
+    ratios = [max(len(tasks), 2), 2] + [1.5] * drift["task"].nunique()
+    fig, (bars, scatter, *drift_axes) = plt.subplots(1, len(ratios), figsize=(4 + 0.8 * sum(ratios), 4.5),
+                                                    gridspec_kw={"width_ratios": ratios})
     width = 0.8 / max(len(runs), 1)
     for i, run in enumerate(runs):
         rows = others[others["run"] == run].set_index("task").loc[tasks]
@@ -101,7 +105,14 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
         if len(trained) and len(forgot):
             scatter.scatter(100 * forgot.iloc[0], 100 * trained["delta"].iloc[0], label=run)
             scatter.annotate(run, (100 * forgot.iloc[0], 100 * trained["delta"].iloc[0]))
-    scatter.set_xlabel("mean forgetting (points)")
+    scatter.set_xlabel("mean forgetting: points lost on\nthe untrained capabilities")
+    scatter.margins(0.3)
+    for axis, (task, rows) in zip(drift_axes, drift.groupby("task", sort=False)):
+        errors = [rows["score"] - rows["ci_low"], rows["ci_high"] - rows["score"]]
+        axis.bar(range(len(rows)), rows["score"], yerr=errors, capsize=3,
+                 color=[f"C{runs.index(r)}" if r in runs else "gray" for r in rows["run"]])
+        axis.set_xticks(range(len(rows)), rows["run"], rotation=45, ha="right")
+        axis.set_ylabel(f"{task}: {rows['metric'].iloc[0].upper()} from {reference} (nats, 95% CI)")
     scatter.set_ylabel("gain on the trained capability (points)")
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -28,7 +28,8 @@ def test_retention_and_mean_forgetting_leave_out_the_trained_capability():
     result = forgetting(table(), "seed", {"sft": "math"}).set_index("capability")
     assert result.loc["math", "trained"] and result.loc["math", "delta"] == pytest.approx(0.20)
     assert result.loc["knowledge", "retention"] == pytest.approx(0.425 / 0.5)
-    assert result.loc["mean forgetting (untrained capabilities)", "forgetting"] == pytest.approx(0.075)
+    untrained = result.loc["untrained capabilities (mean)"]
+    assert untrained["forgetting"] == pytest.approx(0.075) and untrained["delta"] == pytest.approx(-0.075)
 
 
 def test_report_files(tmp_path):
@@ -36,6 +37,7 @@ def test_report_files(tmp_path):
     md = (out / "report.md").read_text()
     assert "| gsm8k | acc | 100 | 10.00 [5.00, 15.00] | 30.00 [25.00, 35.00]<br>Δ +20.00* [+16.00, +24.00]" in md
     assert "| sft | math (trained) | 10.00 | 30.00 | 3.000 | +20.00 |" in md
+    assert "| sft | untrained capabilities (mean) | 50.00 | 42.50 |  | -7.50 |" in md
     assert len(pd.read_csv(out / "report.csv")) == 6
     report = json.loads((out / "report.json").read_text())
     assert report["reference"] == "seed" and report["trained"] == {"sft": "math"}
