@@ -123,10 +123,10 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     results_dir = Path(args.results_dir)
     table_rows = compare(results_dir, args.runs)
     reference = args.runs[0]
-    trained = {name: trained_capability(json.loads((results_dir / "runs" / name / "run.json").read_text()))
-               for name in args.runs[1:]}
+    records = {name: json.loads((results_dir / "runs" / name / "run.json").read_text()) for name in args.runs}
+    trained = {name: trained_capability(records[name]) for name in args.runs[1:]}
     report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), table_rows, reference,
-                          trained)
+                          trained, records)
     table = Table(title=f"scores (%; drift: KL in nats) with 95% intervals; deltas against {reference}, paired over "
                         f"the same examples (* p < 0.05; lost / gained: examples right->wrong / wrong->right)")
     table.add_column("task")

@@ -31,6 +31,18 @@ def trained_capability(run_record: dict[str, Any]) -> str | None:
     return json.loads(path.read_text()).get("capability")
 
 
+def provenance(run_record: dict[str, Any]) -> dict[str, Any]:
+    """What a report's reader needs to trace a run's numbers: model and adapter hashes, data sha256s, dtype,
+    packages and git commit (the rest stays in the run's run.json)."""
+    identity = run_record.get("identity", {})
+    return {"model": run_record.get("model"), "fingerprint": identity.get("fingerprint"),
+            "weights_sha256": identity.get("weights_sha256"), "adapter_sha256": identity.get("adapter_sha256"),
+            "dtype": identity.get("dtype"), "limit": identity.get("limit"),
+            "data_sha256": {task: d.get("sha256") for task, d in (run_record.get("data") or {}).items()},
+            "packages": run_record.get("packages"), "git": run_record.get("git"),
+            "finished": run_record.get("finished")}
+
+
 def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | None]) -> pd.DataFrame:
     """One row per (run, capability): both means, the retention ratio, and whether it was trained for; plus one
     row per run with the means over the capabilities it was not trained for, whose `forgetting` is -delta."""
@@ -121,17 +133,24 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: dict[str, str | None]) -> Path:
-    """All four files, each written atomically; returns the directory."""
+def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: dict[str, str | None],
+                 runs: dict[str, dict[str, Any]] | None = None) -> Path:
+    """All four files, each written atomically; report.json also carries each run's provenance (from the
+    run.json records in `runs`). Returns the directory."""
     capabilities = forgetting(table, reference, trained)
-    text = markdown(table, reference, capabilities)
+    traced = {name: provenance(record) for name, record in (runs or {}).items()}
+    text = markdown(table, reference, capabilities) + "".join(
+        f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
+        f"{p['dtype']}, git {((p['git'] or {}).get('commit') or 'unknown')[:12]}"
+        f"{' (uncommitted changes)' if (p['git'] or {}).get('dirty') else ''}\n" for name, p in traced.items())
     atomic_write_text(out_dir / "report.md", text)
     atomic_write_text(out_dir / "report.csv", table.to_csv(index=False))
     write_json(out_dir / "report.json", {
         "reference": reference, "runs": list(table["run"].unique()), "trained": trained,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tasks": json.loads(table.to_json(orient="records")),
-        "capabilities": json.loads(capabilities.to_json(orient="records"))})
+        "capabilities": json.loads(capabilities.to_json(orient="records")),
+        "provenance": traced})
     png = _plot(table, reference, capabilities)
     html = ("<!doctype html><meta charset='utf-8'><title>forgetbench report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:4px 8px;"

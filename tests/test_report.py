@@ -33,14 +33,21 @@ def test_retention_and_mean_forgetting_leave_out_the_trained_capability():
 
 
 def test_report_files(tmp_path):
-    out = write_report(tmp_path / "r", table(), "seed", {"sft": "math"})
+    records = {run: {"identity": {"fingerprint": f"{run}-fp", "adapter_sha256": "ab" if run == "sft" else None},
+                     "data": {"gsm8k": {"sha256": "d1", "source": "gsm8k/test.jsonl"}}, "git": {"commit": "c0"}}
+               for run in ("seed", "sft")}
+    out = write_report(tmp_path / "r", table(), "seed", {"sft": "math"}, records)
     md = (out / "report.md").read_text()
     assert "| gsm8k | acc | 100 | 10.00 [5.00, 15.00] | 30.00 [25.00, 35.00]<br>Δ +20.00* [+16.00, +24.00]" in md
     assert "| sft | math (trained) | 10.00 | 30.00 | 3.000 | +20.00 |" in md
     assert "| sft | untrained capabilities (mean) | 50.00 | 42.50 |  | -7.50 |" in md
+    assert "sft: fingerprint sft-fp, adapter sha256 ab, None, git c0" in md
     assert len(pd.read_csv(out / "report.csv")) == 6
     report = json.loads((out / "report.json").read_text())
     assert report["reference"] == "seed" and report["trained"] == {"sft": "math"}
+    traced = report["provenance"]["sft"]
+    assert traced["fingerprint"] == "sft-fp" and traced["adapter_sha256"] == "ab"
+    assert traced["data_sha256"] == {"gsm8k": "d1"} and traced["git"] == {"commit": "c0"}
     html = (out / "report.html").read_text()
     assert "<table>" in html and "data:image/png;base64," in html
 
