@@ -106,6 +106,38 @@ def _log_callback(path: Path, tokens_per_step: float):
     return LogCallback()
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def last_complete_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest Trainer checkpoint saved completely (Trainer writes trainer_state.json last); newer ones, left
+    half-written by a kill during a save, are removed."""
+    checkpoints = sorted(trainer_dir.glob("checkpoint-*"), key=checkpoint_step)
+    complete = [path for path in checkpoints if (path / "trainer_state.json").is_file()]
+    last = complete[-1] if complete else None
+    for path in checkpoints:
+        if last is None or checkpoint_step(path) > checkpoint_step(last):
+            shutil.rmtree(path)
+    return last
+
+
+def keep_log_rows(path: Path, last_step: int) -> None:
+    """Drop train_log.csv rows after the step training resumes from: those steps are trained (and logged) again."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [row for row in rows[1:] if int(row[0]) <= last_step]
+    if not kept:
+        path.unlink()
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows[:1] + kept)
+    tmp.replace(path)
+
+
 def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: SFTConfig, out_dir: Path,
               dtype: str = "auto", extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a LoRA adapter on the examples' responses; returns the train.json record. Resumes from the last
@@ -143,9 +175,11 @@ def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: 
     log = _log_callback(out_dir / "train_log.csv", mean_length * config.batch_size * config.gradient_accumulation)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(features), callbacks=[log],
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX))
-    resume = any(trainer_dir.glob("checkpoint-*"))
+    checkpoint = last_complete_checkpoint(trainer_dir)
+    keep_log_rows(out_dir / "train_log.csv", checkpoint_step(checkpoint) if checkpoint else 0)
+    resume = checkpoint is not None
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
     staging = out_dir / ".adapter-staging"
     shutil.rmtree(staging, ignore_errors=True)

@@ -8,7 +8,7 @@ import pytest
 
 from bench.cli import main
 from bench.types import BenchError
-from fine_tune.sft import SFTConfig, config_from_dict
+from fine_tune.sft import SFTConfig, config_from_dict, keep_log_rows, last_complete_checkpoint
 
 
 def bench(capsys, *argv: str) -> tuple[int, str, str]:
@@ -81,3 +81,71 @@ def test_train_bad_input_is_one_line(capsys, tiny_model_dir, fixture_data, tmp_p
     with pytest.raises(SystemExit) as exit_:
         main(["train", "gkd", "--task", "gsm8k"])
     assert exit_.value.code == 2 and "invalid choice: 'gkd'" in capsys.readouterr().err
+
+
+def _train(args: list[str], cwd) -> "subprocess.Popen":
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", "train", "sft", *args], cwd=cwd,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_training_then_rerun_resumes_to_the_same_adapter(tiny_model_dir, fixture_data, tmp_path):
+    """kill -9 after a Trainer checkpoint, re-run: training resumes there, logs each step once, and ends with the
+    adapter an uninterrupted training gives."""
+    import signal
+    import time
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    config = tmp_path / "resume.json"
+    config.write_text(json.dumps({"batch_size": 1, "gradient_accumulation": 1, "learning_rate": 0.01, "rank": 4,
+                                  "save_steps": 2, "epochs": 6}))
+    args = ["--task", "gsm8k", "--model", str(tiny_model_dir), "--config", str(config), "--data-dir",
+            str(fixture_data), "--name", "tiny", "--dtype", "float32"]
+    repo = Path(__file__).resolve().parents[2]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+
+    proc = _train([*args, "--results-dir", str(killed)], repo)
+    deadline = time.monotonic() + 120
+    log = killed / "checkpoints" / "tiny" / "train_log.csv"
+    # Kill once step 3 is logged: the last checkpoint is step 2, so step 3 is trained and logged again.
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 4) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the training finished before it could be killed; make it longer"
+    assert not (killed / "checkpoints" / "tiny" / "train.json").exists()
+
+    for results in (killed, clean):
+        run = _train([*args, "--results-dir", str(results)], repo)
+        assert run.wait(timeout=300) == 0, run.stderr.read()
+    record = json.loads((killed / "checkpoints" / "tiny" / "train.json").read_text())
+    assert record["resumed"] and record["steps"] == 24
+    steps = [int(r["step"]) for r in csv.DictReader((killed / "checkpoints" / "tiny" / "train_log.csv").open())]
+    assert steps == list(range(1, 25))
+    resumed, uninterrupted = (load_file(r / "checkpoints" / "tiny" / "adapter_model.safetensors")
+                              for r in (killed, clean))
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.allclose(resumed[k], uninterrupted[k], atol=1e-6) for k in resumed)
+
+
+def test_a_checkpoint_half_written_by_a_kill_is_dropped_and_the_log_cut_back(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    log = tmp_path / "train_log.csv"
+    log.write_text("step,loss,lr,tokens_per_s\n" + "".join(f"{i},1.0,0.1,5\n" for i in range(1, 7)))
+    keep_log_rows(log, 4)
+    assert [int(r["step"]) for r in csv.DictReader(log.open())] == [1, 2, 3, 4]
+    keep_log_rows(log, 0)
+    assert not log.exists()
