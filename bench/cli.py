@@ -221,7 +221,6 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
     profile = load_profile(args.profile)
     common = {"data_dir": args.data_dir, "results_dir": args.results_dir}
     timings: dict[str, float] = {}
-    begun = time.time()
 
     def stage(label: str, command, **values) -> None:
         console.rule(f"[bold]{profile.name}: {label}")
@@ -241,33 +240,28 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
               batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype)
     stage("compare", cmd_compare, runs=runs, flips=None, name=profile.name)
     timings["total"] = round(sum(timings.values()), 1)
-    detail = _stage_detail(Path(args.results_dir), profile.name, profile.methods, runs, begun)
-    write_json(Path(args.results_dir) / "reports" / profile.name / "stages.json", {**timings, "detail": detail})
+    work = _work_seconds(Path(args.results_dir), profile.name, profile.methods, runs)
+    write_json(Path(args.results_dir) / "reports" / profile.name / "stages.json", {**timings, "work": work})
     console.print("stage seconds: " + json.dumps(timings))
-    console.print("within stages: " + json.dumps(detail))
+    console.print("work seconds, when it was done: " + json.dumps(work))
 
 
-def _stage_detail(results_dir: Path, profile: str, methods: list[str], runs: list[str],
-                  begun: float) -> dict[str, dict[str, float]]:
-    """Where each stage's time went when it ran now (distillation inside `train sdft`, each task inside `eval`);
-    a stage that reused work finished before `begun` has nothing inside it."""
+def _work_seconds(results_dir: Path, profile: str, methods: list[str], runs: list[str]) -> dict[str, dict[str, float]]:
+    """Where each stage's work spent its time when it was done (distillation and training inside `train sdft`,
+    each task inside an `eval`), read from train.json and run.json: a re-run that reuses the work keeps them."""
     import json
 
-    detail: dict[str, dict[str, float]] = {}
+    work: dict[str, dict[str, float]] = {}
     for method in methods:
-        path = results_dir / "checkpoints" / f"{profile}-{method}" / "train.json"
-        record = json.loads(path.read_text())
-        if path.stat().st_mtime >= begun:
-            detail[f"train {method}"] = {"training": record["seconds"]}
-            if "distillation" in record:
-                detail[f"train {method}"]["distil"] = record["distillation"]["seconds"]
+        record = json.loads((results_dir / "checkpoints" / f"{profile}-{method}" / "train.json").read_text())
+        work[f"train {method}"] = {"training": record["seconds"]}
+        if "distillation" in record:
+            work[f"train {method}"]["distil"] = record["distillation"]["seconds"]
     for run in runs:
-        path = results_dir / "runs" / run / "run.json"
-        tasks = json.loads(path.read_text())["timings"]
+        tasks = json.loads((results_dir / "runs" / run / "run.json").read_text())["timings"]
         tasks.pop("total", None)
-        if path.stat().st_mtime >= begun:
-            detail[f"eval {run.removeprefix(profile + '-')}"] = tasks
-    return detail
+        work[f"eval {run.removeprefix(profile + '-')}"] = tasks
+    return work
 
 
 def cmd_tasks(args: argparse.Namespace, console: Console) -> None:
