@@ -105,6 +105,14 @@ def is_binary(*scores: np.ndarray) -> bool:
 def aligned(reference: RunScores, other: RunScores, task: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Both runs' scores on the task's examples in one order; different example sets are an error."""
     ref, oth = reference.tasks[task], other.tasks[task]
+    for run, scores in ((reference, ref), (other, oth)):
+        twice, not_finite = scores["id"][scores["id"].duplicated()], scores["id"][~np.isfinite(scores["score"])]
+        if len(twice):
+            raise BenchError(f"task {task}: run {run.name} scored example {twice.iloc[0]!r} more than once; "
+                             f"examples are paired by id")
+        if len(not_finite):
+            raise BenchError(f"task {task}: run {run.name} has a score that is not a finite number "
+                             f"(example {not_finite.iloc[0]!r})")
     if set(ref["id"]) != set(oth["id"]) or len(ref) != len(oth):
         only_ref, only_other = len(set(ref["id"]) - set(oth["id"])), len(set(oth["id"]) - set(ref["id"]))
         raise BenchError(f"task {task}: runs {reference.name} and {other.name} scored different examples "

@@ -20,15 +20,18 @@ from bench.compare import RAW_METRICS, format_cell
 from bench.store import atomic_write_text, write_json
 
 UNTRAINED_MEAN = "untrained capabilities (mean)"
+UNKNOWN = "unknown (no train.json beside the adapter)"
 
 
 def trained_capability(run_record: dict[str, Any]) -> str | None:
-    """The capability the run's adapter was trained for, from the checkpoint's train.json."""
+    """The capability the run's adapter was trained for, from the checkpoint's train.json; None without an
+    adapter, UNKNOWN for an adapter that does not say (then every capability counts as untrained, and the report
+    says so)."""
     adapter = (run_record.get("model") or {}).get("adapter")
-    path = Path(adapter) / "train.json" if adapter else None
-    if path is None or not path.is_file():
+    if not adapter:
         return None
-    return json.loads(path.read_text()).get("capability")
+    path = Path(adapter) / "train.json"
+    return (json.loads(path.read_text()).get("capability") if path.is_file() else None) or UNKNOWN
 
 
 def provenance(run_record: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +66,8 @@ def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | Non
                 untrained.append((ref, own))
         ref, own = (sum(pair[i] for pair in untrained) / len(untrained) if untrained else float("nan")
                     for i in (0, 1))
-        rows.append({"run": run, "capability": UNTRAINED_MEAN, "reference": ref, "score": own,
+        label = UNTRAINED_MEAN if trained.get(run) != UNKNOWN else f"all capabilities (mean; trained: {UNKNOWN})"
+        rows.append({"run": run, "capability": label, "reference": ref, "score": own,
                      "delta": own - ref, "trained": False, "forgetting": ref - own})
     return pd.DataFrame(rows)
 
@@ -80,7 +84,7 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) ->
                   "lost / gained: examples right->wrong / wrong->right; down / up: examples whose score fell / rose.",
               "", "| run | capability | reference | score | retention | Δ |", "|---|---|---|---|---|---|"]
     for _, r in capabilities.iterrows():
-        retention = "" if r.capability == UNTRAINED_MEAN else f"{r.retention:.3f}"
+        retention = "" if "forgetting" in r and pd.notna(r["forgetting"]) else f"{r.retention:.3f}"
         lines.append(f"| {r.run} | {r.capability}{' (trained)' if r.trained else ''} | {100 * r.reference:.2f} | "
                      f"{100 * r.score:.2f} | {retention} | {100 * r.delta:+.2f} |")
     return "\n".join(lines) + "\n"

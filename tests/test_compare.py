@@ -61,6 +61,12 @@ def test_different_examples_missing_runs_and_tasks_are_errors(tmp_path, capsys):
     assert main(["compare", "seed", "nope", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no run 'nope'" in err and "other, seed" in err and err.count("\n") == 1
+    write_run(tmp_path, "twice", {"gsm8k": [("a", 1.0), ("a", 0.0)]})
+    with pytest.raises(BenchError, match="task gsm8k: run twice scored example 'a' more than once"):
+        compare(tmp_path, ["seed", "twice"])
+    write_run(tmp_path, "nan", {"gsm8k": [("a", 1.0), ("b", float("nan"))]})
+    with pytest.raises(BenchError, match="task gsm8k: run nan has a score that is not a finite number .example 'b'"):
+        compare(tmp_path, ["seed", "nan"])
     write_run(tmp_path, "same", {"gsm8k": [("b", 1.0), ("a", 1.0)]})
     assert main(["compare", "seed", "same", "--results-dir", str(tmp_path), "--flips", "nope"]) == 2
     assert "--flips nope" in capsys.readouterr().err

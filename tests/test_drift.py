@@ -20,6 +20,24 @@ def test_seed_has_no_drift_and_an_adapter_has_some(tiny_model_dir, tmp_path):
     assert kl == 0.0 and nll > 0 and n >= 2
     nll_tuned, kl_tuned, _ = per_token_drift(seed, tuned, "<|im_start|>user\nhi<|im_end|>\n", "hello there")
     assert kl_tuned > 0 and nll_tuned != pytest.approx(nll)
+    _, _, n_cut = per_token_drift(seed, tuned, "<|im_start|>user\nhi<|im_end|>\n", "hello there", ended=False)
+    assert n_cut == n - 1, "a response cut at the token limit has no end-of-sequence token to score"
+
+
+def test_kl_is_finite_where_both_models_rule_a_token_out(tiny_model_dir, tmp_path):
+    """0 log 0 = 0: a vocabulary entry at -inf in both models (a masked token) adds nothing, not NaN."""
+    import math
+
+    import torch
+    from test_models import make_adapter
+
+    seed = load_model(str(tiny_model_dir), dtype="float32")
+    tuned = load_model(str(tiny_model_dir), str(make_adapter(tiny_model_dir, tmp_path / "adapter")), "float32")
+    for loaded in (seed, tuned):
+        loaded.model.lm_head.register_forward_hook(lambda module, args, out: out.index_fill(-1, torch.tensor([5]),
+                                                                                             float("-inf")))
+    _, kl, _ = per_token_drift(seed, tuned, "<|im_start|>user\nhi<|im_end|>\n", "hello there")
+    assert math.isfinite(kl) and kl > 0
 
 
 def test_drift_task_through_eval_and_compare(capsys, tiny_model_dir, fixture_data, tmp_path):

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from bench.report import forgetting, trained_capability, write_report
+from bench.report import UNKNOWN, forgetting, trained_capability, write_report
 
 
 def table() -> pd.DataFrame:
@@ -56,3 +56,6 @@ def test_trained_capability_reads_the_adapters_train_json(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps({"capability": "tooluse"}))
     assert trained_capability({"model": {"adapter": str(tmp_path)}}) == "tooluse"
     assert trained_capability({"model": {"adapter": None}}) is None
+    assert trained_capability({"model": {"adapter": str(tmp_path / "elsewhere")}}) == UNKNOWN
+    result = forgetting(table(), "seed", {"sft": UNKNOWN}).set_index("capability")
+    assert result.loc[f"all capabilities (mean; trained: {UNKNOWN})", "forgetting"] == pytest.approx((0.075 - 0.2) / 2)
