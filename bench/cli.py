@@ -11,9 +11,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench.models import PROMPT_FORMATS
 from bench.types import BenchError, HarnessTask, Task
 
 DEFAULT_RESULTS_DIR = Path("results")
+PROMPT_FORMAT_HELP = ("chat (default): every prompt through the model's chat template; study: the Alpaca-template "
+                      "tasks as the sdft repository sends them, plain text, and math through the chat template")
 
 
 def _csv(value: str) -> list[str]:
@@ -85,7 +88,8 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     store = RunStore(results_dir, args.name or default_run_name(args.model, args.adapter))
     store.check_writable()
     started = time.perf_counter()
-    model = load_model(args.model, args.adapter, args.dtype)
+    prompt_format = args.prompt_format
+    model = load_model(args.model, args.adapter, args.dtype, prompt_format)
     cache = Cache(results_dir / "cache" / "generations.sqlite")
     engine = Engine(model, cache, batch_size=args.batch_size)
     sandbox = Sandbox(workers=args.workers) if any(isinstance(t, Task) and t.program for t in tasks) else None
@@ -95,7 +99,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
         console.print(f"[yellow]sandbox: {isolation_notes(sandbox.isolation)}[/yellow]")
     seed = None
     if any(isinstance(t, Task) and t.drift for t in tasks):
-        seed_model = model if args.adapter is None else load_model(args.model, None, args.dtype)
+        seed_model = model if args.adapter is None else load_model(args.model, None, args.dtype, prompt_format)
         seed = (seed_model, engine if seed_model is model else Engine(seed_model, cache, batch_size=args.batch_size))
     metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples, harness, seed)
     table = Table(title=f"run {store.name}: {model.spec} ({model.dtype}, fingerprint {model.fingerprint})")
@@ -165,8 +169,10 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     name = args.name or f"{args.method}-{args.task}"
     RunStore(Path(args.results_dir), name)  # the same rules for a checkpoint name as for a run name
     out = Path(args.results_dir) / "checkpoints" / name
+    prompt_format = args.prompt_format
     identity = {"method": args.method, "task": args.task, "model": args.model, "limit": args.limit,
-                "dtype": args.dtype, "data_sha256": data_sha256, "config": json.loads(json.dumps(asdict(config)))}
+                "dtype": args.dtype, "data_sha256": data_sha256, "config": json.loads(json.dumps(asdict(config))),
+                **({"prompt_format": prompt_format} if prompt_format != "chat" else {})}
     if (out / "train.json").is_file():
         done = json.loads((out / "train.json").read_text())
         if done.get("identity") != identity:
@@ -181,7 +187,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
              "packages": package_versions(), "git": git_commit(), "command": sys.argv}
     if args.method == "sdft":
         examples, extra["distillation"] = _distil(args, examples, out, console)
-    record = train_sft(args.model, args.task, examples, config, out, args.dtype, extra=extra)
+    record = train_sft(args.model, args.task, examples, config, out, args.dtype, extra, prompt_format)
     finish(out, record)
     console.print(f"adapter: {out}  ({record['steps']} steps, loss {record['final_loss']:.4f}, "
                   f"{record['seconds']:.1f} s)")
@@ -199,7 +205,7 @@ def _distil(args: argparse.Namespace, examples: list, out: Path, console: Consol
     from fine_tune.sdft import DISTILL_GENERATION, acceptance, distill_rewrites
 
     started = time.perf_counter()
-    model = load_model(args.model, None, args.dtype)
+    model = load_model(args.model, None, args.dtype, args.prompt_format)
     engine = Engine(model, Cache(Path(args.results_dir) / "cache" / "generations.sqlite"))
     with progress_bar() as progress:
         distilled, records = distill_rewrites(model, engine, args.task, examples, progress)
@@ -231,13 +237,14 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
     for method in profile.methods:
         stage(f"train {method}", cmd_train, method=method, task=profile.train_task, model=profile.model,
               limit=profile.train_limit, epochs=None, config=None, config_values=profile.sft,
-              name=f"{profile.name}-{method}", dtype=profile.dtype)
+              name=f"{profile.name}-{method}", dtype=profile.dtype, prompt_format=profile.prompt_format)
     runs = [f"{profile.name}-seed"] + [f"{profile.name}-{m}" for m in profile.methods]
     for run, method in zip(runs, [None, *profile.methods]):
         adapter = str(Path(args.results_dir) / "checkpoints" / f"{profile.name}-{method}") if method else None
         stage(f"eval {run.removeprefix(profile.name + '-')}", cmd_eval, model=profile.model, adapter=adapter,
               suite=profile.suites, tasks=profile.tasks, limit=profile.limit, task_limits=profile.task_limits, name=run,
-              batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype)
+              batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype,
+              prompt_format=profile.prompt_format)
     stage("compare", cmd_compare, runs=runs, flips=None, name=profile.name)
     timings["total"] = round(sum(timings.values()), 1)
     work = _work_seconds(Path(args.results_dir), profile.name, profile.methods, runs)
@@ -329,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="generations per example (needs --temperature); code tasks report pass@k for k <= N")
     ev.add_argument("--temperature", type=_non_negative_float, help="sampling temperature (default: greedy)")
     ev.add_argument("--workers", type=_positive_int, help="programs run in parallel by the code sandbox (default: the cores)")
+    ev.add_argument("--prompt-format", default="chat", choices=PROMPT_FORMATS, help=PROMPT_FORMAT_HELP)
     ev.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                     help="auto: bfloat16 where the hardware has it, else float32")
     ev.set_defaults(func=cmd_eval)
@@ -344,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--name", help="checkpoint name (default: METHOD-TASK)")
     tr.add_argument("--data-dir")
     tr.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
+    tr.add_argument("--prompt-format", default="chat", choices=PROMPT_FORMATS, help=PROMPT_FORMAT_HELP)
     tr.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                     help="auto: bf16 autocast where the hardware has it, else float32")
     tr.set_defaults(func=cmd_train)

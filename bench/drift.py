@@ -40,7 +40,7 @@ def per_token_drift(seed: LoadedModel, model: LoadedModel, prompt: str, response
 def evaluate_drift(task: Task, examples: list[Example], seed: LoadedModel, model: LoadedModel,
                    seed_engine: Engine, progress=None) -> list[dict[str, Any]]:
     """One row per instruction: the seed's greedy response (`output`), KL as the score, NLL beside it."""
-    prompts = [seed.render(task.to_prompt(ex)) for ex in examples]
+    prompts = [seed.render(task.to_prompt(ex), task.template) for ex in examples]
     responses = seed_engine.generate(prompts, task.generation, progress, label=f"{task.name} (seed responses)")
     bar = progress.add_task(f"{task.name} (NLL, KL)", total=len(examples), rate="") if progress else None
     rows = []

@@ -23,6 +23,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "smollm2-135m-instruct-q4_1"
 CACHE_DIR_ENV = "BENCH_CACHE_DIR"
 DTYPES = ("auto", "bfloat16", "float32", "float16")
+PROMPT_FORMATS = ("chat", "study")  # see render_prompt
 
 
 @dataclass
@@ -36,6 +37,7 @@ class LoadedModel:
     weights_sha256: str
     adapter: str | None = None
     adapter_sha256: str | None = None
+    prompt_format: str = "chat"  # or "study" (render_prompt)
 
     @property
     def fingerprint(self) -> str:
@@ -43,15 +45,24 @@ class LoadedModel:
         parts = f"{self.weights_sha256}:{self.adapter_sha256 or '-'}:{self.dtype}"
         return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
-    def render(self, prompt: Prompt) -> str:
-        """The prompt text, through the tokenizer's own chat template; a string is already the text.
-        A final assistant turn is continued."""
-        if isinstance(prompt, str):
-            return prompt
-        messages = prompt
-        continue_final = messages[-1]["role"] == "assistant"
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final)
+    def render(self, prompt: Prompt, template: str = "chat") -> str:
+        return render_prompt(self.tokenizer, prompt, self.prompt_format == "study" and template == "alpaca")
+
+
+def render_prompt(tokenizer: Any, prompt: Prompt, plain: bool = False) -> str:
+    """The prompt text: a string is already the text; messages go through the tokenizer's own chat template (a
+    final assistant turn is continued), or, `plain`, are joined by blank lines after the tokenizer's BOS where it
+    adds one. Plain is the sdft repository's Alpaca template, which it sends as text even to a chat model; the
+    "study" prompt format renders the Alpaca-template tasks so, and the rest (math) through the chat template."""
+    if isinstance(prompt, str):
+        return prompt
+    if plain:
+        adds_bos = tokenizer.bos_token is not None and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]
+        bos = tokenizer.bos_token if adds_bos else ""
+        return bos + "\n\n".join(message["content"] for message in prompt)
+    continue_final = prompt[-1]["role"] == "assistant"
+    return tokenizer.apply_chat_template(
+        list(prompt), tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final)
 
 
 def cache_dir() -> Path:
@@ -167,7 +178,8 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def load_model(spec: str, adapter: str | None = None, dtype: str = "auto") -> LoadedModel:
+def load_model(spec: str, adapter: str | None = None, dtype: str = "auto",
+               prompt_format: str = "chat") -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -189,7 +201,8 @@ def load_model(spec: str, adapter: str | None = None, dtype: str = "auto") -> Lo
         model, adapter_sha = _apply_adapter(model, Path(adapter), spec)
     model.to(device).eval()
     return LoadedModel(spec=spec, path=model_dir, model=model, tokenizer=tokenizer, dtype=dtype, device=device,
-                       weights_sha256=weights_sha256(model_dir), adapter=adapter, adapter_sha256=adapter_sha)
+                       weights_sha256=weights_sha256(model_dir), adapter=adapter, adapter_sha256=adapter_sha,
+                       prompt_format=prompt_format)
 
 
 def _apply_adapter(model: Any, adapter_dir: Path, spec: str) -> tuple[Any, str]:

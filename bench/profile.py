@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bench.models import PROMPT_FORMATS
 from bench.types import BenchError
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
@@ -20,6 +21,7 @@ class Profile:
     suites: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)  # tasks beyond the suites' (suites and tasks as in `bench eval`)
     dtype: str = "auto"
+    prompt_format: str = "chat"  # or "study": the sdft repository's plain-text Alpaca template (bench eval --help)
     methods: list[str] = field(default_factory=lambda: ["sft", "sdft"])
     train_limit: int | None = None
     limit: int | None = None
@@ -49,6 +51,8 @@ def load_profile(spec: str) -> Profile:
     for key in ("model", "train_task"):
         if key not in values:
             raise BenchError(f"{path}: missing key {key!r}")
+    if values.get("prompt_format", "chat") not in PROMPT_FORMATS:
+        raise BenchError(f"{path}: key 'prompt_format' must be one of {', '.join(PROMPT_FORMATS)}")
     if not values.get("suites") and not values.get("tasks"):
         raise BenchError(f"{path}: name the evaluation in 'suites' or 'tasks'")
     return Profile(name=path.stem, **values)

@@ -67,6 +67,7 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
         "weights_sha256": model.weights_sha256,
         "adapter_sha256": model.adapter_sha256,
         "dtype": model.dtype,
+        **({"prompt_format": model.prompt_format} if model.prompt_format != "chat" else {}),  # runs before it stay valid
         "limit": limit,
         "tasks": {t.name: {"data_sha256": data[t.name].sha256, "n": len(data[t.name].examples), **settings(t),
                            **({"limit": data[t.name].limit} if data[t.name].limit != limit else {})}
@@ -133,7 +134,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
 def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedData, progress=None,
                   sandbox: Sandbox | None = None, samples: int = 1) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """With `samples` > 1, an example's score is the mean over its samples (for code: the pass@1 estimate c/n)."""
-    prompts = [model.render(task.to_prompt(ex)) for ex in data.examples]
+    prompts = [model.render(task.to_prompt(ex), task.template) for ex in data.examples]
     flat = engine.generate(prompts, task.generation, progress, label=task.name, samples=samples)
     generations = [flat[i * samples:(i + 1) * samples] for i in range(len(prompts))]
     if task.program is not None:

@@ -85,6 +85,7 @@ class Task:
     score: Callable[[str, Example], Score] | None = None
     program: Callable[[str, Example], str] | None = None
     drift: bool = False  # instead of scoring: the seed's responses, and the model's NLL and KL along them
+    template: str = "chat"  # "alpaca": the study's Alpaca template, sent as plain text in the "study" prompt format
     hub: HubSource | None = None
     description: str = ""
 

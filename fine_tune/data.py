@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from bench.data import read_jsonl, sha256_file
 from bench.types import BenchError, Message
-from tasks.alpaca import ALPACA_SYSTEM, ALPACA_USER
+from bench.models import render_prompt
+from tasks.alpaca import ALPACA, ALPACA_SYSTEM, ALPACA_USER
 from tasks.math import MATH_TRAIN_SYSTEM
 
 IGNORE_INDEX = -100  # label of a token the loss skips (the prompt, and padding)
@@ -26,6 +27,7 @@ class TrainExample:
     response: str  # what the model learns to answer (the reference, or SDFT's accepted rewrite)
     reference: str  # the dataset's own answer
     instruction: str  # the question or instruction alone (SDFT's distillation prompt quotes it)
+    template: str = "chat"  # ALPACA: the messages are the Alpaca template (plain text in the "study" prompt format)
 
 
 def math_example(record: dict[str, Any], index: int) -> TrainExample:
@@ -39,7 +41,7 @@ def alpaca_example(record: dict[str, Any], index: int) -> TrainExample:
         instruction = f"{instruction}\n\n{record['input']}"
     messages = ({"role": "system", "content": ALPACA_SYSTEM},
                 {"role": "user", "content": ALPACA_USER.format(instruction=instruction)})
-    return TrainExample(str(index), messages, record["output"], record["output"], instruction)
+    return TrainExample(str(index), messages, record["output"], record["output"], instruction, ALPACA)
 
 
 TRAIN_TASKS: dict[str, tuple[str, Callable[[dict[str, Any], int], TrainExample]]] = {
@@ -74,11 +76,12 @@ def load_train_examples(task: str, data_dir: Path | None, limit: int | None = No
     return examples[:limit], sha256_file(path)
 
 
-def tokenize(tokenizer: Any, messages: tuple[Message, ...], response: str, max_length: int) -> dict[str, list[int]]:
-    """input_ids and labels: the prompt's tokens are IGNORE_INDEX, the response's and the closing end-of-turn
-    token are learned. Prompt and response are tokenized apart, so the boundary is exact. Truncated from the
-    right to `max_length`."""
-    prompt = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+def tokenize(tokenizer: Any, messages: tuple[Message, ...], response: str, max_length: int,
+             plain: bool = False) -> dict[str, list[int]]:
+    """input_ids and labels: the prompt's tokens (rendered as `bench eval` renders them; `plain` as in
+    render_prompt) are IGNORE_INDEX, the response's and the closing end-of-turn token are learned. Prompt and
+    response are tokenized apart, so the boundary is exact. Truncated from the right to `max_length`."""
+    prompt = render_prompt(tokenizer, list(messages), plain)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + response_ids)[:max_length]

@@ -63,7 +63,7 @@ def distill_rewrites(model: Any, engine: Any, task: str, examples: list[TrainExa
                      progress=None) -> tuple[list[TrainExample], list[dict[str, Any]]]:
     """The examples with each accepted rewrite as the response (a rejected one keeps the original), and one
     record per example: the rewrite, whether it was accepted, and why not."""
-    prompts = [model.render(distill_messages(task, ex)) for ex in examples]
+    prompts = [model.render(distill_messages(task, ex), ex.template) for ex in examples]
     generations = engine.generate(prompts, DISTILL_GENERATION, progress, label=f"distil {task}")
     distilled, records = [], []
     for ex, gen in zip(examples, generations):

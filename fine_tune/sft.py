@@ -19,6 +19,7 @@ from bench.models import resolve_dtype, resolve_model_dir, weights_sha256
 from bench.store import write_json
 from bench.types import BenchError
 from fine_tune.data import IGNORE_INDEX, TRAINED_CAPABILITY, TrainExample, tokenize
+from tasks.alpaca import ALPACA
 
 EPOCHS = {"gsm8k": 5, "openfunction": 5}  # the study's; 2 for every other task
 
@@ -139,9 +140,9 @@ def keep_log_rows(path: Path, last_step: int) -> None:
 
 
 def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: SFTConfig, out_dir: Path,
-              dtype: str = "auto", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+              dtype: str = "auto", extra: dict[str, Any] | None = None, prompt_format: str = "chat") -> dict[str, Any]:
     """Train a LoRA adapter on the examples' responses; returns the train.json record. Resumes from the last
-    Trainer checkpoint in `out_dir/trainer` when there is one."""
+    Trainer checkpoint in `out_dir/trainer` when there is one. `prompt_format` as in `bench eval`."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
@@ -155,7 +156,8 @@ def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    features = [tokenize(tokenizer, ex.messages, ex.response, config.max_length) for ex in examples]
+    features = [tokenize(tokenizer, ex.messages, ex.response, config.max_length,
+                         plain=prompt_format == "study" and ex.template == ALPACA) for ex in examples]
     features = [f for f in features if any(label != IGNORE_INDEX for label in f["labels"])]
     if not features:
         raise BenchError(f"training task {task}: every prompt is longer than max_length {config.max_length}")
@@ -189,7 +191,8 @@ def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: 
     staging.rmdir()
     trained_tokens = sum(len(f["input_ids"]) for f in features) * config.epochs_for(task)
     record = {"method": "sft", "task": task, "capability": TRAINED_CAPABILITY.get(task), "model": model_spec,
-              "model_dir": str(model_dir), "weights_sha256": weights_sha256(model_dir), "dtype": dtype, "config": asdict(config),
+              "model_dir": str(model_dir), "weights_sha256": weights_sha256(model_dir), "dtype": dtype,
+              "prompt_format": prompt_format, "config": asdict(config),
               "epochs": config.epochs_for(task), "examples": len(examples), "trained_examples": len(features),
               "steps": result.global_step, "final_loss": result.training_loss, "seconds": round(seconds, 2),
               "tokens_per_s": round(trained_tokens / seconds, 1) if not resume else None,

@@ -75,3 +75,30 @@ def test_embedded_default_model_is_converted_once_and_loads_fast():
     assert time.perf_counter() - started < 5
     assert model.model.config.model_type == "llama" and model.model.num_parameters() > 100e6
     assert "<|im_start|>assistant" in model.render([{"role": "user", "content": "hi"}])
+
+
+def test_study_prompt_format_sends_the_alpaca_template_as_plain_text(tiny_model_dir):
+    """methods.md: the Alpaca template as the sdft repository sends it (plain text, after BOS where the tokenizer
+    adds one); math still through the chat template; the default format sends everything through the template."""
+    from tokenizers.processors import TemplateProcessing
+
+    from bench.models import render_prompt
+    from bench.types import Example
+    from tasks import TASKS
+    from tasks.alpaca import ALPACA_SYSTEM
+
+    chat = load_model(str(tiny_model_dir), dtype="float32")
+    study = load_model(str(tiny_model_dir), dtype="float32", prompt_format="study")
+    openfunction, gsm8k = TASKS["openfunction"], TASKS["gsm8k"]
+    alpaca = openfunction.to_prompt(Example("0", "Name a color."))
+    plain = f"{ALPACA_SYSTEM}\n\n### Instruction:\nName a color.\n\n### Response:\n"
+    assert study.render(alpaca, openfunction.template) == plain
+    assert chat.render(alpaca, openfunction.template).startswith("<|im_start|>system\n" + ALPACA_SYSTEM)
+    math = gsm8k.to_prompt(Example("0", "What is 2 + 2?", "4"))
+    assert study.render(math, gsm8k.template) == chat.render(math, gsm8k.template)
+
+    tokenizer = study.tokenizer
+    bos_id = tokenizer.convert_tokens_to_ids(tokenizer.bos_token)
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single=f"{tokenizer.bos_token} $A",
+                                                             special_tokens=[(tokenizer.bos_token, bos_id)])
+    assert render_prompt(tokenizer, alpaca, plain=True) == tokenizer.bos_token + plain

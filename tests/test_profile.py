@@ -29,6 +29,8 @@ def test_paper_profile_is_the_studys_configuration_line_by_line():
     assert f"epochs {paper.sft['epochs']} for {paper.train_task}" in training
     assert paper.train_task == "gsm8k" and paper.limit is None and paper.train_limit is None
     assert set(paper.suites) == {"math", "safety", "code", "tooluse", "knowledge", "drift"}
+    assert "Prompt format for training and evaluation: the Alpaca template (section 2), except math" in training
+    assert paper.prompt_format == "study"
 
 
 @pytest.mark.parametrize("name", ["tiny", "paper"])
@@ -53,13 +55,17 @@ def test_profile_errors_name_the_key(tmp_path):
     bad.write_text('model = "default"\ntrain_task = "gsm8k"\n')
     with pytest.raises(BenchError, match="name the evaluation in 'suites' or 'tasks'"):
         load_profile(str(bad))
+    bad.write_text('model = "default"\ntrain_task = "gsm8k"\nsuites = ["math"]\nprompt_format = "alpaca"\n')
+    with pytest.raises(BenchError, match="key 'prompt_format' must be one of chat, study"):
+        load_profile(str(bad))
     with pytest.raises(BenchError, match="no such profile"):
         load_profile("nope")
 
 
 def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, tmp_path):
     profile = tmp_path / "micro.toml"
-    profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\ntrain_task = "gsm8k"\ntrain_limit = 4\n'
+    profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\nprompt_format = "study"\n'
+                       'train_task = "gsm8k"\ntrain_limit = 4\n'
                        'suites = ["math"]\ntasks = ["drift"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
                        'epochs = 1\n[task_limits]\ndrift = 3\n')
     args = ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path)]
@@ -71,6 +77,13 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
     assert ("drift", "micro-sdft") in rows and ("gsm8k", "micro-sft") in rows and ("multiarith", "micro-seed") in rows
     drift_n = {r["n"] for r in table["tasks"] if r["task"] == "drift"}
     assert drift_n == {3}
+    trained = json.loads((tmp_path / "checkpoints" / "micro-sft" / "train.json").read_text())
+    assert trained["prompt_format"] == trained["identity"]["prompt_format"] == "study"
+    run = tmp_path / "runs" / "micro-sdft"
+    assert json.loads((run / "run.json").read_text())["identity"]["prompt_format"] == "study"
+    drift_prompt = json.loads((run / "drift" / "predictions.jsonl").read_text().splitlines()[0])["prompt"]
+    assert drift_prompt.startswith("Below is an instruction") and "<|im_start|>" not in drift_prompt
+    assert "<|im_start|>" in json.loads((run / "gsm8k" / "predictions.jsonl").read_text().splitlines()[0])["prompt"]
     stages = json.loads((report / "stages.json").read_text())
     assert set(stages) == {"train sft", "train sdft", "eval seed", "eval sft", "eval sdft", "compare", "total", "work"}
     assert set(stages["work"]["train sdft"]) == {"distil", "training"}

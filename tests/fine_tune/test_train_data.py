@@ -26,6 +26,7 @@ def test_alpaca_examples_put_a_nonempty_input_after_the_instruction(fixture_data
         "### Instruction:\nRewrite the sentence using gender-neutral language.\nOutput should be a single sentence."
         "\n\nA salesman is giving a presentation.\n\n### Response:\n")
     assert "\n\n\n" not in examples[1].messages[1]["content"]  # empty input: nothing added
+    assert with_input.template == "alpaca" and load_train_examples("gsm8k", fixture_data)[0][0].template == "chat"
 
 
 def test_loss_mask_covers_exactly_the_response_and_end_of_turn(tiny_model_dir, fixture_data):
@@ -52,3 +53,14 @@ def test_unknown_task_and_missing_field_are_errors(fixture_data, tmp_path):
     (tmp_path / "gsm8k" / "train.jsonl").write_text('{"question": "q", "answer": "a"}\n{"question": "q"}\n')
     with pytest.raises(BenchError, match=r"gsm8k/train.jsonl:2: missing field 'answer'"):
         load_train_examples("gsm8k", tmp_path)
+
+
+def test_plain_prompts_train_on_the_alpaca_template_as_text(tiny_model_dir, fixture_data):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    example = load_train_examples("alpaca", fixture_data, limit=1)[0][0]
+    features = tokenize(tokenizer, example.messages, example.response, max_length=4096, plain=True)
+    first_learned = next(i for i, label in enumerate(features["labels"]) if label != IGNORE_INDEX)
+    assert tokenizer.decode(features["input_ids"][:first_learned]) == \
+        f"{ALPACA_SYSTEM}\n\n{example.messages[1]['content']}"
