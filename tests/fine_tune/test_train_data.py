@@ -18,14 +18,14 @@ def test_gsm8k_examples_use_the_math_training_prompt(fixture_data):
     assert first.response == first.reference and first.response.endswith("The answer is 72.")
 
 
-def test_alpaca_examples_put_a_nonempty_input_after_the_instruction(fixture_data):
+def test_alpaca_examples_put_a_nonempty_input_on_the_line_after_the_instruction(fixture_data):
     examples, _ = load_train_examples("alpaca", fixture_data)
     with_input = examples[0]
     assert with_input.messages[0]["content"] == ALPACA_SYSTEM
     assert with_input.messages[1]["content"] == (
         "### Instruction:\nRewrite the sentence using gender-neutral language.\nOutput should be a single sentence."
-        "\n\nA salesman is giving a presentation.\n\n### Response:\n")
-    assert "\n\n\n" not in examples[1].messages[1]["content"]  # empty input: nothing added
+        "\nA salesman is giving a presentation.\n\n### Response:\n")
+    assert examples[1].messages[1]["content"].count("\n") == 4  # empty input: nothing added
     assert with_input.template == "alpaca" and load_train_examples("gsm8k", fixture_data)[0][0].template == "chat"
 
 
