@@ -50,16 +50,16 @@ class LoadedModel:
 
 
 def render_prompt(tokenizer: Any, prompt: Prompt, plain: bool = False) -> str:
-    """The prompt text: a string is already the text; messages go through the tokenizer's own chat template (a
-    final assistant turn is continued), or, `plain`, are joined by blank lines after the tokenizer's BOS where it
-    adds one. Plain is the sdft repository's Alpaca template, which it sends as text even to a chat model; the
-    "study" prompt format renders the Alpaca-template tasks so, and the rest (math) through the chat template."""
-    if isinstance(prompt, str):
-        return prompt
-    if plain:
+    """The prompt text. Messages go through the tokenizer's own chat template (a final assistant turn is
+    continued), or, `plain`, are joined by blank lines; a string is the text. Text that is not a chat template's
+    starts with the BOS token where the tokenizer adds one (the engine tokenizes without special tokens), as
+    bigcode's harness and the sdft repository tokenize it. Plain is the sdft repository's Alpaca template, which it
+    sends as text even to a chat model; the "study" prompt format renders the Alpaca-template tasks so, and the
+    rest (math) through the chat template."""
+    if isinstance(prompt, str) or plain:
         adds_bos = tokenizer.bos_token is not None and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]
-        bos = tokenizer.bos_token if adds_bos else ""
-        return bos + "\n\n".join(message["content"] for message in prompt)
+        text = prompt if isinstance(prompt, str) else "\n\n".join(message["content"] for message in prompt)
+        return (tokenizer.bos_token if adds_bos else "") + text
     continue_final = prompt[-1]["role"] == "assistant"
     return tokenizer.apply_chat_template(
         list(prompt), tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final)

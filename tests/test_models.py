@@ -102,3 +102,4 @@ def test_study_prompt_format_sends_the_alpaca_template_as_plain_text(tiny_model_
     tokenizer._tokenizer.post_processor = TemplateProcessing(single=f"{tokenizer.bos_token} $A",
                                                              special_tokens=[(tokenizer.bos_token, bos_id)])
     assert render_prompt(tokenizer, alpaca, plain=True) == tokenizer.bos_token + plain
+    assert render_prompt(tokenizer, "def f():") == tokenizer.bos_token + "def f():"  # HumanEval's raw prompt too
