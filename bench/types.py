@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Prompt = list[Message] | str  # messages go through the chat template; a string is sent as is (completion prompts)
+ALPACA_TEMPLATE = "alpaca"  # a template whose messages are the study's Alpaca template (bench.models.is_plain)
 
 
 class BenchError(Exception):
@@ -85,7 +86,7 @@ class Task:
     score: Callable[[str, Example], Score] | None = None
     program: Callable[[str, Example], str] | None = None
     drift: bool = False  # instead of scoring: the seed's responses, and the model's NLL and KL along them
-    template: str = "chat"  # "alpaca": the study's Alpaca template, sent as plain text in the "study" prompt format
+    template: str = "chat"  # or ALPACA_TEMPLATE: sent as plain text in the "study" prompt format
     hub: HubSource | None = None
     description: str = ""
 

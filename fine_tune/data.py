@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.data import read_jsonl, sha256_file
-from bench.types import BenchError, Message
+from bench.types import ALPACA_TEMPLATE, BenchError, Message
 from bench.models import render_prompt
-from tasks.alpaca import ALPACA, ALPACA_SYSTEM, ALPACA_USER
+from tasks.alpaca import ALPACA_SYSTEM, ALPACA_USER
 from tasks.math import MATH_TRAIN_SYSTEM
 
 IGNORE_INDEX = -100  # label of a token the loss skips (the prompt, and padding)
@@ -28,7 +28,7 @@ class TrainExample:
     response: str  # what the model learns to answer (the reference, or SDFT's accepted rewrite)
     reference: str  # the dataset's own answer
     instruction: str  # the question or instruction alone (SDFT's distillation prompt quotes it)
-    template: str = "chat"  # ALPACA: the messages are the Alpaca template (plain text in the "study" prompt format)
+    template: str = "chat"  # or ALPACA_TEMPLATE: sent as plain text in the "study" prompt format
 
 
 def math_example(record: dict[str, Any], index: int) -> TrainExample:
@@ -42,7 +42,7 @@ def alpaca_example(record: dict[str, Any], index: int) -> TrainExample:
         instruction = f"{instruction}\n{record['input']}"
     messages = ({"role": "system", "content": ALPACA_SYSTEM},
                 {"role": "user", "content": ALPACA_USER.format(instruction=instruction)})
-    return TrainExample(str(index), messages, record["output"], record["output"], instruction, ALPACA)
+    return TrainExample(str(index), messages, record["output"], record["output"], instruction, ALPACA_TEMPLATE)
 
 
 TRAIN_TASKS: dict[str, tuple[str, Callable[[dict[str, Any], int], TrainExample]]] = {

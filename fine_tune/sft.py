@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bench.models import resolve_dtype, resolve_model_dir, weights_sha256
+from bench.models import is_plain, resolve_dtype, resolve_model_dir, weights_sha256
 from bench.store import write_json
 from bench.types import BenchError
 from fine_tune.data import IGNORE_INDEX, TRAINED_CAPABILITY, TrainExample, tokenize
-from tasks.alpaca import ALPACA
 
 EPOCHS = {"gsm8k": 5, "openfunction": 5}  # the study's; 2 for every other task
 
@@ -157,7 +156,7 @@ def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     features = [tokenize(tokenizer, ex.messages, ex.response, config.max_length,
-                         plain=prompt_format == "study" and ex.template == ALPACA) for ex in examples]
+                         plain=is_plain(prompt_format, ex.template)) for ex in examples]
     features = [f for f in features if any(label != IGNORE_INDEX for label in f["labels"])]
     if not features:
         raise BenchError(f"training task {task}: every prompt is longer than max_length {config.max_length}")

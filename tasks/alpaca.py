@@ -7,7 +7,6 @@ ALPACA_SYSTEM = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
 ALPACA_USER = "### Instruction:\n{instruction}\n\n### Response:\n"
-ALPACA = "alpaca"  # a Task's template: these messages are the Alpaca template (plain text in the study's format)
 
 
 def alpaca_messages(example: Example) -> list[Message]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.types import Example, GenerationConfig, Task
-from tasks.alpaca import ALPACA, alpaca_messages
+from bench.types import ALPACA_TEMPLATE, Example, GenerationConfig, Task
+from tasks.alpaca import alpaca_messages
 
 
 def alpaca_eval_example(record: dict[str, Any], index: int) -> Example:
@@ -13,5 +13,5 @@ def alpaca_eval_example(record: dict[str, Any], index: int) -> Example:
 
 
 drift = Task(name="drift", capability="drift", dataset="alpaca_eval/eval.jsonl", to_example=alpaca_eval_example,
-             to_prompt=alpaca_messages, template=ALPACA, generation=GenerationConfig(max_new_tokens=256), metric="kl",
-             drift=True, description="mean per-token KL(seed || model) in nats; NLL beside it")
+             to_prompt=alpaca_messages, template=ALPACA_TEMPLATE, generation=GenerationConfig(max_new_tokens=256),
+             metric="kl", drift=True, description="mean per-token KL(seed || model) in nats; NLL beside it")

@@ -13,8 +13,8 @@ import ast
 import re
 from typing import Any
 
-from bench.types import Example, GenerationConfig, Score, Task
-from tasks.alpaca import ALPACA, alpaca_messages
+from bench.types import ALPACA_TEMPLATE, Example, GenerationConfig, Score, Task
+from tasks.alpaca import alpaca_messages
 
 CALL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\((.*)\)")
 DOTTED_CALL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*\(")
@@ -105,7 +105,7 @@ openfunction = Task(
     dataset="openfunction/test.jsonl",
     to_example=openfunction_example,
     to_prompt=alpaca_messages,
-    template=ALPACA,
+    template=ALPACA_TEMPLATE,
     score=score_call,
     generation=GenerationConfig(max_new_tokens=256),
     metric="exact",
