@@ -87,14 +87,24 @@ def mcnemar_exact(right_to_wrong: int, wrong_to_right: int) -> float:
     return 1.0 if n == 0 else float(binomtest(right_to_wrong, n, 0.5).pvalue)
 
 
+EXACT_SIGN_FLIPS = 16  # up to this many non-zero differences, all 2^n sign vectors are enumerated
+
+
 def sign_flip_p(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> float:
-    """Two-sided paired permutation p-value of mean(differences) = 0, by random sign flips (with the +1 rule)."""
-    if not np.any(differences):
+    """Two-sided paired permutation p-value of mean(differences) = 0 under random sign flips: exact for up to
+    EXACT_SIGN_FLIPS non-zero differences (zeros flip to themselves), else Monte Carlo with the +1 rule."""
+    nonzero = differences[differences != 0]
+    if not len(nonzero):
         return 1.0
+    observed = abs(nonzero.sum()) - 1e-12
+    if len(nonzero) <= EXACT_SIGN_FLIPS:
+        signs = 1.0 - 2.0 * ((np.arange(2 ** len(nonzero))[:, None] >> np.arange(len(nonzero))) & 1)
+        return float(np.mean(np.abs(signs @ nonzero) >= observed))
     rng = np.random.default_rng(seed)
-    observed = abs(differences.mean())
-    signs = rng.choice((-1.0, 1.0), size=(resamples, len(differences)))
-    extreme = np.sum(np.abs((signs * differences).mean(axis=1)) >= observed - 1e-12)
+    extreme = 0
+    for start in range(0, resamples, 1000):  # chunks bound memory for large n
+        signs = rng.choice((-1.0, 1.0), size=(min(1000, resamples - start), len(nonzero)))
+        extreme += int(np.sum(np.abs(signs @ nonzero) >= observed))
     return float((extreme + 1) / (resamples + 1))
 
 

@@ -35,6 +35,8 @@ def test_sign_flip_p_and_paired_interval():
     assert sign_flip_p(np.zeros(20)) == 1.0
     assert sign_flip_p(np.full(30, 0.25)) < 0.001
     assert sign_flip_p(np.array([0.1, -0.1] * 15)) > 0.5
+    assert sign_flip_p(np.array([0.5, 1.0, 2.0])) == 0.25  # exact: 2 of the 8 sign vectors reach |3.5|
+    assert sign_flip_p(np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])) == pytest.approx(2 / 64)
     assert paired_bootstrap_ci(np.zeros(10), np.full(10, 0.5)) == (0.5, 0.5)
 
 
