@@ -35,12 +35,13 @@ def trained_capability(run_record: dict[str, Any]) -> str | None:
 
 
 def provenance(run_record: dict[str, Any]) -> dict[str, Any]:
-    """What a report's reader needs to trace a run's numbers: model and adapter hashes, data sha256s, dtype,
-    packages and git commit (the rest stays in the run's run.json)."""
+    """What a report's reader needs to trace a run's numbers: model and adapter hashes, data sha256s, dtype, prompt
+    format, packages and git commit (the rest stays in the run's run.json)."""
     identity = run_record.get("identity", {})
     return {"model": run_record.get("model"), "fingerprint": identity.get("fingerprint"),
             "weights_sha256": identity.get("weights_sha256"), "adapter_sha256": identity.get("adapter_sha256"),
-            "dtype": identity.get("dtype"), "limit": identity.get("limit"),
+            "dtype": identity.get("dtype"), "prompt_format": identity.get("prompt_format", "chat"),
+            "limit": identity.get("limit"),
             "data_sha256": {task: d.get("sha256") for task, d in (run_record.get("data") or {}).items()},
             "packages": run_record.get("packages"), "git": run_record.get("git"),
             "finished": run_record.get("finished")}
@@ -145,7 +146,7 @@ def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: di
     traced = {name: provenance(record) for name, record in (runs or {}).items()}
     text = markdown(table, reference, capabilities) + "".join(
         f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
-        f"{p['dtype']}, git {((p['git'] or {}).get('commit') or 'unknown')[:12]}"
+        f"{p['dtype']}, {p['prompt_format']} prompts, git {((p['git'] or {}).get('commit') or 'unknown')[:12]}"
         f"{' (uncommitted changes)' if (p['git'] or {}).get('dirty') else ''}\n" for name, p in traced.items())
     atomic_write_text(out_dir / "report.md", text)
     atomic_write_text(out_dir / "report.csv", table.to_csv(index=False))

@@ -41,7 +41,7 @@ def test_report_files(tmp_path):
     assert "| gsm8k | acc | 100 | 10.00 [5.00, 15.00] | 30.00 [25.00, 35.00]<br>Δ +20.00* [+16.00, +24.00]" in md
     assert "| sft | math (trained) | 10.00 | 30.00 | 3.000 | +20.00 |" in md
     assert "| sft | untrained capabilities (mean) | 50.00 | 42.50 |  | -7.50 |" in md
-    assert "sft: fingerprint sft-fp, adapter sha256 ab, None, git c0" in md
+    assert "sft: fingerprint sft-fp, adapter sha256 ab, None, chat prompts, git c0" in md
     assert len(pd.read_csv(out / "report.csv")) == 6
     report = json.loads((out / "report.json").read_text())
     assert report["reference"] == "seed" and report["trained"] == {"sft": "math"}
