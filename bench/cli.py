@@ -89,6 +89,10 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     store.check_writable()
     started = time.perf_counter()
     prompt_format = args.prompt_format
+    trained_with = _adapter_prompt_format(args.adapter)
+    if trained_with not in (None, prompt_format):
+        console.print(f"[yellow]--adapter {args.adapter} was trained with {trained_with} prompts; this evaluation "
+                      f"sends {prompt_format} prompts (--prompt-format)[/yellow]")
     model = load_model(args.model, args.adapter, args.dtype, prompt_format)
     cache = Cache(results_dir / "cache" / "generations.sqlite")
     engine = Engine(model, cache, batch_size=args.batch_size)
@@ -116,6 +120,14 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
                       f"[{k * m['ci_low']:.2f}, {k * m['ci_high']:.2f}]")
     console.print(table)
     console.print(f"results: {store.dir}  ({time.perf_counter() - started:.1f} s)")
+
+
+def _adapter_prompt_format(adapter: str | None) -> str | None:
+    """The prompt format an adapter was trained with, from its train.json (None where there is none)."""
+    import json
+
+    record = Path(adapter) / "train.json" if adapter else None
+    return json.loads(record.read_text()).get("prompt_format", "chat") if record and record.is_file() else None
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:

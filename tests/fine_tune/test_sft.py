@@ -64,10 +64,16 @@ def test_train_sft_writes_a_loadable_adapter_and_is_not_repeated(capsys, tiny_mo
     code, _, err = bench(capsys, *args[:-4], "--limit", "2", "--dtype", "float32", "--name", "tiny")
     assert code == 2 and "trained with other settings" in err
 
-    code, _, err = bench(capsys, "eval", str(tiny_model_dir), "--adapter", str(out_dir), "--tasks", "gsm8k",
-                         "--limit", "1", "--dtype", "float32", "--data-dir", str(fixture_data), "--results-dir",
-                         str(tmp_path))
+    code, out, err = bench(capsys, "eval", str(tiny_model_dir), "--adapter", str(out_dir), "--tasks", "gsm8k",
+                           "--limit", "1", "--dtype", "float32", "--data-dir", str(fixture_data), "--results-dir",
+                           str(tmp_path))
     assert code == 0, err
+    assert "trained with" not in out
+    code, out, err = bench(capsys, "eval", str(tiny_model_dir), "--adapter", str(out_dir), "--tasks", "gsm8k",
+                           "--limit", "1", "--dtype", "float32", "--data-dir", str(fixture_data), "--results-dir",
+                           str(tmp_path), "--prompt-format", "study", "--name", "study")
+    assert code == 0, err
+    assert "was trained with chat prompts; this evaluation sends study prompts" in " ".join(out.split())
 
 
 def test_train_bad_input_is_one_line(capsys, tiny_model_dir, fixture_data, tmp_path):
