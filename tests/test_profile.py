@@ -44,20 +44,23 @@ def test_shipped_profiles_name_known_tasks_and_valid_training(name):
     config_from_dict(profile.sft, f"profile {name} [sft]")
 
 
-def test_profile_errors_name_the_key(tmp_path):
+PROFILE_BASE = 'model = "default"\ntrain_task = "gsm8k"\n'
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('suites = ["math"]\nlimt = 3\n', "unknown key 'limt'"),
+    ('suites = "math"\n', "key 'suites' must be list"),
+    ("", "name the evaluation in 'suites' or 'tasks'"),
+    ('suites = ["math"]\nprompt_format = "alpaca"\n', "key 'prompt_format' must be one of chat, study"),
+])
+def test_profile_errors_name_the_key(tmp_path, extra, message):
     bad = tmp_path / "bad.toml"
-    bad.write_text('model = "default"\ntrain_task = "gsm8k"\nsuites = ["math"]\nlimt = 3\n')
-    with pytest.raises(BenchError, match="unknown key 'limt'"):
+    bad.write_text(PROFILE_BASE + extra)
+    with pytest.raises(BenchError, match=message):
         load_profile(str(bad))
-    bad.write_text('model = "default"\ntrain_task = "gsm8k"\nsuites = "math"\n')
-    with pytest.raises(BenchError, match="key 'suites' must be list"):
-        load_profile(str(bad))
-    bad.write_text('model = "default"\ntrain_task = "gsm8k"\n')
-    with pytest.raises(BenchError, match="name the evaluation in 'suites' or 'tasks'"):
-        load_profile(str(bad))
-    bad.write_text('model = "default"\ntrain_task = "gsm8k"\nsuites = ["math"]\nprompt_format = "alpaca"\n')
-    with pytest.raises(BenchError, match="key 'prompt_format' must be one of chat, study"):
-        load_profile(str(bad))
+
+
+def test_unknown_profile_is_an_error():
     with pytest.raises(BenchError, match="no such profile"):
         load_profile("nope")
 
