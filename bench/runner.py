@@ -115,7 +115,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
             if isinstance(task, HarnessTask):
                 predictions, metrics = evaluate_harness_task(harness, task, data[task.name], data[task.name].limit)
             elif task.drift:
-                predictions = evaluate_drift(task, data[task.name].examples, seed[0], model, seed[1], progress)
+                predictions = evaluate_drift(task, data[task.name].examples, seed[1], engine, progress)
                 metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
                            **_summary([r["score"] for r in predictions]),
                            "others": {"nll": _summary([r["scores"]["nll"] for r in predictions])},

@@ -1,30 +1,164 @@
-"""Generation speed: our engine against lm-eval's `hf` backend and the sdft repository's batch-1 `generate`.
+"""Generation speed against the machine's bound: our engine, HF `generate` (batched) and lm-eval's `hf` backend.
 
-All in one process, on the same 64 GSM8K prompts (the math system prompt, the embedded model's chat template),
-greedy, 128 new tokens, stop at EOS. Prints tokens/s (generated tokens, EOS included, padding excluded), the
-ratio to the best lm-eval figure, and each method's GSM8K accuracy on those prompts.
+All in one process, greedy, each method stopping at EOS only (so all do the same work), on three workloads:
+- gsm8k: the first 64 GSM8K prompts (math system prompt, the chat template), 128 new tokens;
+- humaneval: the first 32 HumanEval paper prompts (raw text), 512 new tokens: long outputs;
+- alpaca: the first 32 AlpacaEval instructions through the Alpaca template, 256 new tokens: uneven outputs.
+Per dtype (float32, and bfloat16 where the CPU computes it natively) it prints the machine's matmul rate (2048^3
+and the decode shape, batch x hidden by hidden x intermediate), the FLOPs each workload needs and each method
+performed, tokens/s (generated tokens, EOS included), each method's fraction of the bound (the needed FLOPs at
+the measured rates: prefill's linear layers at the 2048^3 rate, everything else at the decode-shape rate), and
+how many of our outputs equal HF `generate`'s in the same dtype, with the top-two logit margin (the model's own,
+one unpadded forward) where an output first differs.
 
-    .venv/bin/python benchmarks/generation.py [--data-dir DIR] [--repeats 3] [--batch1-prompts 8]
+    .venv/bin/python benchmarks/generation.py [--data-dir DIR] [--workloads gsm8k,humaneval,alpaca]
+        [--dtypes float32,bfloat16] [--lm-eval-batch-sizes 32,64] [--repeats 1] [--profile]
 
-Batch-1 generation is timed on the first --batch1-prompts prompts only (it is ~10x slower) and its
-tokens/s is quoted from those. Medians over --repeats; quote ratios, machines vary.
+FLOPs are counted from each method's algorithm, 2 per multiply-add: linear layers 2 x non-embedding parameters
+per token, the output head 2 x vocab x hidden per logits row, attention 4 x layers x heads x head_dim per
+(query, key) pair. Ours: what the engine ran (its `PackedDecoder.step` calls are recorded). HF `generate` and
+lm-eval (which calls `generate` on batches sorted by prompt length): left-padded prefill of every batch and, until
+its longest row ends, a decode step for every row, finished or not. `--profile` adds, per workload, where our
+engine's time goes (torch.profiler, operators grouped). Quote ratios and fractions: machines vary.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import time
+from dataclasses import dataclass
 
 import torch
 
 from bench.data import load_task_data, resolve_data_dir
-from bench.engine import Engine
-from bench.models import load_model
+from bench.engine import Engine, PackedDecoder, common_prefix
+from bench.models import cpu_has_native_bf16, load_model
 from bench.types import GenerationConfig
-from tasks.math import gsm8k, score_math
+from tasks.code import humaneval
+from tasks.drift import drift
+from tasks.math import gsm8k
 
-N_PROMPTS = 64
-MAX_NEW_TOKENS = 128
+WORKLOADS = {"gsm8k": (gsm8k, 64, 128), "humaneval": (humaneval, 32, 512), "alpaca": (drift, 32, 256)}
+NEAR_TIE = 1e-3
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a FLOP count needs to know of the model."""
+
+    layers: int
+    heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    layer_params: int  # every parameter of the decoder layers and the final norm: the per-token linear work
+
+    @classmethod
+    def of(cls, model) -> Shape:
+        c = model.config
+        decoder = model.get_decoder()
+        layer_params = sum(p.numel() for p in decoder.layers.parameters()) + decoder.norm.weight.numel()
+        return cls(c.num_hidden_layers, c.num_attention_heads, decoder.layers[0].self_attn.head_dim, c.hidden_size,
+                   c.intermediate_size, c.vocab_size, layer_params)
+
+    def linear(self, tokens: int) -> float:
+        return 2.0 * self.layer_params * tokens
+
+    def head(self, rows: int) -> float:
+        return 2.0 * self.vocab * self.hidden * rows
+
+    def attention(self, pairs: int) -> float:
+        return 4.0 * self.layers * self.heads * self.head_dim * pairs
+
+
+@dataclass
+class Flops:
+    prefill: float = 0.0  # prompt tokens through the linear layers
+    rest: float = 0.0  # decode linear layers, the output head, attention
+
+    def total(self) -> float:
+        return self.prefill + self.rest
+
+    def bound_seconds(self, rates: dict[str, float]) -> float:
+        return self.prefill / rates["square"] + self.rest / rates["decode"]
+
+
+def needed(shape: Shape, prompts: list[list[int]], generated: list[int]) -> Flops:
+    """The work itself: the common prefix once, each prompt's own tokens once, each generated token once."""
+    prefix = common_prefix(prompts)
+    flops = Flops(prefill=shape.linear(prefix + sum(len(p) - prefix for p in prompts)))
+    pairs = prefix * (prefix + 1) // 2
+    for prompt, g in zip(prompts, generated):
+        n = len(prompt) - prefix
+        pairs += n * prefix + n * (n + 1) // 2 + sum(len(prompt) + j for j in range(1, g))
+    flops.rest = shape.linear(sum(g - 1 for g in generated)) + shape.head(sum(generated)) + shape.attention(pairs)
+    return flops
+
+
+def padded_batches(shape: Shape, prompts: list[list[int]], generated: list[int], batch: int) -> Flops:
+    """What `generate` does on batches of `batch` prompts, in the order given: prefill over the padded width, then a
+    decode step for every row until the batch's longest generation ends."""
+    flops = Flops()
+    for start in range(0, len(prompts), batch):
+        rows = range(start, min(start + batch, len(prompts)))
+        width, steps = max(len(prompts[i]) for i in rows), max(generated[i] for i in rows) - 1
+        b = len(rows)
+        flops.prefill += shape.linear(b * width)
+        flops.rest += (shape.attention(b * width * width) + shape.head(b * (steps + 1)) + shape.linear(b * steps)
+                       + shape.attention(b * sum(width + t for t in range(1, steps + 1))))
+    return flops
+
+
+class StepRecorder:
+    """Records the work of every `PackedDecoder` the engine builds: prefix, and per step rows, widths, prompts."""
+
+    def __init__(self, shape: Shape):
+        self.shape, self.flops = shape, Flops()
+
+    def __enter__(self):
+        recorder, init, step = self, PackedDecoder.__init__, PackedDecoder.step
+        self._originals = (init, step)
+
+        def recording_init(decoder, model, prefix, slots, length):
+            init(decoder, model, prefix, slots, length)
+            p = len(prefix)
+            recorder.flops.prefill += recorder.shape.linear(p)
+            recorder.flops.rest += recorder.shape.attention(p * (p + 1) // 2)
+
+        def recording_step(decoder, tokens, prompts):
+            live, p = len(tokens), decoder.prefix
+            width = int(decoder.lengths[:live].max()) + 1 if live else 0
+            sizes = [len(x) for x in prompts]
+            s = recorder.shape
+            recorder.flops.prefill += s.linear(sum(sizes))
+            recorder.flops.rest += (s.linear(live) + s.head(live + len(sizes)) + s.attention(live * (p + width))
+                                    + s.attention(sum(n * (p + n) for n in sizes)))
+            return step(decoder, tokens, prompts)
+
+        PackedDecoder.__init__, PackedDecoder.step = recording_init, recording_step
+        return self
+
+    def __exit__(self, *exc):
+        PackedDecoder.__init__, PackedDecoder.step = self._originals
+
+
+def matmul_rates(dtype: torch.dtype, decode_shape: tuple[int, int, int], repeats: int = 10) -> dict[str, float]:
+    """GFLOP/s of a 2048^3 matmul and of the decode shape (rows x hidden by hidden x intermediate), best of repeats."""
+    rates = {}
+    for name, (m, k, n) in {"square": (2048, 2048, 2048), "decode": decode_shape}.items():
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+        inner = max(1, int(2e9 / (2 * m * k * n)))
+        torch.nn.functional.linear(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(inner):
+                torch.nn.functional.linear(a, b)
+            best = min(best, (time.perf_counter() - started) / inner)
+        rates[name] = 2.0 * m * k * n / best
+    return rates
 
 
 def timed(fn, repeats: int):
@@ -36,78 +170,146 @@ def timed(fn, repeats: int):
     return result, statistics.median(times)
 
 
-def hf_batch1(model, prompts: list[str]) -> list[tuple[str, int]]:
-    """What the sdft repository's evaluation does: one prompt at a time through `generate`."""
-    tokenizer, out = model.tokenizer, []
+def hf_generate(model, token_lists: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """One left-padded batch through `model.generate`; each row's tokens up to and including its first EOS."""
+    tokenizer, eos = model.tokenizer, model.tokenizer.eos_token_id
+    width = max(len(t) for t in token_lists)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(t)) + t for t in token_lists])
+    mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in token_lists])
     with torch.inference_mode():
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-            gen = model.model.generate(**ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                       pad_token_id=tokenizer.pad_token_id)[0, ids.input_ids.shape[1]:].tolist()
-            out.append((tokenizer.decode(gen, skip_special_tokens=True), len(gen)))
-    return out
+        out = model.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id)[:, width:].tolist()
+    return [row[:row.index(eos) + 1] if eos in row else row for row in out]
 
 
-def lm_eval_generate(model, prompts: list[str], batch_size: int, dtype: str) -> list[tuple[str, int]]:
+def lm_eval_generate(model, prompts: list[str], batch_size: int, dtype: str, max_new_tokens: int) -> list[str]:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=model.model, tokenizer=model.tokenizer, batch_size=batch_size, dtype=dtype, device="cpu")
-    eos = model.tokenizer.eos_token
-    requests = [Instance(request_type="generate_until", doc={}, idx=i,
-                         arguments=(p, {"until": [eos], "max_gen_toks": MAX_NEW_TOKENS, "do_sample": False}))
-                for i, p in enumerate(prompts)]
-    texts = lm.generate_until(requests, disable_tqdm=True)
-    # lm-eval returns text only: count its tokens, plus the EOS it stopped on when it did not hit the budget.
-    counts = [len(model.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
-    return [(t, min(n + 1, MAX_NEW_TOKENS)) for t, n in zip(texts, counts)]
+    requests = [Instance(request_type="generate_until", doc={}, idx=i, arguments=(
+        p, {"until": [model.tokenizer.eos_token], "max_gen_toks": max_new_tokens, "do_sample": False}))
+        for i, p in enumerate(prompts)]
+    return lm.generate_until(requests, disable_tqdm=True)
+
+
+def first_difference(model, prompt: list[int], reference: list[int], text: str) -> tuple[int, float, bool]:
+    """Where our `text` leaves the reference tokens: (position, top-two margin of the model's logits there, whether
+    ours took the runner-up). The margin is the model's own, from one unpadded forward."""
+    tokenizer = model.tokenizer
+    k = 0
+    while k < len(reference) and text.startswith(tokenizer.decode(reference[:k + 1], skip_special_tokens=True)):
+        k += 1
+    with torch.inference_mode():
+        logits = model.model(torch.tensor([prompt + reference[:k]])).logits[0, -1].float()
+    top = logits.topk(2)
+    ours_second = text[len(tokenizer.decode(reference[:k], skip_special_tokens=True)):].startswith(
+        tokenizer.decode([int(top.indices[1])]))
+    return k, float(top.values[0] - top.values[1]), ours_second
+
+
+def profile_engine(engine: Engine, prompts: list[str], config: GenerationConfig) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    groups = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul"),
+              "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product", "aten::_softmax", "aten::softmax"),
+              "copies": ("aten::copy_", "aten::index_put", "aten::cat", "aten::index", "aten::_index_put",
+                         "aten::masked_fill", "aten::clone", "aten::contiguous")}
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.generate(prompts, config)
+    wall = time.perf_counter() - started
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        group = next((g for g, names in groups.items() if event.key.startswith(names)), "other operators")
+        totals[group] = totals.get(group, 0.0) + event.self_cpu_time_total / 1e6
+    operators = sum(totals.values())
+    print(f"  profile ({wall:.1f} s under the profiler): " + ", ".join(
+        f"{g} {t:.1f} s ({t / wall:.0%})" for g, t in sorted(totals.items(), key=lambda x: -x[1]))
+        + f", Python and the rest {max(wall - operators, 0):.1f} s ({max(wall - operators, 0) / wall:.0%})")
+
+
+def machine() -> str:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    name = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+    flags = next((line for line in lscpu.splitlines() if line.startswith("Flags")), "")
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags.split()]
+    return f"{name}, {torch.get_num_threads()} threads, flags: {' '.join(wanted) or 'none of avx2/avx512'}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch1-prompts", type=int, default=8)
-    parser.add_argument("--batch-sizes", default="16,32,64", help="lm-eval batch sizes")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--dtypes", default="float32,bfloat16" if cpu_has_native_bf16() else "float32")
+    parser.add_argument("--lm-eval-batch-sizes", default="32,64", help="each capped at the workload's prompt count")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    examples = load_task_data(gsm8k, resolve_data_dir(args.data_dir), N_PROMPTS).examples
-    config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS)
-    rows = []
-
-    def record(method: str, dtype: str, batch: int | str, outputs, seconds: float, n_examples: int):
-        tokens = sum(n for _, n in outputs)
-        accuracy = sum(score_math(text, ex).value for (text, _), ex in zip(outputs, examples)) / len(outputs)
-        rows.append({"method": method, "dtype": dtype, "batch": batch, "tok_s": tokens / seconds,
-                     "seconds": seconds, "examples": n_examples, "accuracy": accuracy, "outputs": outputs})
-        print(f"{method:>10} {dtype:>9} batch {batch!s:>3}: {tokens / seconds:7.1f} tok/s  "
-              f"({seconds:.1f} s, {n_examples} prompts, accuracy {accuracy:.3f})", flush=True)
-
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    data_dir = resolve_data_dir(args.data_dir)
+    print(f"machine: {machine()}; torch {torch.__version__}", flush=True)
+    summary = []
     for dtype in args.dtypes.split(","):
         model = load_model("default", dtype=dtype)
-        prompts = [model.render(gsm8k.to_prompt(ex)) for ex in examples]
-        engine = Engine(model, cache=None, batch_size=N_PROMPTS)
-        engine.generate(prompts[:2], GenerationConfig(max_new_tokens=4))  # warm-up
-        gens, seconds = timed(lambda: engine.generate(prompts, config), args.repeats)
-        record("forgetbench", dtype, N_PROMPTS, [(g.text, g.n_tokens) for g in gens], seconds, len(prompts))
-        for batch in batch_sizes:
-            outputs, seconds = timed(lambda: lm_eval_generate(model, prompts, batch, dtype), args.repeats)
-            record("lm-eval", dtype, batch, outputs, seconds, len(prompts))
-        k = args.batch1_prompts
-        outputs, seconds = timed(lambda: hf_batch1(model, prompts[:k]), 1)
-        record("batch-1", dtype, 1, outputs, seconds, k)
-
-    best_lm = max((r for r in rows if r["method"] == "lm-eval"), key=lambda r: r["tok_s"])
-    print(f"\nbest lm-eval: {best_lm['dtype']} batch {best_lm['batch']}, {best_lm['tok_s']:.1f} tok/s")
-    print(f"| method | dtype | batch | tokens/s | x best lm-eval | GSM8K acc (prompts) | same outputs as lm-eval batch {batch_sizes[0]}, same dtype |")
+        shape = Shape.of(model.model)
+        for name in args.workloads.split(","):
+            task, n_prompts, max_new_tokens = WORKLOADS[name]
+            examples = load_task_data(task, data_dir, n_prompts).examples
+            prompts = [model.render(task.to_prompt(ex), task.template) for ex in examples]
+            tokens = [model.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            config = GenerationConfig(max_new_tokens=max_new_tokens)
+            rates = matmul_rates(getattr(torch, dtype), (n_prompts, shape.hidden, shape.intermediate))
+            print(f"\n{name} {dtype}: {n_prompts} prompts, {sum(map(len, tokens))} prompt tokens "
+                  f"(common prefix {common_prefix(tokens)}), {max_new_tokens} new tokens; matmul "
+                  f"{rates['square'] / 1e9:.0f} GFLOP/s at 2048^3, {rates['decode'] / 1e9:.0f} at "
+                  f"{n_prompts}x{shape.hidden} by {shape.hidden}x{shape.intermediate}", flush=True)
+            engine = Engine(model, cache=None, batch_size=n_prompts)
+            engine.generate(prompts[:2], GenerationConfig(max_new_tokens=4))  # warm-up
+            reference, hf_seconds = timed(lambda: hf_generate(model, tokens, max_new_tokens), args.repeats)
+            generated = [len(r) for r in reference]
+            work = needed(shape, tokens, generated)
+            bound = work.bound_seconds(rates)
+            with StepRecorder(shape) as recorder:
+                ours, seconds = timed(lambda: engine.generate(prompts, config), args.repeats)
+            ours_flops = Flops(recorder.flops.prefill / args.repeats, recorder.flops.rest / args.repeats)
+            rows = [("forgetbench", n_prompts, sum(g.n_tokens for g in ours), seconds, ours_flops),
+                    ("HF generate", n_prompts, sum(generated), hf_seconds, padded_batches(shape, tokens, generated, n_prompts))]
+            by_length = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
+            for batch in sorted({min(int(b), n_prompts) for b in args.lm_eval_batch_sizes.split(",")}):
+                texts, lm_seconds = timed(lambda: lm_eval_generate(model, prompts, batch, dtype, max_new_tokens),
+                                          args.repeats)
+                counts = [min(len(model.tokenizer(t, add_special_tokens=False).input_ids) + 1, max_new_tokens)
+                          for t in texts]
+                lm_flops = padded_batches(shape, [tokens[i] for i in by_length], [generated[i] for i in by_length], batch)
+                rows.append((f"lm-eval hf", batch, sum(counts), lm_seconds, lm_flops))
+            best_lm = max((r for r in rows if r[0] == "lm-eval hf"), key=lambda r: r[2] / r[3])
+            print(f"needed {work.total() / 1e12:.2f} TFLOP (prefill linear {work.prefill / 1e12:.2f}); bound "
+                  f"{bound:.1f} s = {sum(generated) / bound:.0f} tokens/s")
+            print("| method | batch | tokens/s | x best lm-eval | TFLOP performed | x needed | fraction of bound |")
+            print("|---|---|---|---|---|---|---|")
+            for method, batch, n_tokens, secs, flops in rows:
+                print(f"| {method} | {batch} | {n_tokens / secs:.1f} | {(n_tokens / secs) / (best_lm[2] / best_lm[3]):.2f} "
+                      f"| {flops.total() / 1e12:.2f} | {flops.total() / work.total():.2f} | {bound / secs:.0%} |")
+            same, differences = 0, []
+            for i, (gen, ref) in enumerate(zip(ours, reference)):
+                if gen.text == model.tokenizer.decode(ref, skip_special_tokens=True) and gen.n_tokens == len(ref):
+                    same += 1
+                else:
+                    differences.append((i, *first_difference(model, tokens[i], ref, gen.text)))
+            near = sum(margin <= NEAR_TIE for _, _, margin, _ in differences)
+            print(f"same output as HF generate ({dtype}): {same}/{len(ours)}; differing: {len(differences)}, "
+                  f"{near} first at a near-tie (top-two margin <= {NEAR_TIE})")
+            for i, k, margin, second in differences:
+                print(f"  prompt {i}: first differs at token {k}, margin {margin:.2e}"
+                      f"{', ours took the runner-up' if second else ''}")
+            if args.profile:
+                profile_engine(engine, prompts, config)
+            ratio = (rows[0][2] / rows[0][3]) / (best_lm[2] / best_lm[3])
+            summary.append(f"| {name} | {dtype} | {rows[0][2] / rows[0][3]:.1f} | {best_lm[2] / best_lm[3]:.1f} "
+                           f"(batch {best_lm[1]}) | {ratio:.2f} | {bound / rows[0][3]:.0%} | {same}/{len(ours)} |")
+    print("\n| workload | dtype | ours tokens/s | best lm-eval tokens/s | x lm-eval | ours / bound | same as HF generate |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        peer = next(p for p in rows if p["method"] == "lm-eval" and p["dtype"] == r["dtype"])
-        n = r["examples"]
-        same = sum(a[0] == b[0] for a, b in zip(r["outputs"][:n], peer["outputs"][:n]))
-        print(f"| {r['method']} | {r['dtype']} | {r['batch']} | {r['tok_s']:.1f} | {r['tok_s'] / best_lm['tok_s']:.2f} "
-              f"| {r['accuracy']:.3f} ({n}) | {same}/{n} |")
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from bench.cli import main
-from bench.drift import per_token_drift
+from bench.drift import drift_scores
+from bench.engine import Engine
 from bench.models import load_model
 
 
@@ -16,12 +17,31 @@ def test_seed_has_no_drift_and_an_adapter_has_some(tiny_model_dir, tmp_path):
 
     seed = load_model(str(tiny_model_dir), dtype="float32")
     tuned = load_model(str(tiny_model_dir), str(make_adapter(tiny_model_dir, tmp_path / "adapter")), "float32")
-    nll, kl, n = per_token_drift(seed, seed, "<|im_start|>user\nhi<|im_end|>\n", "hello there")
+    prompt = "<|im_start|>user\nhi<|im_end|>\n"
+    [(nll, kl, n)] = drift_scores(Engine(seed), Engine(seed), [(prompt, "hello there", True)])
     assert kl == 0.0 and nll > 0 and n >= 2
-    nll_tuned, kl_tuned, _ = per_token_drift(seed, tuned, "<|im_start|>user\nhi<|im_end|>\n", "hello there")
+    [(nll_tuned, kl_tuned, _), (_, _, n_cut)] = drift_scores(
+        Engine(seed), Engine(tuned), [(prompt, "hello there", True), (prompt, "hello there", False)])
     assert kl_tuned > 0 and nll_tuned != pytest.approx(nll)
-    _, _, n_cut = per_token_drift(seed, tuned, "<|im_start|>user\nhi<|im_end|>\n", "hello there", ended=False)
     assert n_cut == n - 1, "a response cut at the token limit has no end-of-sequence token to score"
+
+
+def test_packed_passes_equal_one_forward_per_response(tiny_model_dir, tmp_path):
+    """The engine's teacher-forced passes (shared prefix, packed, no padding) give each response's own numbers."""
+    import torch
+    from test_models import make_adapter
+
+    seed = load_model(str(tiny_model_dir), dtype="float32")
+    tuned = load_model(str(tiny_model_dir), str(make_adapter(tiny_model_dir, tmp_path / "adapter")), "float32")
+    prompts = [f"<|im_start|>system\nAnswer.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n" for q in ("hi", "2 + 2?", "x")]
+    pairs = [(p, r, ended) for p, r, ended in zip(prompts, ["hello there", "4", "y z"], [True, False, True])]
+    packed = drift_scores(Engine(seed), Engine(tuned), pairs)
+    seed_engine, tuned_engine = Engine(seed), Engine(tuned)
+    seed_engine.packed = tuned_engine.packed = False
+    one_by_one = drift_scores(seed_engine, tuned_engine, pairs)
+    for (nll, kl, n), (nll_1, kl_1, n_1) in zip(packed, one_by_one):
+        assert n == n_1 and nll == pytest.approx(nll_1, abs=1e-5) and kl == pytest.approx(kl_1, abs=1e-6)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled(), "training after drift still has grads"
 
 
 def test_kl_is_finite_where_both_models_rule_a_token_out(tiny_model_dir, tmp_path):
@@ -36,7 +56,7 @@ def test_kl_is_finite_where_both_models_rule_a_token_out(tiny_model_dir, tmp_pat
     for loaded in (seed, tuned):
         loaded.model.lm_head.register_forward_hook(lambda module, args, out: out.index_fill(-1, torch.tensor([5]),
                                                                                              float("-inf")))
-    _, kl, _ = per_token_drift(seed, tuned, "<|im_start|>user\nhi<|im_end|>\n", "hello there")
+    [(_, kl, _)] = drift_scores(Engine(seed), Engine(tuned), [("<|im_start|>user\nhi<|im_end|>\n", "hello there", True)])
     assert math.isfinite(kl) and kl > 0
 
 

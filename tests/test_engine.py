@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.cache import Cache
-from bench.engine import Engine
+from bench.engine import Engine, PackedDecoder, common_prefix
 from bench.models import load_model
 from bench.types import GenerationConfig
 
@@ -35,10 +35,25 @@ def prompts_for(model, questions=QUESTIONS):
 
 
 def test_outputs_do_not_depend_on_batch_size(tiny):
-    prompts = prompts_for(tiny)
+    prompts = prompts_for(tiny) + ["x", "Janet has 3 ducks."]  # no shared prefix with the others
     config = GenerationConfig(max_new_tokens=40)
     by_size = {b: [g.text for g in Engine(tiny, batch_size=b).generate(prompts, config)] for b in (1, 2, 5, 64)}
     assert by_size[1] == by_size[2] == by_size[5] == by_size[64]
+    assert [g.text for g in engine(tiny, packed=False, batch_size=3).generate(prompts, config)] == by_size[1]
+
+
+def test_rows_that_stop_early_free_their_slot_for_waiting_prompts(tiny):
+    """Uneven outputs: stop sequences end some rows early; the prompts waiting behind them are admitted mid-batch
+    and every output equals the one it gets with a slot of its own."""
+    prompts = prompts_for(tiny, QUESTIONS * 3)
+    free = Engine(tiny, batch_size=64).generate(prompts, GenerationConfig(max_new_tokens=40))
+    stop = free[0].text[8:11]
+    config = GenerationConfig(max_new_tokens=40, stop=(stop,))
+    alone = [Engine(tiny, batch_size=1).generate([p], config)[0] for p in prompts[:5]] * 3
+    for batch_size in (2, 4):
+        mixed = Engine(tiny, batch_size=batch_size).generate(prompts, config)
+        assert [(g.text, g.n_tokens, g.finish) for g in mixed] == [(g.text, g.n_tokens, g.finish) for g in alone]
+    assert len({g.n_tokens for g in alone}) > 1, "rows end at different steps"
 
 
 def test_samples_are_seeded_per_prompt_and_do_not_depend_on_batch_size(tiny):
@@ -61,12 +76,49 @@ def test_greedy_cache_keys_ignore_the_seed(tiny):
     assert engine.settings(GenerationConfig(temperature=0.8, seed=1)) != engine.settings(GenerationConfig(temperature=0.8, seed=2))
 
 
-def test_greedy_matches_transformers_generate(tiny):
-    """Our decode loop is a faster route to the same greedy outputs as `model.generate` at batch 1."""
+def engine(model, packed: bool = True, **kwargs) -> Engine:
+    """The packed path (the Llama family), or transformers' forward over padded batches (other architectures)."""
+    e = Engine(model, **kwargs)
+    assert e.packed, "the tiny Llama takes the packed path"
+    e.packed = packed
+    return e
+
+
+def test_common_prefix_leaves_every_prompt_a_token():
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert common_prefix([[7], [7, 8]]) == 0
+    assert common_prefix([[1, 2], [3, 2]]) == 0
+
+
+def test_packed_prefill_logits_equal_a_full_forward(tiny):
+    """Prompts packed into one sequence after a shared prefix, with no padding, give each prompt's own logits;
+    so does the next decode step, with rows of different lengths in the cache."""
+    import torch
+
+    tokenizer = tiny.tokenizer
+    token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts_for(tiny)]
+    prefix = common_prefix(token_lists)
+    assert prefix > 5, "the chat template and system prompt are shared"
+    with torch.inference_mode():
+        packed = PackedDecoder(tiny.model, token_lists[0][:prefix], slots=5, length=128)
+        first = packed.step(torch.zeros(0, dtype=torch.long), [t[prefix:] for t in token_lists])
+        nxt = first.argmax(-1)
+        second = packed.step(nxt, [])
+        for i, tokens in enumerate(token_lists):
+            full = tiny.model(torch.tensor([tokens + [int(nxt[i])]])).logits[0]
+            torch.testing.assert_close(first[i], full[-2], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(second[i], full[-1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("packed,batch_size", [(True, 8), (True, 2), (False, 8)])
+def test_greedy_matches_transformers_generate(tiny, packed, batch_size):
+    """Our decode loop is a faster route to the same greedy outputs as `model.generate` at batch 1, also when
+    prompts wait for a free slot and are admitted into a running batch (batch size 2)."""
     import torch
 
     prompts = prompts_for(tiny)
-    ours = Engine(tiny, batch_size=8).generate(prompts, GenerationConfig(max_new_tokens=30))
+    ours = engine(tiny, packed, batch_size=batch_size).generate(prompts, GenerationConfig(max_new_tokens=30))
     tokenizer = tiny.tokenizer
     for prompt, gen in zip(prompts, ours):
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -79,6 +131,7 @@ def test_greedy_matches_transformers_generate(tiny):
 
 def test_max_new_tokens_and_finish_reason(tiny):
     gens = Engine(tiny, batch_size=4).generate(prompts_for(tiny), GenerationConfig(max_new_tokens=7))
+    assert gens == engine(tiny, packed=False, batch_size=4).generate(prompts_for(tiny), GenerationConfig(max_new_tokens=7))
     assert all(g.n_tokens <= 7 for g in gens)
     assert all((g.finish == "length") == (g.n_tokens == 7 and g.finish != "eos") for g in gens)
 
