@@ -194,18 +194,15 @@ def lm_eval_generate(model, prompts: list[str], batch_size: int, dtype: str, max
 
 
 def first_difference(model, prompt: list[int], reference: list[int], text: str) -> tuple[int, float, bool]:
-    """Where our `text` leaves the reference tokens: (position, top-two margin of the model's logits there, whether
-    ours took the runner-up). The margin is the model's own, from one unpadded forward."""
-    tokenizer = model.tokenizer
-    k = 0
-    while k < len(reference) and text.startswith(tokenizer.decode(reference[:k + 1], skip_special_tokens=True)):
-        k += 1
+    """Where our `text` (re-tokenized: the engine returns text) leaves the reference tokens: (position, top-two margin
+    of the model's logits there, whether ours took the runner-up). The margin is the model's own, from one
+    unpadded forward over the prompt and the common tokens."""
+    ours = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    k = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b), min(len(ours), len(reference)))
     with torch.inference_mode():
         logits = model.model(torch.tensor([prompt + reference[:k]])).logits[0, -1].float()
     top = logits.topk(2)
-    ours_second = text[len(tokenizer.decode(reference[:k], skip_special_tokens=True)):].startswith(
-        tokenizer.decode([int(top.indices[1])]))
-    return k, float(top.values[0] - top.values[1]), ours_second
+    return k, float(top.values[0] - top.values[1]), k < len(ours) and ours[k] == int(top.indices[1])
 
 
 def profile_engine(engine: Engine, prompts: list[str], config: GenerationConfig) -> None:
@@ -248,7 +245,7 @@ def main() -> None:
     args = parser.parse_args()
     data_dir = resolve_data_dir(args.data_dir)
     print(f"machine: {machine()}; torch {torch.__version__}", flush=True)
-    summary = []
+    summary, fp32_texts = [], {}
     for dtype in args.dtypes.split(","):
         model = load_model("default", dtype=dtype)
         shape = Shape.of(model.model)
@@ -297,6 +294,13 @@ def main() -> None:
                 else:
                     differences.append((i, *first_difference(model, tokens[i], ref, gen.text)))
             near = sum(margin <= NEAR_TIE for _, _, margin, _ in differences)
+            if dtype == "float32":
+                fp32_texts[name] = [model.tokenizer.decode(r, skip_special_tokens=True) for r in reference]
+            elif name in fp32_texts:
+                hf_texts = [model.tokenizer.decode(r, skip_special_tokens=True) for r in reference]
+                print(f"same output as HF generate in float32: ours {sum(g.text == t for g, t in zip(ours, fp32_texts[name]))}"
+                      f"/{len(ours)}, HF generate {dtype} {sum(h == t for h, t in zip(hf_texts, fp32_texts[name]))}"
+                      f"/{len(ours)}")
             print(f"same output as HF generate ({dtype}): {same}/{len(ours)}; differing: {len(differences)}, "
                   f"{near} first at a near-tie (top-two margin <= {NEAR_TIE})")
             for i, k, margin, second in differences:
