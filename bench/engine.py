@@ -6,7 +6,7 @@ layer by layer over:
 - packed prefill: prompts are concatenated into one sequence, positions restarting per prompt and each prompt
   attending only to itself, so no padded token slot is computed;
 - a shared prefix: the key/value cache of the prompts' longest common token prefix (chat template and system
-  prompt) is computed once and every row attends to it;
+  prompt) is computed once and copied into every row's slot;
 - continuous batching over a preallocated cache: a row that finishes (EOS, a stop sequence, its token budget)
   frees its slot at once, and waiting prompts are prefilled into free slots in the same forward pass as the
   running rows' next tokens, so the decode batch stays full.
