@@ -8,6 +8,7 @@ through the engine (`Engine.logits_along`: packed, the shared prompt prefix comp
 """
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Any
 
 from bench.engine import Engine
@@ -24,12 +25,13 @@ def drift_scores(seed: Engine, model: Engine, pairs: list[tuple[str, str, bool]]
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _, _ in pairs]
     responses = [tokenizer(r, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if ended else [])
                  for _, r, ended in pairs]
-    same = model.model is seed.model
-    model_logits = seed.logits_along(prompts, responses) if same else model.logits_along(prompts, responses)
+    same = model.model is seed.model  # the seed's own run: one pass, KL exactly 0
+    seed_logits = seed.logits_along(prompts, responses)
+    model_logits = repeat(None) if same else model.logits_along(prompts, responses)
     scores = []
-    for response, seed_logits, logits in zip(responses, seed.logits_along(prompts, responses), model_logits):
-        seed_logp = torch.log_softmax(seed_logits.float(), dim=-1)
-        model_logp = seed_logp if same else torch.log_softmax(logits.float(), dim=-1)
+    for response, seed_row, model_row in zip(responses, seed_logits, model_logits):
+        seed_logp = torch.log_softmax(seed_row.float(), dim=-1)
+        model_logp = seed_logp if same else torch.log_softmax(model_row.float(), dim=-1)
         targets = torch.tensor(response, device=seed_logp.device)
         nll = -model_logp.gather(1, targets[:, None]).squeeze(1)
         seed_p = seed_logp.exp()

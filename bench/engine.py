@@ -381,10 +381,9 @@ class PackedDecoder:
 
     def release(self, ended: set[int], live: int) -> list[int]:
         """Free the `ended` slots by moving the last live rows into them; returns the old slot of each new slot."""
-        order = [s for s in range(live) if s not in ended]
-        kept = len(order)
+        kept = live - len(ended)
         holes = [s for s in range(kept) if s in ended]
-        movers = [s for s in order if s >= kept]
+        movers = [s for s in range(kept, live) if s not in ended]
         for hole, mover in zip(holes, movers):
             end = self.prefix + int(self.lengths[mover])
             for keys, values in zip(self.keys, self.values):
