@@ -43,6 +43,20 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _unit_float(value: str) -> float:
+    number = _non_negative_float(value)
+    if number > 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = _non_negative_float(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return number
+
+
 def _task_limits(value: str) -> dict[str, int]:
     limits = {}
     for item in _csv(value):
@@ -163,20 +177,54 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     console.print(f"report: {report}/report.{{md,csv,json,html}}")
 
 
+# Options of `bench train` that set a trainer's config key, and the methods that have the key.
+TRAIN_OPTIONS = {"lmbda": ("gkd",), "beta": ("gkd",), "temperature": ("gkd", "onpolicy_sd"), "seq_kd": ("gkd",),
+                 "max_new_tokens": ("gkd", "onpolicy_sd"), "teacher_kind": ("onpolicy_sd",),
+                 "divergence": ("onpolicy_sd",)}
+
+
+def _train_config(args: argparse.Namespace):
+    """The method's config: a profile's [sft] table and its own table, or --config; then the options."""
+    from fine_tune.gkd import GKDConfig
+    from fine_tune.onpolicy_sd import OnPolicySDConfig
+    from fine_tune.sft import SFTConfig, config_from_dict, load_config
+
+    cls = {"gkd": GKDConfig, "onpolicy_sd": OnPolicySDConfig}.get(args.method, SFTConfig)
+    values = getattr(args, "config_values", None)  # from a profile's [sft] and [METHOD] tables
+    config = config_from_dict(values, f"profile [sft] and [{args.method}]", cls) if values else \
+        load_config(Path(args.config) if args.config else None, cls)
+    if args.epochs is not None:
+        config = replace(config, epochs=args.epochs)
+    for key, methods in TRAIN_OPTIONS.items():
+        value = getattr(args, key, None)
+        if value in (None, False):
+            continue
+        if args.method not in methods:
+            raise BenchError(f"--{key.replace('_', '-')}: not an option of {args.method} (only {', '.join(methods)})")
+        config = replace(config, **{key: value})
+    return config
+
+
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
     import json
     from dataclasses import asdict
 
     from bench.data import resolve_data_dir
+    from bench.models import adapter_sha256
     from bench.runner import git_commit, package_versions
     from bench.store import RunStore
     from fine_tune.data import load_train_examples
-    from fine_tune.sft import config_from_dict, finish, load_config, train_sft
+    from fine_tune.sft import finish, train_sft
 
-    values = getattr(args, "config_values", None)  # from a profile's [sft] table
-    config = config_from_dict(values, "profile [sft]") if values else load_config(Path(args.config) if args.config else None)
-    if args.epochs is not None:
-        config = replace(config, epochs=args.epochs)
+    teacher, teacher_adapter = getattr(args, "teacher", None), getattr(args, "teacher_adapter", None)
+    if args.method == "gkd" and teacher is None:
+        raise BenchError("bench train gkd: needs --teacher MODEL (and --teacher-adapter DIR for an adapter on it)")
+    if args.method != "gkd" and (teacher or teacher_adapter):
+        raise BenchError(f"--teacher: only gkd has a separate teacher ({args.method} has none)")
+    if teacher_adapter and not (Path(teacher_adapter) / "adapter_model.safetensors").is_file():
+        raise BenchError(f"--teacher-adapter {teacher_adapter}: not a PEFT adapter (needs adapter_config.json and "
+                         f"adapter_model.safetensors)")
+    config = _train_config(args)
     examples, data_sha256 = load_train_examples(args.task, resolve_data_dir(args.data_dir), args.limit)
     name = args.name or f"{args.method}-{args.task}"
     RunStore(Path(args.results_dir), name)  # the same rules for a checkpoint name as for a run name
@@ -184,7 +232,9 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     prompt_format = args.prompt_format
     identity = {"method": args.method, "task": args.task, "model": args.model, "limit": args.limit,
                 "dtype": args.dtype, "data_sha256": data_sha256, "config": json.loads(json.dumps(asdict(config))),
-                **({"prompt_format": prompt_format} if prompt_format != "chat" else {})}
+                **({"prompt_format": prompt_format} if prompt_format != "chat" else {}),
+                **({"teacher": teacher, "teacher_adapter_sha256": teacher_adapter and adapter_sha256(Path(teacher_adapter))}
+                   if teacher else {})}
     if (out / "train.json").is_file():
         done = json.loads((out / "train.json").read_text())
         if done.get("identity") != identity:
@@ -197,9 +247,19 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         raise BenchError(f"--results-dir {args.results_dir}: not writable ({e.strerror})") from None
     extra = {"method": args.method, "identity": identity, "data_sha256": data_sha256,
              "packages": package_versions(), "git": git_commit(), "command": sys.argv}
-    if args.method == "sdft":
-        examples, extra["distillation"] = _distil(args, examples, out, console)
-    record = train_sft(args.model, args.task, examples, config, out, args.dtype, extra, prompt_format)
+    if args.method == "gkd":
+        from fine_tune.gkd import train_gkd
+
+        record = train_gkd(args.model, args.task, examples, config, out, teacher, teacher_adapter, args.dtype, extra,
+                           prompt_format)
+    elif args.method == "onpolicy_sd":
+        from fine_tune.onpolicy_sd import train_onpolicy_sd
+
+        record = train_onpolicy_sd(args.model, args.task, examples, config, out, args.dtype, extra, prompt_format)
+    else:
+        if args.method == "sdft":
+            examples, extra["distillation"] = _distil(args, examples, out, console)
+        record = train_sft(args.model, args.task, examples, config, out, args.dtype, extra, prompt_format)
     finish(out, record)
     console.print(f"adapter: {out}  ({record['steps']} steps, loss {record['final_loss']:.4f}, "
                   f"{record['seconds']:.1f} s)")
@@ -246,13 +306,20 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
         command(argparse.Namespace(**common, **values), console)
         timings[label] = round(time.perf_counter() - started, 1)
 
+    checkpoints = Path(args.results_dir) / "checkpoints"
     for method in profile.methods:
+        teacher = {}
+        if method == "gkd":
+            adapter = profile.teacher_adapter
+            teacher = {"teacher": profile.teacher or profile.model,
+                       "teacher_adapter": str(checkpoints / f"{profile.name}-{adapter}") if adapter in profile.methods
+                       else adapter}
         stage(f"train {method}", cmd_train, method=method, task=profile.train_task, model=profile.model,
-              limit=profile.train_limit, epochs=None, config=None, config_values=profile.sft,
-              name=f"{profile.name}-{method}", dtype=profile.dtype, prompt_format=profile.prompt_format)
+              limit=profile.train_limit, epochs=None, config=None, config_values=profile.train_config(method),
+              name=f"{profile.name}-{method}", dtype=profile.dtype, prompt_format=profile.prompt_format, **teacher)
     runs = [f"{profile.name}-seed"] + [f"{profile.name}-{m}" for m in profile.methods]
     for run, method in zip(runs, [None, *profile.methods]):
-        adapter = str(Path(args.results_dir) / "checkpoints" / f"{profile.name}-{method}") if method else None
+        adapter = str(checkpoints / f"{profile.name}-{method}") if method else None
         stage(f"eval {run.removeprefix(profile.name + '-')}", cmd_eval, model=profile.model, adapter=adapter,
               suite=profile.suites, tasks=profile.tasks, limit=profile.limit, task_limits=profile.task_limits, name=run,
               batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype,
@@ -276,6 +343,7 @@ def _work_seconds(results_dir: Path, profile: str, methods: list[str], runs: lis
         work[f"train {method}"] = {"training": record["seconds"]}
         if "distillation" in record:
             work[f"train {method}"]["distil"] = record["distillation"]["seconds"]
+        work[f"train {method}"].update(record.get("seconds_by_part", {}))  # the on-policy trainers' parts
     for run in runs:
         tasks = json.loads((results_dir / "runs" / run / "run.json").read_text())["timings"]
         tasks.pop("total", None)
@@ -354,13 +422,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     tr = commands.add_parser("train", help="fine-tune a LoRA adapter on a task's training data")
-    tr.add_argument("method", choices=("sft", "sdft"),
-                    help="sft: on the dataset's responses; sdft: on the seed model's filtered rewrites of them")
+    tr.add_argument("method", choices=("sft", "sdft", "gkd", "onpolicy_sd"),
+                    help="sft: on the dataset's responses; sdft: on the seed model's filtered rewrites of them; gkd: "
+                         "distil --teacher on the student's own samples; onpolicy_sd: distil the model itself, shown "
+                         "the reference answer, on its own samples")
     tr.add_argument("--task", required=True, help="gsm8k, openfunction, alpaca, dolly or lima")
     tr.add_argument("--model", default="default", help="the seed model (default: the embedded SmolLM2-135M-Instruct)")
     tr.add_argument("--limit", type=_positive_int, help="the first N training examples")
     tr.add_argument("--epochs", type=_non_negative_float, help="default: the study's (5 for gsm8k, openfunction; else 2)")
-    tr.add_argument("--config", help="a JSON or TOML file of SFTConfig keys (rank, alpha, learning_rate, ...)")
+    tr.add_argument("--config", help="a JSON or TOML file of the method's config keys (rank, alpha, learning_rate, "
+                                     "...; gkd and onpolicy_sd add theirs: fine_tune/gkd.py, onpolicy_sd.py)")
+    tr.add_argument("--teacher", help="gkd: the teacher model (same tokenizer and vocabulary as --model)")
+    tr.add_argument("--teacher-adapter", help="gkd: a PEFT adapter merged into the teacher")
+    tr.add_argument("--lmbda", type=_unit_float, help="gkd: probability of on-policy micro-batches (default 0.5)")
+    tr.add_argument("--beta", type=_unit_float, help="gkd: generalized JSD mix, 0 forward KL, 1 reverse KL (default 0.5)")
+    tr.add_argument("--temperature", type=_positive_float,
+                    help="sampling temperature (gkd 0.9, onpolicy_sd 1.0; gkd's loss stays at 1 unless the config "
+                         "sets temperature_in_loss)")
+    tr.add_argument("--seq-kd", action="store_true", help="gkd: off-policy micro-batches on the teacher's samples")
+    tr.add_argument("--max-new-tokens", type=_positive_int, help="tokens per sample (gkd 128, onpolicy_sd 256)")
+    tr.add_argument("--teacher-kind", choices=("ema", "base", "live"), help="onpolicy_sd: the teacher's weights (default ema)")
+    tr.add_argument("--divergence", choices=("forward_kl", "reverse_kl", "topk_jsd"),
+                    help="onpolicy_sd: the per-token loss (default forward_kl)")
     tr.add_argument("--name", help="checkpoint name (default: METHOD-TASK)")
     tr.add_argument("--data-dir")
     tr.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")

@@ -108,7 +108,7 @@ class Engine:
         finished_batches = decode([encoded[k] for k in order], config, seeds) if order else []
         started, n_generated, n_done = time.perf_counter(), 0, 0
         for finished in finished_batches:
-            fresh = {order[i]: g for i, g in finished}
+            fresh = {order[i]: self._finish(tokens, reason, config) for i, tokens, reason in finished}
             if self.cache is not None:
                 self.cache.put_many(fresh)
             results.update({k: Generation(g.text, g.n_tokens, g.finish, cached=False) for k, g in fresh.items()})
@@ -120,9 +120,22 @@ class Engine:
                                 rate=f"{n_done / elapsed:.2f} ex/s {n_generated / elapsed:.0f} tok/s")
         return [results[k] for k in keys]
 
+    def sample_ids(self, prompts: list[list[int]], config: GenerationConfig, seeds: list[int]) -> list[list[int]]:
+        """The token ids generated after each prompt (its EOS included when it ended on one), each drawn with its
+        own seed; no cache. For trainers that sample from the weights of their current step."""
+        if len(seeds) != len(prompts):
+            raise ValueError("one seed per prompt")
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        decode = self._decode_packed if self.packed else self._decode_padded
+        out: list[list[int]] = [[] for _ in prompts]
+        for finished in decode([prompts[i] for i in order], config, [seeds[i] for i in order]) if prompts else ():
+            for i, tokens, _ in finished:
+                out[order[i]] = tokens
+        return out
+
     def _decode_packed(self, token_lists: list[list[int]], config: GenerationConfig,
-                       seeds: list[int]) -> Iterator[list[tuple[int, CachedGeneration]]]:
-        """Continuous batching over `batch_size` slots; yields (index, generation) pairs as rows finish."""
+                       seeds: list[int]) -> Iterator[list[tuple[int, list[int], str]]]:
+        """Continuous batching over `batch_size` slots; yields (index, tokens, finish reason) as rows finish."""
         import torch
 
         prefix = common_prefix(token_lists)
@@ -154,7 +167,7 @@ class Engine:
                 reason = self._finish_reason(out, config)
                 if reason is not None:
                     ended.add(slot)
-                    finished.append((rows[slot], self._finish(out, reason, config)))
+                    finished.append((rows[slot], out, reason))
             if finished:
                 with torch.inference_mode():
                     order = packed.release(ended, len(rows))
@@ -171,15 +184,15 @@ class Engine:
         return "length" if len(out) >= config.max_new_tokens else None
 
     def _decode_padded(self, token_lists: list[list[int]], config: GenerationConfig,
-                       seeds: list[int]) -> Iterator[list[tuple[int, CachedGeneration]]]:
+                       seeds: list[int]) -> Iterator[list[tuple[int, list[int], str]]]:
         """Left-padded batches of `batch_size` through transformers' forward; a finished row leaves its batch."""
         for start in range(0, len(token_lists), self.batch_size):
             batch = token_lists[start:start + self.batch_size]
             outputs = self._decode_batch(batch, config, seeds[start:start + self.batch_size])
-            yield [(start + i, g) for i, g in enumerate(outputs)]
+            yield [(start + i, tokens, reason) for i, (tokens, reason) in enumerate(outputs)]
 
     def _decode_batch(self, token_lists: list[list[int]], config: GenerationConfig,
-                      seeds: list[int]) -> list[CachedGeneration]:
+                      seeds: list[int]) -> list[tuple[list[int], str]]:
         import torch
         from transformers import DynamicCache
 
@@ -224,7 +237,7 @@ class Engine:
                 logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_positions,
                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits
                 next_positions = next_positions + 1
-        return [self._finish(tokens, reason, config) for tokens, reason in zip(generated, finish)]
+        return list(zip(generated, finish))
 
     def logits_along(self, prompts: list[list[int]], continuations: list[list[int]]) -> Iterator:
         """Teacher-forced: for each (prompt, continuation) pair of token lists, in order, the logits

@@ -155,6 +155,10 @@ def _hash_files(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def adapter_sha256(adapter_dir: Path) -> str:
+    return _hash_files([adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"])
+
+
 def weights_sha256(model_dir: Path) -> str:
     files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
     if not files:
@@ -184,7 +188,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def load_model(spec: str, adapter: str | None = None, dtype: str = "auto",
-               prompt_format: str = "chat") -> LoadedModel:
+               prompt_format: str = "chat", option: str = "--adapter") -> LoadedModel:
+    """`option` is the command-line option that named the adapter, for its errors."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -203,30 +208,30 @@ def load_model(spec: str, adapter: str | None = None, dtype: str = "auto",
         tokenizer.pad_token = tokenizer.eos_token
     adapter_sha = None
     if adapter is not None:
-        model, adapter_sha = _apply_adapter(model, Path(adapter), spec)
+        model, adapter_sha = _apply_adapter(model, Path(adapter), spec, option)
     model.to(device).eval()
     return LoadedModel(spec=spec, path=model_dir, model=model, tokenizer=tokenizer, dtype=dtype, device=device,
                        weights_sha256=weights_sha256(model_dir), adapter=adapter, adapter_sha256=adapter_sha,
                        prompt_format=prompt_format)
 
 
-def _apply_adapter(model: Any, adapter_dir: Path, spec: str) -> tuple[Any, str]:
+def _apply_adapter(model: Any, adapter_dir: Path, spec: str, option: str) -> tuple[Any, str]:
     """Load a PEFT adapter, check every one of its tensors landed in the model, then merge it for fast generation."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
     weights = adapter_dir / "adapter_model.safetensors"
     if not (adapter_dir / "adapter_config.json").is_file() or not weights.is_file():
-        raise BenchError(f"--adapter {adapter_dir}: not a PEFT adapter (needs adapter_config.json and adapter_model.safetensors)")
+        raise BenchError(f"{option} {adapter_dir}: not a PEFT adapter (needs adapter_config.json and adapter_model.safetensors)")
     try:
         peft_model = PeftModel.from_pretrained(model, adapter_dir)
     except (ValueError, RuntimeError, KeyError) as e:
-        raise BenchError(f"--adapter {adapter_dir}: does not fit model {spec} ({str(e).splitlines()[0][:200]})") from None
+        raise BenchError(f"{option} {adapter_dir}: does not fit model {spec} ({str(e).splitlines()[0][:200]})") from None
     loaded = peft_model.state_dict()
     for key, tensor in load_file(weights).items():
         # PEFT saves "...q_proj.lora_A.weight" and holds "...q_proj.lora_A.default.weight".
         stem, _, leaf = key.rpartition(".")
         target = f"{stem}.default.{leaf}" if leaf in ("weight", "bias") else f"{key}.default"
         if target not in loaded or loaded[target].shape != tensor.shape:
-            raise BenchError(f"--adapter {adapter_dir}: tensor {key} does not fit model {spec}")
-    return peft_model.merge_and_unload(), _hash_files([adapter_dir / "adapter_config.json", weights])
+            raise BenchError(f"{option} {adapter_dir}: tensor {key} does not fit model {spec}")
+    return peft_model.merge_and_unload(), adapter_sha256(adapter_dir)

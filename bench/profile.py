@@ -10,6 +10,7 @@ from typing import Any
 from bench.models import PROMPT_FORMATS
 from bench.types import BenchError
 
+METHODS = ("sft", "sdft", "gkd", "onpolicy_sd")  # the trainers of `bench train`
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 
 
@@ -28,6 +29,14 @@ class Profile:
     task_limits: dict[str, int] = field(default_factory=dict)
     batch_size: int = 64
     sft: dict[str, Any] = field(default_factory=dict)  # SFTConfig keys (checked by the trainer's config reader)
+    gkd: dict[str, Any] = field(default_factory=dict)  # GKDConfig keys over [sft]'s
+    onpolicy_sd: dict[str, Any] = field(default_factory=dict)  # OnPolicySDConfig keys over [sft]'s
+    teacher: str | None = None  # gkd's teacher model (default: the seed model)
+    teacher_adapter: str | None = None  # an adapter on it: a directory, or a method of this study (its checkpoint)
+
+    def train_config(self, method: str) -> dict[str, Any]:
+        """The config keys of a method: [sft]'s, with the method's own table over them."""
+        return {**self.sft, **getattr(self, method, {})} if method in ("gkd", "onpolicy_sd") else self.sft
 
 
 def load_profile(spec: str) -> Profile:
@@ -44,7 +53,7 @@ def load_profile(spec: str) -> Profile:
     for key, value in values.items():
         if key not in types:
             raise BenchError(f"{path}: unknown key {key!r} (keys: {', '.join(types)})")
-        expected = {"str": str, "int | None": int, "int": int, "list[str]": list, "dict[str, int]": dict,
+        expected = {"str": str, "str | None": str, "int | None": int, "int": int, "list[str]": list, "dict[str, int]": dict,
                     "dict[str, Any]": dict}[types[key]]
         if not isinstance(value, expected) or isinstance(value, bool):
             raise BenchError(f"{path}: key {key!r} must be {types[key]}, got {type(value).__name__}")
@@ -55,4 +64,13 @@ def load_profile(spec: str) -> Profile:
         raise BenchError(f"{path}: key 'prompt_format' must be one of {', '.join(PROMPT_FORMATS)}")
     if not values.get("suites") and not values.get("tasks"):
         raise BenchError(f"{path}: name the evaluation in 'suites' or 'tasks'")
+    methods = values.get("methods", ["sft", "sdft"])
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise BenchError(f"{path}: key 'methods': unknown method {unknown[0]!r} ({', '.join(METHODS)})")
+    adapter = values.get("teacher_adapter")
+    if "gkd" in methods and adapter in METHODS and (adapter not in methods or
+                                                    methods.index(adapter) > methods.index("gkd")):
+        raise BenchError(f"{path}: key 'teacher_adapter' names method {adapter!r}, which must be trained before gkd "
+                         f"in 'methods'")
     return Profile(name=path.stem, **values)

@@ -46,10 +46,11 @@ class SFTConfig:
         return self.epochs if self.epochs is not None else EPOCHS.get(task, 2)
 
 
-def config_from_dict(values: dict[str, Any], where: str) -> SFTConfig:
-    """A config from a file's keys; an unknown key or a value of the wrong type is an error naming the key."""
-    known = {f.name: f for f in fields(SFTConfig)}
-    defaults = SFTConfig()
+def config_from_dict(values: dict[str, Any], where: str, cls: type = SFTConfig):
+    """A config (SFTConfig or a trainer's extension of it) from a file's keys; an unknown key or a value of the
+    wrong type is an error naming the key."""
+    known = {f.name: f for f in fields(cls)}
+    defaults = cls()
     for key, value in values.items():
         if key not in known:
             raise BenchError(f"{where}: unknown key {key!r} (keys: {', '.join(known)})")
@@ -59,12 +60,12 @@ def config_from_dict(values: dict[str, Any], where: str) -> SFTConfig:
             isinstance(value, expected) and not (expected is int and isinstance(value, bool))
         if not ok:
             raise BenchError(f"{where}: key {key!r} must be {expected.__name__}, got {type(value).__name__}")
-    return SFTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def load_config(path: Path | None) -> SFTConfig:
+def load_config(path: Path | None, cls: type = SFTConfig):
     if path is None:
-        return SFTConfig()
+        return cls()
     if not path.is_file():
         raise BenchError(f"--config {path}: no such file")
     try:
@@ -78,7 +79,15 @@ def load_config(path: Path | None) -> SFTConfig:
         raise BenchError(f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
     if not isinstance(values, dict):
         raise BenchError(f"--config {path}: expected a table of keys")
-    return config_from_dict(values, f"--config {path}")
+    return config_from_dict(values, f"--config {path}", cls)
+
+
+def add_lora(model: Any, config: SFTConfig) -> Any:
+    """The model with a fresh LoRA adapter of the config's settings: every trainer's student."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                                            target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
 
 
 def _log_callback(path: Path, tokens_per_step: float):
@@ -143,7 +152,6 @@ def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: 
     """Train a LoRA adapter on the examples' responses; returns the train.json record. Resumes from the last
     Trainer checkpoint in `out_dir/trainer` when there is one. `prompt_format` as in `bench eval`."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
                               TrainingArguments, set_seed)
     from datasets import Dataset
@@ -161,9 +169,7 @@ def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: 
     if not features:
         raise BenchError(f"training task {task}: every prompt is longer than max_length {config.max_length}")
     set_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                                             target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
+    model = add_lora(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), config)
     trainer_dir = out_dir / "trainer"
     args = TrainingArguments(
         output_dir=str(trainer_dir), num_train_epochs=config.epochs_for(task), learning_rate=config.learning_rate,

@@ -1,10 +1,12 @@
 """Shared fixtures: a tiny randomly initialised chat model (built from a config, no download) and tiny data."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # TRL is imported only to compare with it
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_DATA = FIXTURES / "data"
 CHAT_TEMPLATE = (
@@ -45,6 +47,31 @@ def build_tiny_model(directory: Path, seed: int = 0, hidden_size: int = 32) -> P
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def train_in_subprocess(args: list[str]):
+    """`python -m bench.cli ARGS` from the checkout, in its own process (one that can be killed)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=Path(__file__).resolve().parents[1],
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def sigkill_after_step(proc, checkpoint: Path, step: int) -> None:
+    """SIGKILL the training once train_log.csv shows `step`; fails if it finished first."""
+    import signal
+    import time
+
+    log, deadline = checkpoint / "train_log.csv", time.monotonic() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) > step) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the training finished before it could be killed; make it longer"
+    assert not (checkpoint / "train.json").exists()
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,13 @@ def test_shipped_profiles_name_known_tasks_and_valid_training(name):
     profile = load_profile(name)
     assert select_tasks(profile.suites, profile.tasks) and profile.train_task in TASKS
     assert set(profile.task_limits) <= {t.name for t in select_tasks(profile.suites, profile.tasks)}
-    config_from_dict(profile.sft, f"profile {name} [sft]")
+    from fine_tune.gkd import GKDConfig
+    from fine_tune.onpolicy_sd import OnPolicySDConfig
+
+    for method, cls in (("sft", None), ("gkd", GKDConfig), ("onpolicy_sd", OnPolicySDConfig)):
+        if method in profile.methods:
+            config_from_dict(profile.train_config(method), f"profile {name} [{method}]", *([cls] if cls else []))
+    assert "gkd" not in profile.methods or profile.teacher  # the tiny study: the seed; the paper: a larger model
 
 
 PROFILE_BASE = 'model = "default"\ntrain_task = "gsm8k"\n'
@@ -52,6 +58,9 @@ PROFILE_BASE = 'model = "default"\ntrain_task = "gsm8k"\n'
     ('suites = "math"\n', "key 'suites' must be list"),
     ("", "name the evaluation in 'suites' or 'tasks'"),
     ('suites = ["math"]\nprompt_format = "alpaca"\n', "key 'prompt_format' must be one of chat, study"),
+    ('suites = ["math"]\nmethods = ["sft", "ppo"]\n', "key 'methods': unknown method 'ppo'"),
+    ('suites = ["math"]\nmethods = ["gkd", "sft"]\nteacher_adapter = "sft"\n',
+     "names method 'sft', which must be trained before gkd"),
 ])
 def test_profile_errors_name_the_key(tmp_path, extra, message):
     bad = tmp_path / "bad.toml"
@@ -68,14 +77,17 @@ def test_unknown_profile_is_an_error():
 def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, tmp_path):
     profile = tmp_path / "micro.toml"
     profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\nprompt_format = "study"\n'
-                       'train_task = "gsm8k"\ntrain_limit = 4\n'
+                       'train_task = "gsm8k"\ntrain_limit = 4\nmethods = ["sft", "sdft", "gkd", "onpolicy_sd"]\n'
+                       f'teacher = "{tiny_model_dir}"\nteacher_adapter = "sft"\n'
                        'suites = ["math"]\ntasks = ["drift"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
-                       'epochs = 1\n[task_limits]\ndrift = 3\n')
+                       'epochs = 1\n[gkd]\nmax_new_tokens = 8\nlmbda = 1.0\n[onpolicy_sd]\nmax_new_tokens = 8\n'
+                       '[task_limits]\ndrift = 3\n')
     args = ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path)]
     assert main(args) == 0, capsys.readouterr().err
     report = tmp_path / "reports" / "micro"
     table = json.loads((report / "report.json").read_text())
-    assert table["runs"] == ["micro-seed", "micro-sft", "micro-sdft"] and table["trained"]["micro-sft"] == "math"
+    assert table["runs"] == ["micro-seed", "micro-sft", "micro-sdft", "micro-gkd", "micro-onpolicy_sd"]
+    assert table["trained"]["micro-sft"] == table["trained"]["micro-onpolicy_sd"] == "math"
     rows = {(r["task"], r["run"]) for r in table["tasks"]}
     assert ("drift", "micro-sdft") in rows and ("gsm8k", "micro-sft") in rows and ("multiarith", "micro-seed") in rows
     drift_n = {r["n"] for r in table["tasks"] if r["task"] == "drift"}
@@ -88,12 +100,18 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
     assert drift_prompt.startswith("Below is an instruction") and "<|im_start|>" not in drift_prompt
     assert "<|im_start|>" in json.loads((run / "gsm8k" / "predictions.jsonl").read_text().splitlines()[0])["prompt"]
     stages = json.loads((report / "stages.json").read_text())
-    assert set(stages) == {"train sft", "train sdft", "eval seed", "eval sft", "eval sdft", "compare", "total", "work"}
+    methods = ("sft", "sdft", "gkd", "onpolicy_sd")
+    assert set(stages) == {*(f"{stage} {m}" for m in methods for stage in ("train", "eval")), "eval seed", "compare",
+                           "total", "work"}
     assert set(stages["work"]["train sdft"]) == {"distil", "training"}
+    assert set(stages["work"]["train gkd"]) == {"generation", "teacher", "training"}
+    gkd = json.loads((tmp_path / "checkpoints" / "micro-gkd" / "train.json").read_text())
+    assert gkd["teacher"]["adapter"] == str(tmp_path / "checkpoints" / "micro-sft")
+    assert gkd["config"]["max_new_tokens"] == 8 and gkd["config"]["batch_size"] == 2  # [gkd] over [sft]
     assert set(stages["work"]["eval sft"]) == {"gsm8k", "multiarith", "drift"}
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.count("already trained") == 2
+    assert out.count("already trained") == 4
     again = json.loads((report / "stages.json").read_text())
     assert again["work"] == stages["work"], "a re-run that reuses the work keeps where its time went"

@@ -8,6 +8,7 @@ import pytest
 
 from bench.cli import main
 from bench.types import BenchError
+from conftest import sigkill_after_step, train_in_subprocess
 from fine_tune.sft import SFTConfig, config_from_dict, keep_log_rows, last_complete_checkpoint
 
 
@@ -85,27 +86,13 @@ def test_train_bad_input_is_one_line(capsys, tiny_model_dir, fixture_data, tmp_p
     code, _, err = bench(capsys, "train", "sft", "--task", "mmlu", "--data-dir", str(fixture_data))
     assert code == 2 and "unknown training task 'mmlu'" in err
     with pytest.raises(SystemExit) as exit_:
-        main(["train", "gkd", "--task", "gsm8k"])
-    assert exit_.value.code == 2 and "invalid choice: 'gkd'" in capsys.readouterr().err
-
-
-def _train(args: list[str], cwd) -> "subprocess.Popen":
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", "train", "sft", *args], cwd=cwd,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+        main(["train", "ppo", "--task", "gsm8k"])
+    assert exit_.value.code == 2 and "invalid choice: 'ppo'" in capsys.readouterr().err
 
 
 def test_sigkill_mid_training_then_rerun_resumes_to_the_same_adapter(tiny_model_dir, fixture_data, tmp_path):
     """kill -9 after a Trainer checkpoint, re-run: training resumes there, logs each step once, and ends with the
     adapter an uninterrupted training gives."""
-    import signal
-    import time
-    from pathlib import Path
-
     import torch
     from safetensors.torch import load_file
 
@@ -114,23 +101,14 @@ def test_sigkill_mid_training_then_rerun_resumes_to_the_same_adapter(tiny_model_
                                   "save_steps": 2, "epochs": 6}))
     args = ["--task", "gsm8k", "--model", str(tiny_model_dir), "--config", str(config), "--data-dir",
             str(fixture_data), "--name", "tiny", "--dtype", "float32"]
-    repo = Path(__file__).resolve().parents[2]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
 
-    proc = _train([*args, "--results-dir", str(killed)], repo)
-    deadline = time.monotonic() + 120
-    log = killed / "checkpoints" / "tiny" / "train_log.csv"
     # Kill once step 3 is logged: the last checkpoint is step 2, so step 3 is trained and logged again.
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 4) and proc.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the training finished before it could be killed; make it longer"
-    assert not (killed / "checkpoints" / "tiny" / "train.json").exists()
+    sigkill_after_step(train_in_subprocess(["train", "sft", *args, "--results-dir", str(killed)]),
+                       killed / "checkpoints" / "tiny", 3)
 
     for results in (killed, clean):
-        run = _train([*args, "--results-dir", str(results)], repo)
+        run = train_in_subprocess(["train", "sft", *args, "--results-dir", str(results)])
         assert run.wait(timeout=300) == 0, run.stderr.read()
     record = json.loads((killed / "checkpoints" / "tiny" / "train.json").read_text())
     assert record["resumed"] and record["steps"] == 24

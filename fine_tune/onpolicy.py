@@ -1,0 +1,322 @@
+"""The loop the on-policy distillation trainers share (gkd.py, onpolicy_sd.py): LoRA student, sampling through the
+engine from the adapter weights of the current step, a token-mean divergence to a teacher, checkpoints that resume.
+
+One optimizer step takes `batch_size x gradient_accumulation` examples. The method's `completions` gives each
+micro-batch its sequences before any gradient is taken, so all of a step's samples are drawn in one batched engine
+call, and the number of completion tokens in the step is known: each micro-batch's loss is its divergence summed
+over its tokens, divided by the step's total, so the step's gradient is that of the mean over completion tokens
+whatever the micro-batches' lengths (TRL issue 4719). The student's logits are computed at completion positions
+only (the LM head never runs over the prompt).
+
+Every random draw (the example order, the on-policy choice, each sample's seed, dropout) is seeded from (seed,
+step), so a run killed and resumed from its last saved state ends with the adapter of a run never stopped.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import random
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.engine import Engine, progress_bar
+from bench.models import LoadedModel, is_plain, render_prompt, resolve_dtype, resolve_model_dir, weights_sha256
+from bench.types import BenchError, GenerationConfig
+from fine_tune.data import TRAINED_CAPABILITY, TrainExample
+from fine_tune.divergence import kl
+from fine_tune.sft import SFTConfig, add_lora, keep_log_rows
+
+@dataclass(frozen=True)
+class OnPolicyConfig(SFTConfig):
+    """SFT's LoRA and optimisation settings, plus how the student samples."""
+
+    max_new_tokens: int = 128  # per sampled completion
+    temperature: float = 0.9  # sampling temperature
+
+
+LOG_COLUMNS = ["step", "loss", "kl_to_teacher", "lr", "tokens_per_s", "generated_tokens", "on_policy"]
+
+
+@dataclass
+class Sequence:
+    """One training sequence: the student's prompt, the completion it learns on, where that came from, and the
+    prompt the teacher reads before the same completion."""
+
+    example: TrainExample
+    prompt: list[int]
+    completion: list[int]
+    source: str  # "student" (its own sample), "dataset" (the reference response) or "teacher" (its sample)
+    teacher_prompt: list[int]
+
+
+@dataclass
+class Student:
+    model: Any  # a peft PeftModel, in float32 (bf16 autocast where the dtype says so)
+    tokenizer: Any
+    model_dir: Path
+    weights_sha256: str
+    dtype: str
+    prompt_format: str
+
+    def prompt_ids(self, example: TrainExample, messages=None) -> list[int]:
+        text = render_prompt(self.tokenizer, list(messages or example.messages),
+                             is_plain(self.prompt_format, example.template))
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def response_ids(self, response: str) -> list[int]:
+        return self.tokenizer(response, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def engine(self, identity: str) -> Engine:
+        """The engine over the student's current weights. `identity` names those weights (run and step): it seeds
+        the samples, so a resumed run draws the same ones."""
+        loaded = LoadedModel("student", self.model_dir, self.model, self.tokenizer, "float32", "cpu",
+                             self.weights_sha256, adapter="training", adapter_sha256=identity)
+        return Engine(loaded, cache=None)
+
+
+def load_student(model_spec: str, config: SFTConfig, dtype: str, prompt_format: str) -> Student:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = resolve_model_dir(model_spec)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(config.seed)
+    model = add_lora(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), config)
+    return Student(model, tokenizer, model_dir, weights_sha256(model_dir), resolve_dtype(dtype), prompt_format)
+
+
+def check_fits(example: TrainExample, prompt: list[int], config: OnPolicyConfig, who: str) -> None:
+    """A prompt with no room for `max_new_tokens` within `max_length` is an error naming the example, never a
+    silent truncation of the prompt."""
+    room = config.max_length - config.max_new_tokens
+    if len(prompt) > room:
+        raise BenchError(f"training example {example.id}: the {who} prompt is {len(prompt)} tokens; max_length "
+                         f"{config.max_length} leaves {room} beside max_new_tokens {config.max_new_tokens} "
+                         f"(raise max_length)")
+
+
+def sample(engine: Engine, sequences: list[Sequence], config: OnPolicyConfig, identity: str) -> list[list[int]]:
+    """One sample per sequence's prompt at the config's temperature, seeded from (identity, example)."""
+    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
+    seeds = [int(hashlib.sha256(f"{identity}:{s.example.id}".encode()).hexdigest()[:15], 16) for s in sequences]
+    return engine.sample_ids([s.prompt for s in sequences], generation, seeds)
+
+
+def step_order(n_examples: int, config: SFTConfig, task: str) -> list[list[int]]:
+    """The example indices of each optimizer step: every epoch a fresh seeded shuffle; a fractional epoch takes
+    the first part of its shuffle."""
+    epochs = config.epochs_for(task)
+    order: list[int] = []
+    for epoch in range(math.ceil(epochs)):
+        indices = list(range(n_examples))
+        random.Random(config.seed + epoch).shuffle(indices)
+        order += indices[:round(n_examples * min(1.0, epochs - epoch))]
+    size = config.batch_size * config.gradient_accumulation
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def student_logits(student: Student, sequences: list[Sequence]):
+    """Logits [tokens, vocab] predicting each completion token, with gradients: one right-padded forward through
+    the decoder, the LM head over completion positions only."""
+    import torch
+
+    device = student.model.device
+    rows = [s.prompt + s.completion[:-1] for s in sequences]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), student.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    keep = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (row, s) in enumerate(zip(rows, sequences)):
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+        keep[i, len(s.prompt) - 1:len(row)] = True
+    hidden = student.model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    return student.model.get_output_embeddings()(hidden[keep.to(device)])
+
+
+@dataclass
+class Method:
+    """What a trainer adds to the loop: its completions for a step's micro-batches, the teacher's logits along
+    them (no gradient), the per-token divergence, and what to do after each optimizer step."""
+
+    name: str
+    completions: Callable[[list[list[TrainExample]], int, random.Random], list[list[Sequence]]]
+    teacher_logits: Callable[[list[Sequence]], Any]
+    divergence: Callable[[Any, Any], Any]
+    after_step: Callable[[], None] = lambda: None
+
+
+def save_state(state_dir: Path, student: Student, optimizer, scheduler, step: int) -> None:
+    """The trainable tensors (every adapter, EMA included), optimizer and schedule after `step`: written beside,
+    then renamed over the previous state, so a kill leaves one complete state."""
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = state_dir.with_name(f".{state_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lora = {n: p.detach().contiguous() for n, p in student.model.named_parameters() if "lora_" in n}
+    save_file(lora, tmp / "lora.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    old = state_dir.with_name(f".{state_dir.name}.old")
+    if state_dir.exists():
+        state_dir.replace(old)
+    tmp.replace(state_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(state_dir: Path, student: Student, optimizer, scheduler) -> int:
+    """The step a saved state ends at (0 without one), its tensors loaded into the student and optimizer."""
+    import torch
+    from safetensors.torch import load_file
+
+    old = state_dir.with_name(f".{state_dir.name}.old")
+    if not state_dir.is_dir() and old.is_dir():  # killed between the two renames
+        old.replace(state_dir)
+    if not (state_dir / "step.json").is_file():
+        return 0
+    lora = load_file(state_dir / "lora.safetensors")
+    with torch.no_grad():
+        for name, param in student.model.named_parameters():
+            if name in lora:
+                param.copy_(lora[name])
+    saved = torch.load(state_dir / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return json.loads((state_dir / "step.json").read_text())["step"]
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def train_on_policy(student: Student, method: Method, task: str, examples: list[TrainExample], config: OnPolicyConfig,
+                    out_dir: Path) -> dict[str, Any]:
+    """Train the student's adapter; returns the train.json fields the loop knows (the trainer adds its own)."""
+    import torch
+    from transformers import get_scheduler
+
+    model = student.model
+    steps = step_order(len(examples), config, task)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * len(steps)),
+                              num_training_steps=len(steps))
+    state_dir, log_path = out_dir / "state", out_dir / "train_log.csv"
+    done = load_state(state_dir, student, optimizer, scheduler)
+    keep_log_rows(log_path, done)
+    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=student.dtype == "bfloat16")
+    totals = {"generated_tokens": 0, "trained_tokens": 0, "completion_tokens": 0, "sequences": 0,
+              "on_policy_micro_batches": 0, "micro_batches": 0}
+    seconds = {"generation": 0.0, "teacher": 0.0, "training": 0.0}
+    started = time.perf_counter()
+    with progress_bar() as progress:
+        bar = progress.add_task(f"{method.name} {task}", total=len(steps), completed=done, rate="")
+        for step in range(done + 1, len(steps) + 1):
+            step_started = time.perf_counter()
+            batch = [examples[i] for i in steps[step - 1]]
+            micro = [batch[i:i + config.batch_size] for i in range(0, len(batch), config.batch_size)]
+            model.eval()
+            with torch.no_grad():
+                t = time.perf_counter()
+                micro_sequences = method.completions(micro, step, random.Random(f"{config.seed}:{step}"))
+                seconds["generation"] += time.perf_counter() - t
+            n_tokens = sum(len(s.completion) for group in micro_sequences for s in group)
+            generated = sum(len(s.completion) for group in micro_sequences for s in group if s.source != "dataset")
+            model.train()
+            torch.manual_seed(config.seed * 1_000_003 + step)  # dropout
+            loss_sum, kl_sum = 0.0, 0.0
+            for sequences in micro_sequences:
+                t = time.perf_counter()
+                teacher = method.teacher_logits(sequences).float()
+                seconds["teacher"] += time.perf_counter() - t
+                t = time.perf_counter()
+                with autocast:
+                    logits = student_logits(student, sequences)
+                per_token = method.divergence(logits, teacher)
+                (per_token.sum() / n_tokens).backward()
+                loss_sum += float(per_token.detach().sum())
+                with torch.no_grad():
+                    kl_sum += float(kl(torch.log_softmax(teacher, -1), torch.log_softmax(logits.float(), -1)).sum())
+                seconds["training"] += time.perf_counter() - t
+            t = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            method.after_step()
+            seconds["training"] += time.perf_counter() - t
+            trained = sum(len(s.prompt) + len(s.completion) for group in micro_sequences for s in group)
+            on_policy = sum(all(s.source == "student" for s in group) for group in micro_sequences)
+            totals = {"generated_tokens": totals["generated_tokens"] + generated,
+                      "trained_tokens": totals["trained_tokens"] + trained,
+                      "completion_tokens": totals["completion_tokens"] + n_tokens,
+                      "sequences": totals["sequences"] + len(batch),
+                      "on_policy_micro_batches": totals["on_policy_micro_batches"] + on_policy,
+                      "micro_batches": totals["micro_batches"] + len(micro_sequences)}
+            elapsed = time.perf_counter() - step_started
+            write_log_row(log_path, [step, round(loss_sum / n_tokens, 6), round(kl_sum / n_tokens, 6), lr,
+                                     round(trained / elapsed, 1), generated, round(on_policy / len(micro), 3)])
+            if step % config.save_steps == 0 and step < len(steps):
+                save_state(state_dir, student, optimizer, scheduler, step)
+            progress.update(bar, advance=1, rate=f"loss {loss_sum / n_tokens:.4f}")
+    return {"steps": len(steps), "resumed": done > 0, "resumed_from_step": done,
+            "final_loss": last_logged_loss(log_path), "seconds": round(time.perf_counter() - started, 2),
+            "seconds_by_part": {k: round(v, 2) for k, v in seconds.items()},
+            "fraction_on_policy": round(totals["on_policy_micro_batches"] / totals["micro_batches"], 4)
+            if totals["micro_batches"] else None,
+            "tokens_this_run": totals, "peak_memory_mb": peak_memory_mb(),
+            "tokens_per_s": round(totals["trained_tokens"] / seconds["training"], 1) if seconds["training"] else None,
+            "generated_tokens_per_s": round(totals["generated_tokens"] / seconds["generation"], 1)
+            if seconds["generation"] and totals["generated_tokens"] else None}
+
+
+def record_of(method: str, model_spec: str, student: Student, task: str, config: OnPolicyConfig,
+              examples: list[TrainExample]) -> dict[str, Any]:
+    """The train.json fields every trainer writes (as sft's)."""
+    return {"method": method, "task": task, "capability": TRAINED_CAPABILITY.get(task), "model": model_spec,
+            "model_dir": str(student.model_dir), "weights_sha256": student.weights_sha256, "dtype": student.dtype,
+            "prompt_format": student.prompt_format, "config": asdict(config), "epochs": config.epochs_for(task),
+            "examples": len(examples), "trained_examples": len(examples)}
+
+
+def write_log_row(path: Path, row: list[Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(LOG_COLUMNS)
+        writer.writerow(row)
+
+
+def last_logged_loss(path: Path) -> float | None:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[-1]["loss"]) if rows else None
+
+
+def save_adapter(student: Student, out_dir: Path) -> None:
+    """The student's adapter (named `default`; an EMA teacher's is not saved), through a staging directory."""
+    staging = out_dir / ".adapter-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    student.model.save_pretrained(staging, selected_adapters=["default"])
+    for item in staging.iterdir():
+        item.replace(out_dir / item.name)
+    staging.rmdir()
+    shutil.rmtree(out_dir / "state", ignore_errors=True)
