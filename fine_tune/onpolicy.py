@@ -58,7 +58,12 @@ class Sequence:
 
 @dataclass
 class Student:
-    model: Any  # a peft PeftModel, in float32 (bf16 autocast where the dtype says so)
+    """The LoRA student: `model` trains in float32 (bf16 autocast where the dtype says so); `inference` holds the
+    same adapters on weights of the run's dtype, synchronised at the start of every step, and is what samples and
+    what a self-teacher scores with (in bf16 the engine runs about twice as fast as in float32)."""
+
+    model: Any
+    inference: Any
     tokenizer: Any
     model_dir: Path
     weights_sha256: str
@@ -73,10 +78,26 @@ class Student:
     def response_ids(self, response: str) -> list[int]:
         return self.tokenizer(response, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
 
+    def sync(self) -> None:
+        """Copy every adapter's weights (the student's, an EMA teacher's) into the inference model."""
+        import torch
+
+        if self.inference is self.model:
+            return
+        target = dict(self.inference.named_parameters())
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if "lora_" in name:
+                    target[name].copy_(param)
+
+    def add_adapter(self, name: str, config: Any) -> None:
+        for model in {id(self.model): self.model, id(self.inference): self.inference}.values():
+            model.add_adapter(name, config)
+
     def engine(self, identity: str) -> Engine:
-        """The engine over the student's current weights. `identity` names those weights (run and step): it seeds
-        the samples, so a resumed run draws the same ones."""
-        loaded = LoadedModel("student", self.model_dir, self.model, self.tokenizer, "float32", "cpu",
+        """The engine over the inference model. `identity` names its weights (run and step): it seeds the samples,
+        so a resumed run draws the same ones."""
+        loaded = LoadedModel("student", self.model_dir, self.inference, self.tokenizer, self.dtype, "cpu",
                              self.weights_sha256, adapter="training", adapter_sha256=identity)
         return Engine(loaded, cache=None)
 
@@ -89,9 +110,17 @@ def load_student(model_spec: str, config: SFTConfig, dtype: str, prompt_format: 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    dtype = resolve_dtype(dtype)
     torch.manual_seed(config.seed)
     model = add_lora(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), config)
-    return Student(model, tokenizer, model_dir, weights_sha256(model_dir), resolve_dtype(dtype), prompt_format)
+    inference = model
+    if dtype != "float32":
+        inference = add_lora(AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)), config)
+        inference.eval()
+        inference.requires_grad_(False)
+    student = Student(model, inference, tokenizer, model_dir, weights_sha256(model_dir), dtype, prompt_format)
+    student.sync()
+    return student
 
 
 def check_fits(example: TrainExample, prompt: list[int], config: OnPolicyConfig, who: str) -> None:
@@ -232,6 +261,7 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
             batch = [examples[i] for i in steps[step - 1]]
             micro = [batch[i:i + config.batch_size] for i in range(0, len(batch), config.batch_size)]
             model.eval()
+            student.sync()
             with torch.no_grad():
                 t = time.perf_counter()
                 micro_sequences = method.completions(micro, step, random.Random(f"{config.seed}:{step}"))

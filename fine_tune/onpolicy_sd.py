@@ -67,7 +67,6 @@ def train_onpolicy_sd(model_spec: str, task: str, examples: list[TrainExample], 
                       prompt_format: str = "chat") -> dict[str, Any]:
     """Train the student's adapter by on-policy self-distillation; returns the train.json record."""
     import torch
-    from peft import LoraConfig
 
     check_config(config)
     if not examples:
@@ -78,18 +77,16 @@ def train_onpolicy_sd(model_spec: str, task: str, examples: list[TrainExample], 
     for ex in examples:
         check_fits(ex, prompts[ex.id], config, "student")
         check_fits(ex, teacher_prompts[ex.id], config, "teacher")
-    model = student.model
     pairs = []
     if config.teacher_kind == "ema":
-        lora: LoraConfig = model.peft_config["default"]
-        model.add_adapter("ema", replace(lora, inference_mode=True))
-        params = dict(model.named_parameters())
+        student.add_adapter("ema", replace(student.model.peft_config["default"], inference_mode=True))
+        params = dict(student.model.named_parameters())
         pairs = [(params[name.replace(".default.", ".ema.")], p) for name, p in params.items() if ".default." in name]
         with torch.no_grad():
             for ema, live in pairs:
                 ema.copy_(live)
                 ema.requires_grad_(False)
-    teacher_engine = student.engine("teacher")  # the same modules: the adapter state at call time decides
+    teacher_engine = student.engine("teacher")  # the inference model: its adapter state at call time decides
     identity = f"onpolicy_sd:{config.seed}:{student.weights_sha256[:16]}"
 
     def completions(micro: list[list[TrainExample]], step: int, rng) -> list[list[Sequence]]:
@@ -105,8 +102,9 @@ def train_onpolicy_sd(model_spec: str, task: str, examples: list[TrainExample], 
                                                           [s.completion for s in sequences])))
 
     def teacher_logits(sequences: list[Sequence]):
+        model = student.inference
         training = model.training
-        model.eval()
+        model.eval()  # no dropout in the teacher (the inference model is the training one in float32)
         try:
             if config.teacher_kind == "base":
                 with model.disable_adapter():
@@ -117,7 +115,7 @@ def train_onpolicy_sd(model_spec: str, task: str, examples: list[TrainExample], 
                     return along(sequences)
                 finally:
                     model.base_model.set_adapter("default")
-                    for ema, _ in pairs:
+                    for ema, _ in pairs:  # set_adapter made the active adapter's weights trainable
                         ema.requires_grad_(False)
             return along(sequences)
         finally:

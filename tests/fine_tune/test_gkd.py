@@ -136,6 +136,22 @@ def test_the_engine_samples_from_the_adapter_weights_of_the_step(tiny_model_dir)
     assert base != ours
 
 
+def test_a_bf16_run_samples_from_a_copy_synchronised_every_step(tiny_model_dir):
+    from fine_tune.onpolicy import OnPolicyConfig, load_student
+
+    student = load_student(str(tiny_model_dir), OnPolicyConfig(rank=4), "bfloat16", "chat")
+    assert student.inference is not student.model and student.inference.dtype == torch.bfloat16
+    with torch.no_grad():
+        for name, p in student.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    student.sync()
+    copies = dict(student.inference.named_parameters())
+    lora = [(name, p) for name, p in student.model.named_parameters() if "lora_" in name]
+    assert lora and all(torch.equal(copies[name], p.to(copies[name].dtype)) for name, p in lora)
+    assert student.engine("step-1").model.model is student.inference
+
+
 def test_sigkill_mid_training_then_rerun_resumes_to_the_same_adapter(tiny_model_dir, sft_teacher, fixture_data,
                                                                      tmp_path):
     from safetensors.torch import load_file
