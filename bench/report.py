@@ -73,6 +73,32 @@ def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | Non
     return pd.DataFrame(rows)
 
 
+def drift_against_forgetting(table: pd.DataFrame, capabilities: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
+    """Per fine-tuned run: its KL from the reference (the first drift task), its mean forgetting and its gain; and
+    Spearman's rank correlation of KL with forgetting over the runs (three or more): does drift predict what a
+    method forgets (RL's Razor, arXiv 2509.04259)?"""
+    from scipy.stats import spearmanr
+
+    drift = table[table["metric"].isin(RAW_METRICS) & table["run"].isin(capabilities["run"])]
+    if drift.empty:
+        return pd.DataFrame(), None
+    first = drift[drift["task"] == drift["task"].iloc[0]]
+    rows = []
+    for _, r in first.iterrows():
+        own = capabilities[capabilities["run"] == r["run"]]
+        forgot = own["forgetting"].dropna() if "forgetting" in own else []
+        gain = own[own["trained"]]["delta"]
+        rows.append({"run": r["run"], "drift_task": r["task"], "kl": r["score"],
+                     "forgetting": forgot.iloc[0] if len(forgot) else float("nan"),
+                     "gain": gain.iloc[0] if len(gain) else float("nan")})
+    frame = pd.DataFrame(rows)
+    known = frame.dropna(subset=["kl", "forgetting"])
+    rho = None
+    if len(known) >= 3 and known["kl"].nunique() > 1 and known["forgetting"].nunique() > 1:
+        rho = float(spearmanr(known["kl"], known["forgetting"]).statistic)
+    return frame, rho
+
+
 def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> str:
     runs = list(table["run"].unique())
     lines = [f"| task | metric | n | " + " | ".join(runs) + " |", "|" + "---|" * (3 + len(runs))]
@@ -88,6 +114,15 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) ->
         retention = "" if "forgetting" in r and pd.notna(r["forgetting"]) else f"{r.retention:.3f}"
         lines.append(f"| {r.run} | {r.capability}{' (trained)' if r.trained else ''} | {100 * r.reference:.2f} | "
                      f"{100 * r.score:.2f} | {retention} | {100 * r.delta:+.2f} |")
+    razor, rho = drift_against_forgetting(table, capabilities)
+    if not razor.empty:
+        lines += ["", f"| run | {razor['drift_task'].iloc[0]} KL from {reference} (nats) | mean forgetting (points) | "
+                      "gain (points) |", "|---|---|---|---|"]
+        lines += [f"| {r.run} | {r.kl:.4f} | {100 * r.forgetting:+.2f} | {100 * r.gain:+.2f} |"
+                  for r in razor.itertuples()]
+        lines += ["", f"Spearman's rank correlation of KL with mean forgetting over {len(razor)} runs: "
+                      + (f"{rho:+.2f}" if rho is not None else "not defined (fewer than 3 runs, or ties)")
+                      + " (does drift from the seed predict forgetting? RL's Razor, arXiv 2509.04259)."]
     return "\n".join(lines) + "\n"
 
 
@@ -102,9 +137,20 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
     others = table[(table["run"] != reference) & ~table["metric"].isin(RAW_METRICS)]
     drift = table[(table["run"] != reference) & table["metric"].isin(RAW_METRICS)]
     tasks, runs = list(others["task"].unique()), list(others["run"].unique())
-    ratios = [max(len(tasks), 2), 2] + [1.5] * drift["task"].nunique()
+    razor, _ = drift_against_forgetting(table, capabilities)
+    ratios = [max(len(tasks), 2), 2] + [1.5] * drift["task"].nunique() + [2, 2] * (not razor.empty)
     fig, (bars, scatter, *drift_axes) = plt.subplots(1, len(ratios), figsize=(4 + 0.8 * sum(ratios), 4.5),
                                                     gridspec_kw={"width_ratios": ratios})
+    if not razor.empty:
+        *drift_axes, kl_forgetting, kl_gain = drift_axes
+        for axis, column, label in ((kl_forgetting, "forgetting", "mean forgetting (points)"),
+                                    (kl_gain, "gain", "gain on the trained capability (points)")):
+            for r in razor.itertuples():
+                axis.scatter(r.kl, 100 * getattr(r, column), color=f"C{runs.index(r.run)}" if r.run in runs else "gray")
+                axis.annotate(r.run, (r.kl, 100 * getattr(r, column)))
+            axis.set_xlabel(f"{razor['drift_task'].iloc[0]} KL from {reference} (nats)")
+            axis.set_ylabel(label)
+            axis.margins(0.3)
     width = 0.8 / max(len(runs), 1)
     for i, run in enumerate(runs):
         rows = others[others["run"] == run].set_index("task").loc[tasks]
@@ -143,6 +189,7 @@ def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: di
     """All four files, each written atomically; report.json also carries each run's provenance (from the
     run.json records in `runs`). Returns the directory."""
     capabilities = forgetting(table, reference, trained)
+    razor, rho = drift_against_forgetting(table, capabilities)
     traced = {name: provenance(record) for name, record in (runs or {}).items()}
     text = markdown(table, reference, capabilities) + "".join(
         f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
@@ -155,6 +202,8 @@ def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: di
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tasks": json.loads(table.to_json(orient="records")),
         "capabilities": json.loads(capabilities.to_json(orient="records")),
+        "drift_vs_forgetting": dict(zip(("runs", "spearman_kl_forgetting"), (
+            json.loads(razor.to_json(orient="records")), rho))),
         "provenance": traced})
     png = _plot(table, reference, capabilities)
     html = ("<!doctype html><meta charset='utf-8'><title>forgetbench report</title>"

@@ -59,3 +59,37 @@ def test_trained_capability_reads_the_adapters_train_json(tmp_path):
     assert trained_capability({"model": {"adapter": str(tmp_path / "elsewhere")}}) == UNKNOWN
     result = forgetting(table(), "seed", {"sft": UNKNOWN}).set_index("capability")
     assert result.loc[f"all capabilities (mean; trained: {UNKNOWN})", "forgetting"] == pytest.approx((0.075 - 0.2) / 2)
+
+
+def four_method_table() -> pd.DataFrame:
+    """A seed and three methods: each forgets (ARC) in the order of its drift KL, and gains on math."""
+    rows = []
+    runs = {"seed": (0.10, 0.60, 0.0), "a": (0.30, 0.58, 0.05), "b": (0.32, 0.50, 0.20), "c": (0.25, 0.55, 0.10)}
+    for run, (math, arc, kl) in runs.items():
+        for task, capability, metric, score in (("gsm8k", "math", "acc", math), ("arc_easy", "knowledge", "acc", arc),
+                                                ("drift", "drift", "kl", kl)):
+            ref = runs["seed"][("gsm8k", "arc_easy", "drift").index(task)]
+            rows.append({"task": task, "capability": capability, "metric": metric, "run": run, "n": 50,
+                         "score": score, "ci_low": score, "ci_high": score, "delta": score - ref,
+                         "delta_low": score - ref, "delta_high": score - ref, "p_value": 1.0, "significant": False,
+                         "right_to_wrong": 0, "wrong_to_right": 0, "test": "sign-flip"})
+    return pd.DataFrame(rows)
+
+
+def test_drift_is_set_against_forgetting_and_gain_with_a_rank_correlation(tmp_path):
+    from bench.report import drift_against_forgetting
+
+    frame = four_method_table()
+    razor, rho = drift_against_forgetting(frame, forgetting(frame, "seed", {r: "math" for r in "abc"}))
+    assert list(razor["run"]) == ["a", "b", "c"] and list(razor["kl"]) == [0.05, 0.20, 0.10]
+    assert list(razor["forgetting"]) == pytest.approx([0.02, 0.10, 0.05])
+    assert list(razor["gain"]) == pytest.approx([0.20, 0.22, 0.15])
+    assert rho == pytest.approx(1.0)  # the same order
+    out = write_report(tmp_path / "r", frame, "seed", {r: "math" for r in "abc"})
+    md = (out / "report.md").read_text()
+    assert "| b | 0.2000 | +10.00 | +22.00 |" in md and "Spearman's rank correlation of KL with mean forgetting" \
+        " over 3 runs: +1.00" in md
+    report = json.loads((out / "report.json").read_text())
+    assert report["drift_vs_forgetting"]["spearman_kl_forgetting"] == pytest.approx(1.0)
+    two = frame[frame["run"].isin(["seed", "a", "b"])]
+    assert drift_against_forgetting(two, forgetting(two, "seed", {"a": "math", "b": "math"}))[1] is None
