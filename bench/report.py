@@ -79,6 +79,8 @@ def drift_against_forgetting(table: pd.DataFrame, capabilities: pd.DataFrame) ->
     method forgets (RL's Razor, arXiv 2509.04259)?"""
     from scipy.stats import spearmanr
 
+    if capabilities.empty:  # only drift was compared: no forgetting to set it against
+        return pd.DataFrame(), None
     drift = table[table["metric"].isin(RAW_METRICS) & table["run"].isin(capabilities["run"])]
     if drift.empty:
         return pd.DataFrame(), None
