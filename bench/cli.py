@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.models import PROMPT_FORMATS
+from bench.profile import METHODS
 from bench.types import BenchError, HarnessTask, Task
 
 DEFAULT_RESULTS_DIR = Path("results")
@@ -422,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     tr = commands.add_parser("train", help="fine-tune a LoRA adapter on a task's training data")
-    tr.add_argument("method", choices=("sft", "sdft", "gkd", "onpolicy_sd"),
+    tr.add_argument("method", choices=METHODS,
                     help="sft: on the dataset's responses; sdft: on the seed model's filtered rewrites of them; gkd: "
                          "distil --teacher on the student's own samples; onpolicy_sd: distil the model itself, shown "
                          "the reference answer, on its own samples")

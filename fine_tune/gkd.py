@@ -24,7 +24,7 @@ from bench.types import BenchError
 from fine_tune.data import TrainExample
 from fine_tune.divergence import generalized_jsd
 from fine_tune.onpolicy import Method, OnPolicyConfig, Sequence, Student, check_fits, load_student, record_of, \
-    sample, save_adapter, train_on_policy
+    sample, save_student, train_on_policy
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def train_gkd(model_spec: str, task: str, examples: list[TrainExample], config: 
                     lambda student_logits, teacher: generalized_jsd(student_logits, teacher, config.beta,
                                                                     loss_temperature))
     result = train_on_policy(student, method, task, examples, config, out_dir)
-    save_adapter(student, out_dir)
+    save_student(student, out_dir)
     return {**record_of("gkd", model_spec, student, task, config, examples),
             "teacher": {"model": teacher_spec, "adapter": teacher_adapter, "fingerprint": teacher.fingerprint,
                         "weights_sha256": teacher.weights_sha256, "adapter_sha256": teacher.adapter_sha256,

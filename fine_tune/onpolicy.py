@@ -22,6 +22,7 @@ import resource
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +32,7 @@ from bench.models import LoadedModel, is_plain, render_prompt, resolve_dtype, re
 from bench.types import BenchError, GenerationConfig
 from fine_tune.data import TRAINED_CAPABILITY, TrainExample
 from fine_tune.divergence import kl
-from fine_tune.sft import SFTConfig, add_lora, keep_log_rows
+from fine_tune.sft import SFTConfig, add_lora, append_log_row, keep_log_rows, save_adapter
 
 @dataclass(frozen=True)
 class OnPolicyConfig(SFTConfig):
@@ -250,8 +251,8 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
     done = load_state(state_dir, student, optimizer, scheduler)
     keep_log_rows(log_path, done)
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=student.dtype == "bfloat16")
-    totals = {"generated_tokens": 0, "trained_tokens": 0, "completion_tokens": 0, "sequences": 0,
-              "on_policy_micro_batches": 0, "micro_batches": 0}
+    totals = Counter(dict.fromkeys(("generated_tokens", "trained_tokens", "completion_tokens", "sequences",
+                                    "on_policy_micro_batches", "micro_batches"), 0))
     seconds = {"generation": 0.0, "teacher": 0.0, "training": 0.0}
     started = time.perf_counter()
     with progress_bar() as progress:
@@ -294,14 +295,10 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
             seconds["training"] += time.perf_counter() - t
             trained = sum(len(s.prompt) + len(s.completion) for group in micro_sequences for s in group)
             on_policy = sum(all(s.source == "student" for s in group) for group in micro_sequences)
-            totals = {"generated_tokens": totals["generated_tokens"] + generated,
-                      "trained_tokens": totals["trained_tokens"] + trained,
-                      "completion_tokens": totals["completion_tokens"] + n_tokens,
-                      "sequences": totals["sequences"] + len(batch),
-                      "on_policy_micro_batches": totals["on_policy_micro_batches"] + on_policy,
-                      "micro_batches": totals["micro_batches"] + len(micro_sequences)}
+            totals.update(generated_tokens=generated, trained_tokens=trained, completion_tokens=n_tokens,
+                          sequences=len(batch), on_policy_micro_batches=on_policy, micro_batches=len(micro_sequences))
             elapsed = time.perf_counter() - step_started
-            write_log_row(log_path, [step, round(loss_sum / n_tokens, 6), round(kl_sum / n_tokens, 6), lr,
+            append_log_row(log_path, LOG_COLUMNS, [step, round(loss_sum / n_tokens, 6), round(kl_sum / n_tokens, 6), lr,
                                      round(trained / elapsed, 1), generated, round(on_policy / len(micro), 3)])
             if step % config.save_steps == 0 and step < len(steps):
                 save_state(state_dir, student, optimizer, scheduler, step)
@@ -311,7 +308,7 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
             "seconds_by_part": {k: round(v, 2) for k, v in seconds.items()},
             "fraction_on_policy": round(totals["on_policy_micro_batches"] / totals["micro_batches"], 4)
             if totals["micro_batches"] else None,
-            "tokens_this_run": totals, "peak_memory_mb": peak_memory_mb(),
+            "tokens_this_run": dict(totals), "peak_memory_mb": peak_memory_mb(),
             "tokens_per_s": round(totals["trained_tokens"] / seconds["training"], 1) if seconds["training"] else None,
             "generated_tokens_per_s": round(totals["generated_tokens"] / seconds["generation"], 1)
             if seconds["generation"] and totals["generated_tokens"] else None}
@@ -326,27 +323,13 @@ def record_of(method: str, model_spec: str, student: Student, task: str, config:
             "examples": len(examples), "trained_examples": len(examples)}
 
 
-def write_log_row(path: Path, row: list[Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(LOG_COLUMNS)
-        writer.writerow(row)
-
-
 def last_logged_loss(path: Path) -> float | None:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return float(rows[-1]["loss"]) if rows else None
 
 
-def save_adapter(student: Student, out_dir: Path) -> None:
-    """The student's adapter (named `default`; an EMA teacher's is not saved), through a staging directory."""
-    staging = out_dir / ".adapter-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    student.model.save_pretrained(staging, selected_adapters=["default"])
-    for item in staging.iterdir():
-        item.replace(out_dir / item.name)
-    staging.rmdir()
+def save_student(student: Student, out_dir: Path) -> None:
+    """The student's adapter (named `default`; an EMA teacher's is not saved); the resume state goes."""
+    save_adapter(student.model, out_dir, selected_adapters=["default"])
     shutil.rmtree(out_dir / "state", ignore_errors=True)

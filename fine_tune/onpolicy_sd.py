@@ -21,7 +21,7 @@ from bench.types import BenchError
 from fine_tune.data import TrainExample
 from fine_tune.divergence import DIVERGENCES, divergence
 from fine_tune.onpolicy import Method, OnPolicyConfig, Sequence, check_fits, load_student, record_of, sample, \
-    save_adapter, train_on_policy
+    save_student, train_on_policy
 
 DEMONSTRATION = ("{instruction}\n\nThis is an example of a correct response:\n{reference}\n\n"
                  "Now write a response of your own.")
@@ -129,7 +129,7 @@ def train_onpolicy_sd(model_spec: str, task: str, examples: list[TrainExample], 
     method = Method("onpolicy_sd", completions, teacher_logits,
                     lambda s, t: divergence(config.divergence, s, t, k=config.topk), after_step)
     result = train_on_policy(student, method, task, examples, config, out_dir)
-    save_adapter(student, out_dir)
+    save_student(student, out_dir)
     return {**record_of("onpolicy_sd", model_spec, student, task, config, examples),
             "teacher": {"kind": config.teacher_kind, "ema_rate": config.ema_rate, "prompt": DEMONSTRATION},
             "divergence": config.divergence, "temperature": config.temperature, **result, **(extra or {})}

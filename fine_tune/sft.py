@@ -104,15 +104,31 @@ def _log_callback(path: Path, tokens_per_step: float):
             step, when = self.last
             now = time.perf_counter()
             rate = (state.global_step - step) * tokens_per_step / (now - when) if now > when else 0.0
-            new = not path.exists()
-            with open(path, "a", newline="") as f:
-                writer = csv.writer(f)
-                if new:
-                    writer.writerow(["step", "loss", "lr", "tokens_per_s"])
-                writer.writerow([state.global_step, logs["loss"], logs.get("learning_rate"), round(rate, 1)])
+            append_log_row(path, ["step", "loss", "lr", "tokens_per_s"],
+                           [state.global_step, logs["loss"], logs.get("learning_rate"), round(rate, 1)])
             self.last = (state.global_step, now)
 
     return LogCallback()
+
+
+def append_log_row(path: Path, columns: list[str], row: list[Any]) -> None:
+    """One row of train_log.csv, its header first when the file is new."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(columns)
+        writer.writerow(row)
+
+
+def save_adapter(model: Any, out_dir: Path, **kwargs: Any) -> None:
+    """`model.save_pretrained` into a staging directory, then each file renamed into `out_dir`."""
+    staging = out_dir / ".adapter-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, **kwargs)
+    for item in staging.iterdir():
+        item.replace(out_dir / item.name)
+    staging.rmdir()
 
 
 def checkpoint_step(path: Path) -> int:
@@ -188,12 +204,7 @@ def train_sft(model_spec: str, task: str, examples: list[TrainExample], config: 
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
-    staging = out_dir / ".adapter-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    for item in staging.iterdir():
-        item.replace(out_dir / item.name)
-    staging.rmdir()
+    save_adapter(model, out_dir)
     trained_tokens = sum(len(f["input_ids"]) for f in features) * config.epochs_for(task)
     record = {"method": "sft", "task": task, "capability": TRAINED_CAPABILITY.get(task), "model": model_spec,
               "model_dir": str(model_dir), "weights_sha256": weights_sha256(model_dir), "dtype": dtype,
