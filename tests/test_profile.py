@@ -28,12 +28,13 @@ def test_paper_profile_is_the_studys_configuration_line_by_line():
     assert f"per-device batch {paper.sft['batch_size']} x grad-accum {paper.sft['gradient_accumulation']}" in training
     assert f"epochs {paper.sft['epochs']} for {paper.train_task}" in training
     assert paper.train_task == "gsm8k" and paper.limit is None and paper.train_limit is None
-    assert set(paper.suites) == {"math", "safety", "code", "tooluse", "knowledge", "drift"}
+    assert set(paper.suites) == {"math", "safety", "code", "tooluse", "knowledge", "drift", "helpfulness"}
+    assert paper.judge == "alpaca_eval_gpt4"  # the study's annotator
     assert "Prompt format for training and evaluation: the Alpaca template (section 2), except math" in training
     assert paper.prompt_format == "study"
 
 
-@pytest.mark.parametrize("name", ["tiny", "paper"])
+@pytest.mark.parametrize("name", ["tiny", "paper", "tiny-helpfulness"])
 def test_shipped_profiles_name_known_tasks_and_valid_training(name):
     from fine_tune.sft import config_from_dict
     from tasks import TASKS, select_tasks
@@ -115,3 +116,11 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
     assert out.count("already trained") == 4
     again = json.loads((report / "stages.json").read_text())
     assert again["work"] == stages["work"], "a re-run that reuses the work keeps where its time went"
+
+
+def test_helpfulness_profile_trains_what_the_tiny_study_trains():
+    """The two CPU profiles read the same fine-tunes: the same seed, data and SFT settings."""
+    tiny, helpfulness = load_profile("tiny"), load_profile("tiny-helpfulness")
+    assert (helpfulness.model, helpfulness.train_task, helpfulness.train_limit, helpfulness.sft) == \
+        (tiny.model, tiny.train_task, tiny.train_limit, tiny.sft)
+    assert helpfulness.tasks == ["alpaca_eval"] and helpfulness.judge is None  # the default local judge

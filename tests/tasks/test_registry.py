@@ -9,7 +9,7 @@ from tasks import SUITES, TASKS, select_tasks
 def test_tasks_by_name() -> None:
     assert list(TASKS) == ["gsm8k", "multiarith", "advbench_raw", "advbench_jailbreak", "harmbench", "humaneval",
                            "humaneval_chat", "openfunction", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy",
-                           "arc_challenge", "winogrande", "hellaswag", "drift"]
+                           "arc_challenge", "winogrande", "hellaswag", "drift", "alpaca_eval"]
     for name, task in TASKS.items():
         assert task.name == name
 
@@ -23,8 +23,14 @@ def test_suites() -> None:
         "knowledge": ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "winogrande",
                       "hellaswag"),
         "drift": ("drift",),
+        "helpfulness": ("alpaca_eval",),
+        "all": ("gsm8k", "multiarith", "advbench_raw", "advbench_jailbreak", "harmbench", "humaneval", "openfunction",
+                "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "winogrande", "hellaswag",
+                "drift", "alpaca_eval"),
     }
     for suite, names in SUITES.items():
+        if suite == "all":
+            continue
         assert all(name in TASKS for name in names), suite
         assert {TASKS[name].capability for name in names} == {suite}
 
