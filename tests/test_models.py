@@ -103,3 +103,25 @@ def test_study_prompt_format_sends_the_alpaca_template_as_plain_text(tiny_model_
                                                              special_tokens=[(tokenizer.bos_token, bos_id)])
     assert render_prompt(tokenizer, alpaca, plain=True) == tokenizer.bos_token + plain
     assert render_prompt(tokenizer, "def f():") == tokenizer.bos_token + "def f():"  # HumanEval's raw prompt too
+
+
+def test_a_shipped_model_without_its_part_wheels_names_the_make_target(monkeypatch):
+    from bench import models
+
+    monkeypatch.setitem(models.SHIPPED_MODELS, "judge-x", models.ShippedGGUF("forgetbench-no-such-part", 2, "1.0", "0" * 64, ""))
+    with pytest.raises(BenchError, match=r"model judge-x: package forgetbench-no-such-part1 is not installed \(run `make judge`"):
+        models.resolve_model_dir("judge-x")
+
+
+def test_a_shipped_model_whose_assembly_has_another_sha256_is_refused(monkeypatch, tmp_path):
+    from bench import models
+
+    parts = [tmp_path / "part01.bin", tmp_path / "part02.bin"]
+    for i, part in enumerate(parts):
+        part.write_bytes(b"GGUF" * (i + 1))
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(models.SHIPPED_MODELS, "judge-x", models.ShippedGGUF("p", 2, "1.0", "0" * 64, ""))
+    monkeypatch.setattr(models, "shipped_parts", lambda name: parts)
+    with pytest.raises(BenchError, match=r"the assembled GGUF has sha256 .* not the pinned 0000000000000000"):
+        models.resolve_model_dir("judge-x")
+    assert not (tmp_path / "cache" / "models" / "judge-x").exists(), "nothing half-made is left to look complete"
