@@ -6,7 +6,7 @@ DATA ?=
 PROFILE ?= tiny
 DATA_ARG := $(if $(DATA),--data-dir $(DATA),)
 
-.PHONY: install judge test reproduce benchmark clean
+.PHONY: install judge test reproduce baseline benchmark clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,18 @@ test: install
 # A profile that judges helpfulness locally (tiny-helpfulness) installs the judge first.
 reproduce: install $(if $(filter tiny-helpfulness,$(PROFILE)),judge,)
 	$(BIN)/bench reproduce --profile $(PROFILE) $(DATA_ARG)
+
+# The harness's own committed baseline (results/baselines/harness): the embedded model in float32, greedy, on small
+# fixed slices of every offline suite, judged by the embedded model. `make test` re-runs it and requires every
+# prediction to be the same; rewrite it only deliberately, and the commit shows the diff.
+HARNESS_TASKS := gsm8k,advbench_raw,humaneval,openfunction,arc_easy,drift,alpaca_eval
+HARNESS_LIMITS := gsm8k=4,advbench_raw=4,humaneval=4,openfunction=4,arc_easy=8,drift=4,alpaca_eval=2
+baseline: install
+	rm -rf .baseline-run
+	$(BIN)/bench eval default --tasks $(HARNESS_TASKS) --task-limits $(HARNESS_LIMITS) --dtype float32 \
+		--judge local:default --name harness --results-dir .baseline-run $(DATA_ARG)
+	$(BIN)/bench baseline save harness results/baselines/harness --results-dir .baseline-run
+	rm -rf .baseline-run
 
 benchmark: install
 	$(BIN)/pip install --quiet -e ".[dev,benchmark]"

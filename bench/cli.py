@@ -373,6 +373,117 @@ def _work_seconds(results_dir: Path, profile: str, methods: list[str], runs: lis
     return work
 
 
+def cmd_judge(args: argparse.Namespace, console: Console) -> None:
+    """Judge outputs made elsewhere (alpaca_eval's model_outputs.json) against the mirror's references, or head to
+    head against other outputs of the same instructions, with the same judges as `bench eval`."""
+    from bench.cache import Cache
+    from bench.data import load_task_data, resolve_data_dir
+    from bench.engine import progress_bar
+    from bench.judge import order_statistics, paired_outputs, read_model_outputs, win_rates
+    from bench.runner import summarize
+    from bench.store import write_json
+    from tasks.helpfulness import alpaca_eval
+
+    outputs = read_model_outputs(Path(args.model_outputs))
+    if args.reference_outputs:
+        references = read_model_outputs(Path(args.reference_outputs))
+    else:
+        examples = load_task_data(alpaca_eval, resolve_data_dir(args.data_dir), args.limit).examples
+        references = [{"instruction": ex.input, "output": ex.target, "generator": "text_davinci_003"} for ex in examples]
+    places = paired_outputs(outputs, references, args.model_outputs)
+    judge = _judge(args, Cache(Path(args.results_dir) / "cache" / "generations.sqlite"))
+    with progress_bar() as progress:
+        preferences = judge.preferences([o["instruction"] for o in outputs], [references[i]["output"] for i in places],
+                                        [o["output"] for o in outputs], progress, "judge")
+    summary = {**summarize([p.second for p in preferences]), "alpaca_eval": win_rates(preferences),
+               "order": order_statistics(preferences), "judge": judge.identity(),
+               "model_outputs": args.model_outputs, "reference_outputs": args.reference_outputs or "the mirror's"}
+    if args.json:
+        write_json(Path(args.json), {**summary, "preferences": [
+            {"instruction": o["instruction"], "preference": p.second, "orders": p.orders}
+            for o, p in zip(outputs, preferences)]})
+    console.print(f"win rate of {args.model_outputs} against {summary['reference_outputs']} references: "
+                  f"{100 * summary['mean']:.2f} [{100 * summary['ci_low']:.2f}, {100 * summary['ci_high']:.2f}] "
+                  f"(n={summary['n']}; judge {judge.spec}, verdict flips with the order on "
+                  f"{100 * summary['order'].get('flip_rate', float('nan')):.1f}% of pairs)")
+
+
+def cmd_gate(args: argparse.Namespace, console: Console) -> int:
+    """Exit 1 on a regression only; usage and data errors are 2 (main), and so is any crash."""
+    import os
+
+    from bench.compare import load_run
+    from bench.gate import GateConfig, check_config, gate, is_run_dir, junit, load_baseline, load_gate_config, \
+        markdown, verdict_json
+    from bench.store import atomic_write_text, write_json
+
+    results_dir = Path(args.results_dir)
+    config = load_gate_config(Path(args.config)) if args.config else GateConfig()
+    overrides = {key: value for key, value in (("alpha", args.alpha), ("default_max_drop", args.default_max_drop))
+                 if value is not None}
+    config = replace(config, **overrides, max_drop={**config.max_drop, **args.max_drop},
+                     require={**config.require, **args.require}, strict=config.strict or args.strict)
+    check_config(config, "bench gate")
+    baseline = load_run(results_dir, args.baseline) if is_run_dir(results_dir, args.baseline) or \
+        not Path(args.baseline).is_dir() else load_baseline(Path(args.baseline))
+    verdict = gate(baseline, load_run(results_dir, args.candidate), config)
+    text = markdown(verdict)
+    if args.markdown:
+        atomic_write_text(Path(args.markdown), text)
+    if args.json:
+        write_json(Path(args.json), verdict_json(verdict))
+    if args.junit:
+        atomic_write_text(Path(args.junit), junit(verdict))
+    if summary := os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+    print(text, end="")  # verbatim: the same markdown as the files
+    return 1 if verdict.failed else 0
+
+
+def cmd_baseline(args: argparse.Namespace, console: Console) -> None:
+    from bench.compare import load_run
+    from bench.gate import save_baseline
+
+    out = save_baseline(Path(args.results_dir), load_run(Path(args.results_dir), args.run), Path(args.dir))
+    console.print(f"baseline of run {args.run}: {out} (commit it; `bench gate RUN --baseline {out}` reads it)")
+
+
+def cmd_baseline_check(args: argparse.Namespace, console: Console) -> int:
+    """Re-run a baseline's evaluation afresh and require every prediction to be the same (greedy decoding)."""
+    import json
+    import tempfile
+
+    from bench.gate import BASELINE_FILE, changed_predictions, machine, rerun_argv
+
+    baseline = Path(args.dir)
+    if not (baseline / BASELINE_FILE).is_file():
+        raise BenchError(f"{baseline}: not a baseline directory (no {BASELINE_FILE})")
+    saved = json.loads((baseline / BASELINE_FILE).read_text())
+    if saved.get("machine", {}).get("simd") != machine()["simd"]:
+        console.print(f"[yellow]baseline made on {saved.get('machine')}, this is {machine()}: float rounding may "
+                      f"differ[/yellow]")
+    with tempfile.TemporaryDirectory(prefix="forgetbench-baseline-") as tmp:
+        code = main(rerun_argv(saved, Path(tmp), args.data_dir))
+        if code != 0:
+            raise BenchError(f"{baseline}: re-running its evaluation failed (exit {code})")
+        changes = changed_predictions(baseline, Path(tmp) / "runs" / saved["run"])
+    for change in changes:
+        print(change)
+    print(f"{baseline}: {len(changes)} predictions changed" if changes else f"{baseline}: every prediction the same")
+    return 1 if changes else 0
+
+
+def _drops(value: str) -> dict[str, float]:
+    drops = {}
+    for item in _csv(value):
+        task, sep, number = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected TASK=POINTS, got {item!r}")
+        drops[task.strip()] = _non_negative_float(number)
+    return drops
+
+
 def cmd_tasks(args: argparse.Namespace, console: Console) -> None:
     from bench.data import read_jsonl, resolve_data_dir
     from tasks import SUITES, TASKS
@@ -494,6 +605,49 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
     rp.set_defaults(func=cmd_reproduce)
 
+    jd = commands.add_parser("judge", help="judge alpaca_eval model outputs made elsewhere against the references")
+    jd.add_argument("model_outputs", help="alpaca_eval's model_outputs.json: a list of {instruction, output, generator}")
+    jd.add_argument("--reference-outputs", help="another model_outputs.json of the same instructions, to judge head "
+                                                "to head (default: the mirror's text-davinci-003 references)")
+    jd.add_argument("--limit", type=_positive_int, help="the first N references of the mirror")
+    jd.add_argument("--judge", help="as for bench eval (default: the local default judge)")
+    jd.add_argument("--judge-orders", choices=("both", "random"), default="both")
+    jd.add_argument("--json", help="write the per-instruction preferences and the summary here")
+    jd.add_argument("--data-dir")
+    jd.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results (its cache)")
+    jd.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"))
+    jd.add_argument("--batch-size", type=_positive_int, default=64)
+    jd.set_defaults(func=cmd_judge)
+
+    gt = commands.add_parser("gate", help="CI regression verdict: a candidate run against a baseline, paired tests")
+    gt.add_argument("candidate", help="the candidate run's name")
+    gt.add_argument("--baseline", required=True, help="a run name, or a directory written by `bench baseline save`")
+    gt.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
+    gt.add_argument("--config", help="gate.toml: alpha, default_max_drop, strict, [max_drop], [require]")
+    gt.add_argument("--alpha", type=_unit_float, help="family-wise level, Holm across the tasks (default 0.05)")
+    gt.add_argument("--default-max-drop", type=_non_negative_float, metavar="POINTS",
+                    help="the drop any task may show before it can fail (default 0)")
+    gt.add_argument("--max-drop", type=_drops, default={}, metavar="TASK=POINTS,...",
+                    help="allowed drops per task or capability")
+    gt.add_argument("--require", type=_drops, default={}, metavar="TASK=MIN,...", help="floors on the candidate's scores")
+    gt.add_argument("--strict", action="store_true", help="a task whose n cannot show its allowed drop fails")
+    gt.add_argument("--markdown", help="write the report here (also appended to $GITHUB_STEP_SUMMARY when set)")
+    gt.add_argument("--json", help="write the verdict as JSON here")
+    gt.add_argument("--junit", help="write JUnit XML here (one testcase per task)")
+    gt.set_defaults(func=cmd_gate)
+
+    bl = commands.add_parser("baseline", help="save a run as a baseline directory to commit")
+    bl_commands = bl.add_subparsers(dest="baseline_command", required=True, parser_class=_Parser)
+    save = bl_commands.add_parser("save", help="bench baseline save RUN DIR")
+    save.add_argument("run")
+    save.add_argument("dir")
+    save.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
+    save.set_defaults(func=cmd_baseline)
+    check = bl_commands.add_parser("check", help="re-run a baseline's evaluation; exit 1 if any prediction changed")
+    check.add_argument("dir")
+    check.add_argument("--data-dir")
+    check.set_defaults(func=cmd_baseline_check)
+
     ls = commands.add_parser("tasks", help="list tasks, suites and their sizes")
     ls.add_argument("--data-dir")
     ls.set_defaults(func=cmd_tasks)
@@ -504,11 +658,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
     try:
-        args.func(args, console)
+        return args.func(args, console) or 0
     except BenchError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except Exception as e:  # a gate that crashes must not read as a regression (exit 1)
+        if args.command != "gate":
+            raise
+        print(f"bench: error: bench gate crashed ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

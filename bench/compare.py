@@ -147,7 +147,12 @@ def compare(results_dir: Path, names: list[str]) -> pd.DataFrame:
     its interval, the test's p-value and the per-example flips. Tasks are those every run has."""
     if len(names) < 2:
         raise BenchError("bench compare needs a reference run and at least one other run")
-    runs = [load_run(results_dir, name) for name in names]
+    return compare_runs([load_run(results_dir, name) for name in names])
+
+
+def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
+    """`compare` on loaded runs (a committed baseline among them): the first is the reference."""
+    names = [run.name for run in runs]
     reference = runs[0]
     tasks = [t for t in reference.tasks if all(t in r.tasks for r in runs[1:])]
     if not tasks:

@@ -224,8 +224,40 @@ def _annotate(annotator, instructions: list[str], outputs_1: list[str], outputs_
     frame = lambda outputs, name: pd.DataFrame({"instruction": instructions, "output": outputs, "generator": name})
     annotated = annotator.annotate_head2head(outputs_1=frame(outputs_1, "output_1"),
                                              outputs_2=frame(outputs_2, "output_2"), is_ordered=True)
-    values = [row["preference"] for row in annotated]
+    found = {(row["instruction"], row["output_1"], row["output_2"]): row["preference"] for row in annotated}
+    values = [found.get(key) for key in zip(instructions, outputs_1, outputs_2)]  # in our order, whatever order it returns
     return [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) - 1 for v in values]
+
+
+def read_model_outputs(path: Path) -> list[dict[str, str]]:
+    """alpaca_eval's model_outputs.json: a list of {instruction, output[, generator]}; anything else names the entry."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BenchError(f"{path}: not readable as JSON ({e})") from None
+    if not isinstance(entries, list) or not entries:
+        raise BenchError(f"{path}: expected a non-empty JSON list of {{instruction, output}} objects")
+    for i, entry in enumerate(entries):
+        for key in ("instruction", "output"):
+            if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
+                raise BenchError(f"{path}: entry {i}: missing or non-string {key!r}")
+    return entries
+
+
+def paired_outputs(outputs: list[dict[str, str]], references: list[dict[str, str]], where: str) -> list[int]:
+    """For each model output, the index of the reference with the same instruction; every instruction must have
+    exactly one reference, and no reference may be left without its output."""
+    index = {r["instruction"]: i for i, r in enumerate(references)}
+    places = []
+    for i, entry in enumerate(outputs):
+        if entry["instruction"] not in index:
+            raise BenchError(f"{where}: entry {i}: instruction {entry['instruction'][:60]!r} is not among the "
+                             f"references' instructions")
+        places.append(index[entry["instruction"]])
+    if len(set(places)) != len(places) or len(places) != len(references):
+        raise BenchError(f"{where}: {len(places)} outputs for {len(set(places))} distinct instructions of "
+                         f"{len(references)} references; give one output per reference instruction (--limit)")
+    return places
 
 
 def check_openai_endpoint(spec: str, model_name: str | None) -> None:

@@ -128,8 +128,8 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
             elif task.drift:
                 predictions = evaluate_drift(task, data[task.name].examples, seed[1], engine, progress)
                 metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
-                           **_summary([r["score"] for r in predictions]),
-                           "others": {"nll": _summary([r["scores"]["nll"] for r in predictions])},
+                           **summarize([r["score"] for r in predictions]),
+                           "others": {"nll": summarize([r["scores"]["nll"] for r in predictions])},
                            "generation": asdict(task.generation), "seed_fingerprint": seed[0].fingerprint}
             elif task.judged:
                 predictions, metrics = evaluate_judged(model, engine, task, data[task.name], judge, seed, store.name,
@@ -173,10 +173,10 @@ def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedDa
             row["samples"] = rows
         predictions.append(row)
     metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
-               **_summary([p["score"] for p in predictions]), "generation": asdict(task.generation),
+               **summarize([p["score"] for p in predictions]), "generation": asdict(task.generation),
                "samples": samples}
     for name in scores[0][0].others if scores else ():
-        metrics.setdefault("others", {})[name] = _summary([sum(s.others[name] for s in ss) / samples for ss in scores])
+        metrics.setdefault("others", {})[name] = summarize([sum(s.others[name] for s in ss) / samples for ss in scores])
     if task.program is not None:
         metrics["outcomes"] = {status: sum(o["status"] == status for os_ in outcomes for o in os_) for status in OUTCOMES}
         if samples > 1:
@@ -214,7 +214,7 @@ def evaluate_judged(model: LoadedModel, engine: Engine, task: Task, data: Loaded
         predictions.append(row)
     judged = versus_reference + (versus_seed if head_to_head else [])
     metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
-               **_summary([p["score"] for p in predictions]), "generation": asdict(task.generation),
+               **summarize([p["score"] for p in predictions]), "generation": asdict(task.generation),
                "alpaca_eval": win_rates(versus_reference),
                "length_controlled": length_controlled([int(ex.id.rsplit("-", 1)[1]) for ex in examples], references,
                                                       outputs, versus_reference, judge.name, generator),
@@ -222,7 +222,7 @@ def evaluate_judged(model: LoadedModel, engine: Engine, task: Task, data: Loaded
                "judge_failures": sum(p.failed for p in judged),
                "seconds_per_pair": (time.perf_counter() - judging) / judged_pairs}
     if head_to_head:
-        metrics["others"] = {"vs_seed": _summary([p.second for p in versus_seed])}
+        metrics["others"] = {"vs_seed": summarize([p.second for p in versus_seed])}
         metrics["vs_seed"] = {**win_rates(versus_seed), "seed_fingerprint": seed[0].fingerprint}
     return predictions, metrics
 
@@ -237,10 +237,10 @@ def evaluate_harness_task(harness: Harness, task: HarnessTask, data: LoadedData,
     rows, reported = harness.run(task, limit)
     if data.examples and [r["id"] for r in rows] != [ex.id for ex in data.examples]:
         raise RuntimeError(f"task {task.name}: lm-eval scored other documents than the mirror holds")
-    metrics = {**head, **_summary([r["score"] for r in rows]), "requests": sum(len(r["requests"]) for r in rows),
+    metrics = {**head, **summarize([r["score"] for r in rows]), "requests": sum(len(r["requests"]) for r in rows),
                "lm_eval": reported}
     for name in rows[0].get("scores", {}) if rows else ():
-        metrics.setdefault("others", {})[name] = _summary([r["scores"][name] for r in rows])
+        metrics.setdefault("others", {})[name] = summarize([r["scores"][name] for r in rows])
     return rows, metrics
 
 
@@ -263,7 +263,7 @@ def pass_at_k(correct: list[int], samples: int) -> dict[str, float]:
             for k in (1, 5, 10, 20, 50, 100) if k <= samples}
 
 
-def _summary(values: list[float]) -> dict[str, Any]:
+def summarize(values: list[float]) -> dict[str, Any]:
     low, high = bootstrap_ci(values)
     return {"mean": sum(values) / len(values), "ci_low": low, "ci_high": high, "ci_level": 0.95,
             "ci_method": "percentile bootstrap, 10,000 resamples, seed 0", "n": len(values)}

@@ -59,9 +59,10 @@ class RunStore:
         self.name = name
 
     def check_writable(self) -> None:
+        """Probes runs/, not the run's own directory: a run that fails before it begins leaves nothing behind."""
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=self.dir, prefix=".probe-", delete=True)
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.dir.parent, prefix=".probe-", delete=True)
             probe.close()
         except OSError as e:
             raise BenchError(f"--results-dir {self.results_dir}: not writable ({e.strerror})") from None

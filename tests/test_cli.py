@@ -90,6 +90,10 @@ def test_malformed_data_line_names_file_and_line(capsys, base_args, tmp_path, fi
 def test_model_path_that_is_not_a_model(capsys, base_args, tmp_path):
     code, _, err = run(capsys, "eval", str(tmp_path), *base_args[1:], "--tasks", "gsm8k")
     assert code == 2 and "not a model directory" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "results" / "runs" / "run").exists(), "a run that never began leaves nothing behind"
+    code, _, err = run(capsys, "eval", *base_args, "--tasks", "gsm8k", "--adapter", str(tmp_path / "results"))
+    assert code == 2 and "not a PEFT adapter" in err
+    assert not (tmp_path / "results" / "runs" / "run").exists(), "nor does a bad adapter"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

@@ -216,3 +216,36 @@ def test_mirror_record_without_output_names_file_and_line(capsys, judged_eval, f
     args[args.index("--data-dir") + 1] = str(tmp_path / "data")
     assert main(args) == 2
     assert f"{data / 'eval.jsonl'}:2: missing field 'output' for task alpaca_eval" in capsys.readouterr().err
+
+
+def test_bench_judge_reads_alpaca_evals_model_outputs_and_agrees_with_the_run(capsys, judged_eval, tmp_path):
+    """Outputs made elsewhere, judged by `bench judge`, give the same win rate as the run that made them."""
+    assert main([*judged_eval, "--name", "seed"]) == 0
+    run = tmp_path / "results" / "runs" / "seed" / "alpaca_eval"
+    judge_args = judged_eval[judged_eval.index("--data-dir"):]
+    capsys.readouterr()
+    assert main(["judge", str(run / "model_outputs.json"), *judge_args, "--json", str(tmp_path / "j.json")]) == 0
+    judged = json.loads((tmp_path / "j.json").read_text())
+    assert judged["mean"] == pytest.approx(json.loads((run / "metrics.json").read_text())["mean"])
+    assert "win rate of" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("entries", "message"), [
+    ([{"instruction": "Not an AlpacaEval instruction.", "output": "x"}], "entry 0: instruction 'Not an AlpacaEval"),
+    ([{"instruction": "x"}], "entry 0: missing or non-string 'output'"),
+    ({"instruction": "x", "output": "y"}, "expected a non-empty JSON list"),
+])
+def test_model_outputs_that_do_not_match_the_references_are_one_line(capsys, judged_eval, tmp_path, entries, message):
+    path = tmp_path / "model_outputs.json"
+    path.write_text(json.dumps(entries))
+    assert main(["judge", str(path), *judged_eval[judged_eval.index("--data-dir"):]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_outputs_for_some_references_only_are_an_error(capsys, judged_eval, fixture_data, tmp_path):
+    first = json.loads((fixture_data / "alpaca_eval" / "eval.jsonl").read_text().splitlines()[0])
+    path = tmp_path / "model_outputs.json"
+    path.write_text(json.dumps([{"instruction": first["instruction"], "output": "y"}]))
+    assert main(["judge", str(path), *judged_eval[judged_eval.index("--data-dir"):]]) == 2
+    assert "1 outputs for 1 distinct instructions of 3 references" in capsys.readouterr().err
