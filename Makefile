@@ -27,7 +27,7 @@ $(VENV)/.judge-installed: $(VENV)/.installed
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 # The study of profiles/$(PROFILE).toml: train SFT and SDFT, evaluate seed and both, compare (results/reports/).
 # Every stage reuses finished work, so a second run only re-reads; a killed run resumes.

@@ -426,7 +426,7 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
     check_config(config, "bench gate")
     baseline = load_run(results_dir, args.baseline) if is_run_dir(results_dir, args.baseline) or \
         not Path(args.baseline).is_dir() else load_baseline(Path(args.baseline))
-    verdict = gate(baseline, load_run(results_dir, args.candidate), config)
+    verdict = gate(baseline, load_run(results_dir, args.candidate), config, args.tasks or None)
     text = markdown(verdict)
     if args.markdown:
         atomic_write_text(Path(args.markdown), text)
@@ -623,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("candidate", help="the candidate run's name")
     gt.add_argument("--baseline", required=True, help="a run name, or a directory written by `bench baseline save`")
     gt.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
+    gt.add_argument("--tasks", type=_csv, default=[], help="gate only these tasks (default: every task both scored)")
     gt.add_argument("--config", help="gate.toml: alpha, default_max_drop, strict, [max_drop], [require]")
     gt.add_argument("--alpha", type=_unit_float, help="family-wise level, Holm across the tasks (default 0.05)")
     gt.add_argument("--default-max-drop", type=_non_negative_float, metavar="POINTS",

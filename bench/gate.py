@@ -27,6 +27,7 @@ from bench.types import BenchError
 BASELINE_FILE = "baseline.json"
 MARKDOWN_LIMIT = 65_536  # a pull-request comment; GitHub's step summary allows 1 MiB
 FLIPS_SHOWN = 20
+LOWER_IS_BETTER = ("kl",)  # drift: a rise from the baseline is the regression
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,9 @@ def changed_predictions(baseline: Path, fresh: Path) -> list[str]:
     saved, changes = json.loads((baseline / BASELINE_FILE).read_text()), []
     for task in saved["metrics"]:
         old = {r["id"]: r for r in read_jsonl(baseline / f"{task}.jsonl")}
+        if not (fresh / task / "predictions.jsonl").is_file():
+            changes.append(f"{task}: only in the baseline (the fresh run did not score it)")
+            continue
         new = {r["id"]: r for r in read_jsonl(fresh / task / "predictions.jsonl")}
         for example in sorted(old.keys() | new.keys()):
             a, b = old.get(example), new.get(example)
@@ -213,11 +217,23 @@ class Verdict:
     config: GateConfig
     candidate: str
     baseline: str
+    worse: dict[str, list[str]] = field(default_factory=dict)  # per failed task, the examples that got worse
 
 
-def gate(baseline: RunScores, candidate: RunScores, config: GateConfig) -> Verdict:
+def gate(baseline: RunScores, candidate: RunScores, config: GateConfig, tasks: list[str] | None = None) -> Verdict:
+    """`tasks`: gate only these (default: every task both runs scored)."""
     check_config(config, "bench gate")
+    if baseline.name == candidate.name:  # a run gated against itself: two names for one table
+        baseline = RunScores(f"baseline:{baseline.name}", baseline.record, baseline.tasks, baseline.metrics)
     notes = differences(baseline, candidate)
+    for name in tasks or ():
+        if name not in baseline.tasks or name not in candidate.tasks:
+            raise BenchError(f"--tasks {name}: not scored by both runs (baseline: {', '.join(baseline.tasks)}; "
+                             f"candidate: {', '.join(candidate.tasks)})")
+    if tasks:
+        only = lambda run: RunScores(run.name, run.record, {t: run.tasks[t] for t in tasks},
+                                     {t: run.metrics[t] for t in tasks})
+        baseline, candidate = only(baseline), only(candidate)
     baseline, candidate, left_out = shared_examples(baseline, candidate)
     notes += left_out
     if not baseline.tasks:
@@ -233,10 +249,11 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig) -> Verdi
     verdicts = []
     for _, r in rows.iterrows():
         k = scale(r.metric)
-        lower_is_better = r.metric in ("kl",)  # drift: a rise is the regression
+        lower_is_better = r.metric in LOWER_IS_BETTER
         drop = k * (r.delta if lower_is_better else -r.delta)
         allowed = config.allowed_drop(r.task, r.capability)
-        floor = k * detectable_drop(int(r.n), config.alpha) if r.test == "McNemar exact" else float("nan")
+        pass_fail = r.test == "McNemar exact" and not lower_is_better  # drift's zeros are not pass/fail
+        floor = k * detectable_drop(int(r.n), config.alpha) if pass_fail else float("nan")
         # Only an allowance can be out of reach; False for nan (continuous scores can show any drop).
         underpowered = allowed > 0 and floor > allowed
         reasons = []
@@ -249,10 +266,19 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig) -> Verdi
         verdicts.append({"drop": drop, "allowed_drop": allowed, "detectable_drop": floor, "underpowered": underpowered,
                          "verdict": "fail" if reasons else "pass", "reasons": "; ".join(reasons)})
     rows = pd.concat([rows, pd.DataFrame(verdicts)], axis=1)
-    return Verdict(rows, bool((rows["verdict"] == "fail").any()), notes, config, candidate.name, baseline.name)
+    worse = {}
+    for task in rows.loc[rows["verdict"] == "fail", "task"]:
+        both = baseline.tasks[task].merge(candidate.tasks[task], on="id", suffixes=("_base", "_cand"))
+        sign = -1 if metrics_of(rows, task) in LOWER_IS_BETTER else 1
+        worse[task] = [str(i) for i in both.loc[sign * (both["score_cand"] - both["score_base"]) < 0, "id"]]
+    return Verdict(rows, bool((rows["verdict"] == "fail").any()), notes, config, candidate.name, baseline.name, worse)
 
 
-def markdown(verdict: Verdict, flips: dict[str, list[str]] | None = None) -> str:
+def metrics_of(rows: pd.DataFrame, task: str) -> str:
+    return rows.loc[rows["task"] == task, "metric"].iloc[0]
+
+
+def markdown(verdict: Verdict) -> str:
     """Verdict first, then one row per task; long flip lists are cut with a count, to fit a PR comment."""
     rows, config = verdict.rows, verdict.config
     failed = rows[rows["verdict"] == "fail"]
@@ -272,7 +298,7 @@ def markdown(verdict: Verdict, flips: dict[str, list[str]] | None = None) -> str
                      f"({r.p_holm:.3g}) | {r.allowed_drop:g} | {power} | {int(r.right_to_wrong)} / "
                      f"{int(r.wrong_to_right)} | {'**FAIL**: ' + r.reasons if r.verdict == 'fail' else 'pass'} |")
     lines += [""] + [f"- {note}" for note in verdict.notes]
-    for task, ids in (flips or {}).items():
+    for task, ids in verdict.worse.items():
         shown = ", ".join(ids[:FLIPS_SHOWN]) + (f", and {len(ids) - FLIPS_SHOWN} more" if len(ids) > FLIPS_SHOWN else "")
         lines.append(f"- {task}: examples that got worse: {shown}")
     text = "\n".join(lines) + "\n"

@@ -41,6 +41,7 @@ def test_a_real_regression_fails_with_exit_1_and_reports_everywhere(tmp_path, mo
     assert gate(tmp_path, "--max-drop", "gsm8k=5", *out) == 1
     text = (tmp_path / "gate.md").read_text()
     assert text.startswith("## forgetbench gate: FAIL") and "| gsm8k | 60 | 50.00 | 30.00 | -20.00" in text
+    assert "- gsm8k: examples that got worse: q0, q1, q2, q3, q4, q5, q6, q7, q8, q9, q10, q11\n" in text
     assert summary.read_text().startswith("earlier step\n## forgetbench gate: FAIL")
     verdict = json.loads((tmp_path / "gate.json").read_text())
     assert verdict["verdict"] == "fail" and {t["task"]: t["verdict"] for t in verdict["tasks"]} == \
@@ -58,9 +59,18 @@ def test_a_drop_within_its_allowance_or_not_significant_passes(tmp_path):
     assert gate(tmp_path / "b") == 0, "2 of 60 lost is noise (p = 0.5)"
 
 
-def test_a_run_against_itself_passes(tmp_path):
-    runs(tmp_path, candidate_lost=0)
-    assert gate(tmp_path) == 0
+def test_a_run_against_itself_passes(tmp_path, capsys):
+    runs(tmp_path, candidate_lost=12)
+    assert main(["gate", "cand", "--baseline", "cand", "--results-dir", str(tmp_path)]) == 0
+    assert "PASS: cand against baseline:cand" in capsys.readouterr().out
+
+
+def test_only_the_named_tasks_are_gated(tmp_path, capsys):
+    runs(tmp_path, candidate_lost=12)
+    assert gate(tmp_path, "--tasks", "mmlu") == 0
+    assert gate(tmp_path, "--tasks", "mmlu,gsm8k") == 1
+    assert gate(tmp_path, "--tasks", "hellaswag") == 2
+    assert "--tasks hellaswag: not scored by both runs" in capsys.readouterr().err
 
 
 def test_an_underpowered_slice_is_said_and_fails_under_strict(tmp_path, capsys):
@@ -129,5 +139,30 @@ def test_long_flip_lists_are_cut_to_fit_a_comment():
                           "delta": -1.0, "delta_low": -1.0, "delta_high": -1.0, "p_value": 0.001, "p_holm": 0.001,
                           "allowed_drop": 0.0, "detectable_drop": 60.0, "underpowered": False,
                           "right_to_wrong": 10, "wrong_to_right": 0, "verdict": "fail", "reasons": "drop"}])
-    text = markdown(Verdict(rows, True, [], GateConfig(), "c", "b"), {"t": [f"id{i}" for i in range(5000)]})
+    text = markdown(Verdict(rows, True, [], GateConfig(), "c", "b", {"t": [f"id{i}" for i in range(5000)]}))
     assert "and 4980 more" in text and len(text) < 65_536
+
+
+def test_a_changed_prediction_is_listed_with_its_id_and_a_diff(tmp_path):
+    """What `bench baseline check` prints when a re-run moved an output."""
+    import shutil
+
+    from bench.gate import changed_predictions
+    from bench.store import read_jsonl, write_jsonl
+
+    runs(tmp_path, candidate_lost=0)
+    assert main(["baseline", "save", "base", str(tmp_path / "baseline"), "--results-dir", str(tmp_path)]) == 0
+    fresh = tmp_path / "fresh"
+    for task in ("gsm8k", "mmlu"):
+        rows = read_jsonl(tmp_path / "baseline" / f"{task}.jsonl")
+        rows = [{**r, "output": "the answer is 4"} for r in rows]
+        if task == "gsm8k":
+            rows[3] = {**rows[3], "output": "the answer is 5", "score": 0.0}
+        write_jsonl(fresh / task / "predictions.jsonl", rows)
+    for task in ("gsm8k", "mmlu"):
+        saved = [{**r, "output": "the answer is 4"} for r in read_jsonl(tmp_path / "baseline" / f"{task}.jsonl")]
+        write_jsonl(tmp_path / "baseline" / f"{task}.jsonl", saved)
+    [change] = changed_predictions(tmp_path / "baseline", fresh)
+    assert change.startswith("gsm8k q3: score 1.0 -> 0.0") and "-the answer is 4\n+the answer is 5" in change
+    shutil.rmtree(fresh / "mmlu")
+    assert any("only in the baseline" in c for c in changed_predictions(tmp_path / "baseline", fresh))
