@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci
+from bench.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci, detectable_difference
 from bench.store import RUN_FILE, read_jsonl
 from bench.types import BenchError
 
@@ -32,13 +32,16 @@ def scale(metric: str) -> float:
 def format_cell(row: Any, reference: str, newline: str) -> str:
     """One run's cell of a comparison table: score [CI]; for a run other than the reference, then the delta
     [paired CI] with its p-value (* below 0.05), then how many examples changed each way (for a score that is
-    not pass/fail, such as drift's KL, "up" and "down" carry no judgement)."""
+    not pass/fail, such as drift's KL, "up" and "down" carry no judgement), then the smallest delta its n detects
+    at 5% with 80% power."""
     k = scale(row.metric)
     cell = f"{k * row.score:.2f} [{k * row.ci_low:.2f}, {k * row.ci_high:.2f}]"
     if row.run != reference:
         cell += (f"{newline}Δ {k * row.delta:+.2f}{'*' if row.significant else ''} "
                  f"[{k * row.delta_low:+.2f}, {k * row.delta_high:+.2f}] p={row.p_value:.3g}"
                  f"{newline}{changes(row.right_to_wrong, row.wrong_to_right, row.test == PASS_FAIL_TEST)}")
+        if pd.notna(row.get("detectable")):
+            cell += f"{newline}detectable ±{k * row.detectable:.2f}"
     return cell
 
 
@@ -178,6 +181,7 @@ def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
                 right_to_wrong, wrong_to_right = int(np.sum(diff < 0)), int(np.sum(diff > 0))
                 p = mcnemar_exact(right_to_wrong, wrong_to_right) if binary else sign_flip_p(diff)
                 row.update(delta=float(diff.mean()), delta_low=low, delta_high=high, p_value=p,
+                           detectable=detectable_difference(diff, binary),
                            test=PASS_FAIL_TEST if binary else "paired sign-flip permutation",
                            right_to_wrong=right_to_wrong, wrong_to_right=wrong_to_right,
                            significant=bool(p < 1 - LEVEL))
@@ -211,7 +215,8 @@ def head_to_head_rows(reference: RunScores, others: list[RunScores], task: str) 
         rows.append({**head, "run": run.name, "n": metrics["n"], "score": metrics["mean"], "ci_low": metrics["ci_low"],
                      "ci_high": metrics["ci_high"], "delta": metrics["mean"] - 0.5, "delta_low": metrics["ci_low"] - 0.5,
                      "delta_high": metrics["ci_high"] - 0.5, "p_value": p, "test": HEAD_TO_HEAD_TEST,
-                     "right_to_wrong": losses, "wrong_to_right": wins, "significant": bool(p < 1 - LEVEL)})
+                     "right_to_wrong": losses, "wrong_to_right": wins, "significant": bool(p < 1 - LEVEL),
+                     "detectable": detectable_difference(judged["score"].to_numpy() - 0.5, False)})
     return rows
 
 

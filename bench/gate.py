@@ -3,15 +3,14 @@
 A gated task fails when its drop from the baseline is larger than the drop allowed for it AND the paired test says
 the drop is real: p below alpha after a Holm correction across the gated tasks (McNemar's exact test for pass/fail
 scores, the paired sign-flip permutation test otherwise: `bench compare`'s statistics). A floor (`require`) also
-fails a candidate scoring below it. Each task gets a power note: the smallest drop its n could show at all at that
-alpha (every changed example going the same way), so a pass on a small slice is not read as "no regression".
+fails a candidate scoring below it. Each task gets a power note: the smallest drop its n detects at 5% with 80% power
+(bench/stats.py), so a pass on a small slice is not read as "no regression".
 
 Exit codes: 0 no regression, 1 a regression, 2 a usage or data error (or any crash: never read as a regression).
 """
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -201,14 +200,6 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def detectable_drop(n: int, alpha: float) -> float:
-    """For pass/fail scores, the smallest drop (a fraction) that n paired examples could show at two-sided level
-    alpha: k examples all lost and none gained give McNemar's exact p = 2^(1-k), so the drop is at least k/n; inf
-    when even n examples are not enough."""
-    k = max(1, math.ceil(1 - math.log2(alpha)))
-    return k / n if k <= n else math.inf
-
-
 @dataclass
 class Verdict:
     rows: pd.DataFrame
@@ -252,10 +243,8 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig, tasks: l
         lower_is_better = r.metric in LOWER_IS_BETTER
         drop = k * (r.delta if lower_is_better else -r.delta)
         allowed = config.allowed_drop(r.task, r.capability)
-        pass_fail = r.test == "McNemar exact" and not lower_is_better  # drift's zeros are not pass/fail
-        floor = k * detectable_drop(int(r.n), config.alpha) if pass_fail else float("nan")
-        # Only an allowance can be out of reach; False for nan (continuous scores can show any drop).
-        underpowered = allowed > 0 and floor > allowed
+        floor = k * r.detectable  # bench compare's: at 5% with 80% power, from the paired differences' spread
+        underpowered = allowed > 0 and floor > allowed  # only an allowance can be out of reach
         reasons = []
         if drop > allowed and r.p_holm < config.alpha:
             reasons.append(f"drop {drop:.2f} > allowed {allowed:g}, p_holm={r.p_holm:.3g}")
@@ -291,8 +280,7 @@ def markdown(verdict: Verdict) -> str:
                    "changed (down / up) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in rows.iterrows():
         k = scale(r.metric)
-        power = "n/a" if math.isnan(r.detectable_drop) else \
-            f"{r.detectable_drop:.2f}" + (" (underpowered)" if r.underpowered else "")
+        power = f"{r.detectable_drop:.2f}" + (" (underpowered)" if r.underpowered else "")
         lines.append(f"| {r.task} | {int(r.n)} | {k * r.baseline_score:.2f} | {k * r.score:.2f} | "
                      f"{k * r.delta:+.2f} [{k * r.delta_low:+.2f}, {k * r.delta_high:+.2f}] | {r.p_value:.3g} "
                      f"({r.p_holm:.3g}) | {r.allowed_drop:g} | {power} | {int(r.right_to_wrong)} / "

@@ -113,7 +113,8 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) ->
                   "lost / gained: examples right->wrong / wrong->right; down / up: examples whose score fell / rose.",
               "", "| run | capability | reference | score | retention | Δ |", "|---|---|---|---|---|---|"]
     for _, r in capabilities.iterrows():
-        retention = "" if "forgetting" in r and pd.notna(r["forgetting"]) else f"{r.retention:.3f}"
+        retention = "" if "forgetting" in r and pd.notna(r["forgetting"]) else \
+            f"{r.retention:.3f}" if pd.notna(r.retention) else "n/a (the reference scores 0)"
         lines.append(f"| {r.run} | {r.capability}{' (trained)' if r.trained else ''} | {100 * r.reference:.2f} | "
                      f"{100 * r.score:.2f} | {retention} | {100 * r.delta:+.2f} |")
     razor, rho = drift_against_forgetting(table, capabilities)

@@ -20,7 +20,7 @@ from bench.judge import Judge, length_controlled, order_statistics, win_rates
 from bench.lmeval import Harness
 from bench.models import LoadedModel
 from bench.sandbox import OUTCOMES, Sandbox, isolation_notes
-from bench.stats import bootstrap_ci
+from bench.stats import mean_ci
 from bench.store import RunStore
 from bench.types import HarnessTask, Score, Task
 
@@ -264,9 +264,9 @@ def pass_at_k(correct: list[int], samples: int) -> dict[str, float]:
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
-    low, high = bootstrap_ci(values)
+    low, high, method = mean_ci(values)
     return {"mean": sum(values) / len(values), "ci_low": low, "ci_high": high, "ci_level": 0.95,
-            "ci_method": "percentile bootstrap, 10,000 resamples, seed 0", "n": len(values)}
+            "ci_method": method, "n": len(values)}
 
 
 def execute(programs: list[str], sandbox: Sandbox, cache: Cache | None, progress=None,

@@ -1,4 +1,5 @@
-"""Confidence intervals for per-example scores."""
+"""Confidence intervals for per-example scores: Wilson score intervals for pass/fail means (the percentile bootstrap
+collapses to [0, 0] at 0/n and under-covers at small n), the percentile bootstrap for continuous scores."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,3 +23,38 @@ def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = BOOT
     alpha = (1 - level) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return float(low), float(high)
+
+
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion, scipy's."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, str]:
+    """The interval of a mean and how it was made: Wilson for pass/fail scores, else the percentile bootstrap."""
+    if not values:
+        raise ValueError("no values for an interval")
+    if all(v in (0.0, 1.0) for v in values):
+        return (*wilson_ci(int(sum(values)), len(values), level), "Wilson score")
+    return (*bootstrap_ci(values, level), f"percentile bootstrap, {BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}")
+
+
+def detectable_difference(differences: np.ndarray, pass_fail: bool, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest mean paired difference this many examples detect with `power` at two-sided level `alpha`:
+    (z_(1-alpha/2) + z_power) * spread / sqrt(n), the spread being the paired differences' standard deviation (for
+    pass/fail scores, the square root of the discordant share, as in McNemar's test). For pass/fail scores it is never
+    below what the exact test can show at all: k discordant examples, all one way, give p = 2^(1-k), so k / n."""
+    from scipy.stats import norm
+
+    n = len(differences)
+    if n < 2:
+        return float("inf")
+    z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
+    if pass_fail:
+        k = max(1, int(np.ceil(1 - np.log2(alpha))))
+        floor = k / n if k <= n else float("inf")
+        return max(z * float(np.sqrt(np.mean(differences != 0))) / np.sqrt(n), floor)
+    return z * float(np.std(differences, ddof=1)) / np.sqrt(n)

@@ -93,3 +93,10 @@ def test_drift_is_set_against_forgetting_and_gain_with_a_rank_correlation(tmp_pa
     assert report["drift_vs_forgetting"]["spearman_kl_forgetting"] == pytest.approx(1.0)
     two = frame[frame["run"].isin(["seed", "a", "b"])]
     assert drift_against_forgetting(two, forgetting(two, "seed", {"a": "math", "b": "math"}))[1] is None
+
+
+def test_retention_where_the_reference_scores_zero_is_na_with_the_reason(tmp_path):
+    rows = table()
+    rows.loc[(rows["run"] == "seed") & (rows["task"] == "gsm8k"), "score"] = 0.0
+    md = (write_report(tmp_path / "r", rows, "seed", {"sft": "knowledge"}) / "report.md").read_text()
+    assert "| sft | math | 0.00 | 30.00 | n/a (the reference scores 0) |" in md and "nan" not in md
