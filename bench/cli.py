@@ -169,25 +169,35 @@ def _adapter_prompt_format(adapter: str | None) -> str | None:
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     import json
 
-    from bench.compare import compare, flips, format_cell
+    from bench.compare import compare_runs, flips, format_cell, load_run, method_verdicts, verdict_lines
     from bench.report import trained_capability, write_report
 
     results_dir = Path(args.results_dir)
-    table_rows = compare(results_dir, args.runs)
+    if len(args.runs) < 2:
+        raise BenchError("bench compare needs a reference run and at least one other run")
+    runs = [load_run(results_dir, name) for name in args.runs]
+    table_rows = compare_runs(runs)
     reference = args.runs[0]
     records = {name: json.loads((results_dir / "runs" / name / "run.json").read_text()) for name in args.runs}
     trained = {name: trained_capability(records[name]) for name in args.runs[1:]}
+    for name in table_rows["run"].unique():  # a method over its seeds: trained as its seeds were
+        member = next((run for run in args.runs if run.startswith(name.rsplit(" (", 1)[0] + "-s")), None)
+        if name not in records and member is not None:
+            trained[name] = trained[member]
+    verdicts = method_verdicts(runs[0], runs[1:], trained)
     report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), table_rows, reference,
-                          trained, records)
+                          trained, records, verdicts)
     table = Table(title=f"scores (%; drift: KL in nats) with 95% intervals; deltas against {reference}, paired over "
                         f"the same examples (* p < 0.05; lost / gained: examples right->wrong / wrong->right)")
     table.add_column("task")
-    for name in args.runs:
+    for name in table_rows["run"].unique():  # the runs, then each method over its training seeds
         table.add_column(name, justify="right")
     for task, group in table_rows.groupby("task", sort=False):
         cells = [format_cell(r, reference, "\n") for _, r in group.iterrows()]
         table.add_row(f"{task}\n{group.iloc[0].metric} (n={group.iloc[0].n})", *cells)
     console.print(table)
+    for line in verdict_lines(verdicts):
+        console.print(f"verdict: {line}", markup=False, highlight=False)
     for name in args.runs[1:] if args.flips else ():
         changed = flips(results_dir, reference, name, args.flips)
         flip_table = Table(title=f"{args.flips}: {len(changed)} examples changed from {reference} to {name}")
@@ -329,43 +339,47 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
         timings[label] = round(time.perf_counter() - started, 1)
 
     checkpoints = Path(args.results_dir) / "checkpoints"
-    for method in profile.methods:
+    trained = profile.trained_names()
+    for method, seed, name in trained:
         teacher = {}
         if method == "gkd":
             adapter = profile.teacher_adapter
+            suffix = f"-s{seed}" if seed is not None else ""  # the teacher fine-tune of the same training seed
             teacher = {"teacher": profile.teacher or profile.model,
-                       "teacher_adapter": str(checkpoints / f"{profile.name}-{adapter}") if adapter in profile.methods
-                       else adapter}
-        stage(f"train {method}", cmd_train, method=method, task=profile.train_task, model=profile.model,
-              limit=profile.train_limit, epochs=None, config=None, config_values=profile.train_config(method),
-              name=f"{profile.name}-{method}", dtype=profile.dtype, prompt_format=profile.prompt_format, **teacher)
-    runs = [f"{profile.name}-seed"] + [f"{profile.name}-{m}" for m in profile.methods]
-    for run, method in zip(runs, [None, *profile.methods]):
-        adapter = str(checkpoints / f"{profile.name}-{method}") if method else None
+                       "teacher_adapter": str(checkpoints / f"{profile.name}-{adapter}{suffix}")
+                       if adapter in profile.methods else adapter}
+        values = profile.train_config(method) | ({"seed": seed} if seed is not None else {})
+        stage(f"train {name.removeprefix(profile.name + '-')}", cmd_train, method=method, task=profile.train_task,
+              model=profile.model, limit=profile.train_limit, epochs=None, config=None, config_values=values,
+              name=name, dtype=profile.dtype, prompt_format=profile.prompt_format, **teacher)
+    runs = [f"{profile.name}-seed"] + [name for _, _, name in trained]
+    for run, name in zip(runs, [None, *runs[1:]]):
+        adapter = str(checkpoints / name) if name else None
         stage(f"eval {run.removeprefix(profile.name + '-')}", cmd_eval, model=profile.model, adapter=adapter,
               suite=profile.suites, tasks=profile.tasks, limit=profile.limit, task_limits=profile.task_limits, name=run,
               batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype,
               prompt_format=profile.prompt_format, judge=profile.judge, judge_orders=profile.judge_orders)
     stage("compare", cmd_compare, runs=runs, flips=None, name=profile.name)
     timings["total"] = round(sum(timings.values()), 1)
-    work = _work_seconds(Path(args.results_dir), profile.name, profile.methods, runs)
+    work = _work_seconds(Path(args.results_dir), profile.name, runs)
     write_json(Path(args.results_dir) / "reports" / profile.name / "stages.json", {**timings, "work": work})
     console.print("stage seconds: " + json.dumps(timings))
     console.print("work seconds, when it was done: " + json.dumps(work))
 
 
-def _work_seconds(results_dir: Path, profile: str, methods: list[str], runs: list[str]) -> dict[str, dict[str, float]]:
+def _work_seconds(results_dir: Path, profile: str, runs: list[str]) -> dict[str, dict[str, float]]:
     """Where each stage's work spent its time when it was done (distillation and training inside `train sdft`,
     each task inside an `eval`), read from train.json and run.json: a re-run that reuses the work keeps them."""
     import json
 
     work: dict[str, dict[str, float]] = {}
-    for method in methods:
-        record = json.loads((results_dir / "checkpoints" / f"{profile}-{method}" / "train.json").read_text())
-        work[f"train {method}"] = {"training": record["seconds"]}
+    for name in runs[1:]:  # the fine-tunes: checkpoint and run share the name
+        record = json.loads((results_dir / "checkpoints" / name / "train.json").read_text())
+        label = f"train {name.removeprefix(profile + '-')}"
+        work[label] = {"training": record["seconds"]}
         if "distillation" in record:
-            work[f"train {method}"]["distil"] = record["distillation"]["seconds"]
-        work[f"train {method}"].update(record.get("seconds_by_part", {}))  # the on-policy trainers' parts
+            work[label]["distil"] = record["distillation"]["seconds"]
+        work[label].update(record.get("seconds_by_part", {}))  # the on-policy trainers' parts
     for run in runs:
         tasks = json.loads((results_dir / "runs" / run / "run.json").read_text())["timings"]
         tasks.pop("total", None)

@@ -7,6 +7,7 @@ scores, a paired sign-flip permutation test otherwise).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci, detectable_difference
+from bench.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POWER_Z, bootstrap_ci, detectable_difference,
+                         hierarchical_means)
 from bench.store import RUN_FILE, read_jsonl
 from bench.types import BenchError
 
@@ -40,6 +42,9 @@ def format_cell(row: Any, reference: str, newline: str) -> str:
         cell += (f"{newline}Δ {k * row.delta:+.2f}{'*' if row.significant else ''} "
                  f"[{k * row.delta_low:+.2f}, {k * row.delta_high:+.2f}] p={row.p_value:.3g}"
                  f"{newline}{changes(row.right_to_wrong, row.wrong_to_right, row.test == PASS_FAIL_TEST)}")
+        if isinstance(row.get("seed_deltas"), list):
+            cell += (f"{newline}seeds: {', '.join(f'{k * d:+.2f}' for d in row.seed_deltas)} "
+                     f"({int(row.seeds_agreeing)}/{len(row.seed_deltas)} agree in sign)")
         if pd.notna(row.get("detectable")):
             cell += f"{newline}detectable ±{k * row.detectable:.2f}"
     return cell
@@ -188,7 +193,47 @@ def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
             rows.append(row)
     for task in tasks:
         rows += head_to_head_rows(reference, runs[1:], task)
+    for stem, members in seed_groups(runs[1:]).items():
+        rows += [seeded_row(reference, stem, members, task) for task in tasks]
     return pd.DataFrame(rows)
+
+
+SEEDED = re.compile(r"^(?P<stem>.+)-s(?P<seed>\d+)$")  # a fine-tune's run per training seed: METHOD-sN
+
+
+def seed_groups(runs: list[RunScores]) -> dict[str, list[RunScores]]:
+    """Runs named STEM-sN for two or more N: one method trained with several training seeds."""
+    groups: dict[str, list[RunScores]] = {}
+    for run in runs:
+        if match := SEEDED.match(run.name):
+            groups.setdefault(match["stem"], []).append(run)
+    return {stem: members for stem, members in groups.items() if len(members) >= 2}
+
+
+def seeded_row(reference: RunScores, stem: str, members: list[RunScores], task: str) -> dict[str, Any]:
+    """A method over its training seeds: the mean over seeds of the paired delta to the reference, its interval
+    from a hierarchical bootstrap (seeds, then examples within them), each seed's delta, how many agree in sign."""
+    pairs = [aligned(reference, run, task) for run in members]
+    diffs = [other - ref for ref, other, _ in pairs]
+    deltas = [float(d.mean()) for d in diffs]
+    delta = float(np.mean(deltas))
+    draws = hierarchical_means(diffs)
+    scores = hierarchical_means([other for _, other, _ in pairs])
+    low, high = np.quantile(draws, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
+    p = float(min(1.0, 2 * min(np.mean(draws <= 0), np.mean(draws >= 0)))) if delta else 1.0
+    metrics = members[0].metrics[task]
+    # Detectable: the examples' part (the same examples for every seed, so not shrunk by more seeds) and the
+    # seed-to-seed spread's part, added in quadrature.
+    within = float(np.mean([detectable_difference(d, is_binary(ref, other)) for (ref, other, _), d in zip(pairs, diffs)]))
+    between = POWER_Z * float(np.std(deltas, ddof=1)) / np.sqrt(len(deltas))
+    return {"task": task, "capability": metrics.get("capability"), "metric": metrics.get("metric"),
+            "run": f"{stem} ({len(members)} seeds)", "n": len(pairs[0][2]), "score": float(np.mean([o.mean() for _, o, _ in pairs])),
+            "ci_low": float(np.quantile(scores, 0.025)), "ci_high": float(np.quantile(scores, 0.975)),
+            "delta": delta, "delta_low": float(low), "delta_high": float(high), "p_value": p,
+            "test": "hierarchical bootstrap (seeds, then examples)", "significant": bool(low > 0 or high < 0),
+            "right_to_wrong": int(sum(np.sum(d < 0) for d in diffs)), "wrong_to_right": int(sum(np.sum(d > 0) for d in diffs)),
+            "detectable": float(np.hypot(within, between)), "seed_deltas": deltas,
+            "seeds_agreeing": int(max(sum(d > 0 for d in deltas), sum(d < 0 for d in deltas)))}
 
 
 def head_to_head_rows(reference: RunScores, others: list[RunScores], task: str) -> list[dict[str, Any]]:
@@ -232,3 +277,75 @@ def flips(results_dir: Path, reference: str, other: str, task: str) -> pd.DataFr
     down, up = ("right->wrong", "wrong->right") if is_binary(ref, oth) else ("down", "up")
     return pd.DataFrame({"id": np.asarray(ids)[changed], reference: ref[changed], other: oth[changed],
                          "direction": np.where(oth[changed] < ref[changed], down, up)})
+
+
+def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[str, str | None],
+                    resamples: int = 2000, seed: int = BOOTSTRAP_SEED) -> list[dict[str, Any]]:
+    """For each pair of methods (a method: a run, or its runs over training seeds), which forgets less on the
+    capabilities it was not trained for (mean forgetting: minus the mean over those capabilities of the mean delta
+    of their tasks) and which drifts less (the drift task's KL), each with the difference's interval and the
+    probability over a joint bootstrap that the order holds. Every replicate draws the seeds (paired by seed index
+    where methods have as many) and one resample of each task's examples, shared by all methods."""
+    groups = seed_groups(runs)
+    grouped = {r.name for members in groups.values() for r in members}
+    methods = {f"{stem} ({len(members)} seeds)": members for stem, members in groups.items()}
+    methods |= {r.name: [r] for r in runs if r.name not in grouped}
+    tasks = [t for t in reference.tasks if all(t in r.tasks for members in methods.values() for r in members)]
+    if len(methods) < 2 or not tasks:
+        return []
+    rng = np.random.default_rng(seed)
+    seed_draws = {size: rng.integers(0, size, size=(resamples, size)) for size in {len(m) for m in methods.values()}}
+    example_draws = {t: rng.integers(0, len(reference.tasks[t]), size=(resamples, len(reference.tasks[t])))
+                     for t in tasks}
+    kinds = {t: reference.metrics[t].get("metric") for t in tasks}
+    capability = {t: reference.metrics[t].get("capability") for t in tasks}
+    summary: dict[str, dict[str, np.ndarray | float]] = {}
+    for name, members in methods.items():
+        deltas, point = {}, {}
+        for t in tasks:
+            values = np.stack([other - ref for ref, other, _ in (aligned(reference, r, t) for r in members)])
+            s, e = seed_draws[len(members)], example_draws[t]
+            deltas[t] = np.concatenate([values[s[i:i + 200, :, None], e[i:i + 200, None, :]].mean(axis=(1, 2))
+                                        for i in range(0, resamples, 200)])
+            point[t] = float(values.mean())
+        untrained = sorted({capability[t] for t in tasks if kinds[t] not in RAW_METRICS} - {trained.get(name)})
+        forget = lambda d: -np.mean([np.mean([d[t] for t in tasks if capability[t] == c and kinds[t] not in RAW_METRICS],
+                                             axis=0) for c in untrained], axis=0) if untrained else np.nan
+        drift_tasks = [t for t in tasks if kinds[t] in RAW_METRICS]
+        summary[name] = {"forgetting": forget(point), "forgetting_draws": forget(deltas),
+                         "drift": point[drift_tasks[0]] if drift_tasks else np.nan,
+                         "drift_draws": deltas[drift_tasks[0]] if drift_tasks else np.nan}
+    verdicts = []
+    names = list(methods)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            row = {"a": a, "b": b, "seeds_a": len(methods[a]), "seeds_b": len(methods[b])}
+            for key in ("forgetting", "drift"):
+                if np.isnan(summary[a][key]) or np.isnan(summary[b][key]):
+                    continue
+                diff = summary[a][f"{key}_draws"] - summary[b][f"{key}_draws"]
+                row |= {f"{key}_a": float(summary[a][key]), f"{key}_b": float(summary[b][key]),
+                        f"{key}_diff": float(summary[a][key] - summary[b][key]),
+                        f"{key}_low": float(np.quantile(diff, 0.025)), f"{key}_high": float(np.quantile(diff, 0.975)),
+                        f"p_a_less_{key}": float(np.mean(diff < 0))}
+            verdicts.append(row)
+    return verdicts
+
+
+def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
+    """The study's verdict in words: per pair, who forgets less and who drifts less, and how sure the bootstrap is."""
+    lines = []
+    for v in verdicts:
+        for key, unit, scale_, verb in (("forgetting", "points", 100.0, "forgets less on its untrained capabilities"),
+                                        ("drift", "nats", 1.0, "drifts less from the reference")):
+            if f"{key}_diff" not in v:
+                continue
+            less, more = (v["a"], v["b"]) if v[f"{key}_diff"] < 0 else (v["b"], v["a"])
+            p = v[f"p_a_less_{key}"] if less == v["a"] else 1 - v[f"p_a_less_{key}"]
+            lines.append(f"{less} {verb} than {more}: {scale_ * v[f'{key}_a']:.2f} ({v['a']}) vs "
+                         f"{scale_ * v[f'{key}_b']:.2f} ({v['b']}) {unit}, difference {scale_ * v[f'{key}_diff']:+.2f} "
+                         f"[{scale_ * v[f'{key}_low']:+.2f}, {scale_ * v[f'{key}_high']:+.2f}]; the order holds in "
+                         f"{100 * p:.0f}% of bootstrap replicates"
+                         + (" (one training seed each: over examples only, not over training runs)"
+                            if v["seeds_a"] == v["seeds_b"] == 1 else ""))
+    return lines

@@ -35,10 +35,17 @@ class Profile:
     teacher_adapter: str | None = None  # an adapter on it: a directory, or a method of this study (its checkpoint)
     judge: str | None = None  # the judge of judged tasks (`bench eval --judge`; default: the local default judge)
     judge_orders: str = "both"  # or "random" (`bench eval --judge-orders`)
+    seeds: list[int] = field(default_factory=list)  # training seeds: each method trained once per seed (METHOD-sN)
 
     def train_config(self, method: str) -> dict[str, Any]:
         """The config keys of a method: [sft]'s, with the method's own table over them."""
         return {**self.sft, **getattr(self, method, {})} if method in ("gkd", "onpolicy_sd") else self.sft
+
+    def trained_names(self) -> list[tuple[str, int | None, str]]:
+        """(method, training seed, checkpoint and run name) of every fine-tune: `PROFILE-METHOD`, or with `seeds`
+        `PROFILE-METHOD-sN` per seed (each method's config trained with seed N)."""
+        return [(m, s, f"{self.name}-{m}" + (f"-s{s}" if s is not None else ""))
+                for m in self.methods for s in (self.seeds or [None])]
 
 
 def load_profile(spec: str) -> Profile:
@@ -55,7 +62,7 @@ def load_profile(spec: str) -> Profile:
     for key, value in values.items():
         if key not in types:
             raise BenchError(f"{path}: unknown key {key!r} (keys: {', '.join(types)})")
-        expected = {"str": str, "str | None": str, "int | None": int, "int": int, "list[str]": list, "dict[str, int]": dict,
+        expected = {"str": str, "str | None": str, "int | None": int, "int": int, "list[str]": list, "list[int]": list, "dict[str, int]": dict,
                     "dict[str, Any]": dict}[types[key]]
         if not isinstance(value, expected) or isinstance(value, bool):
             raise BenchError(f"{path}: key {key!r} must be {types[key]}, got {type(value).__name__}")
@@ -70,6 +77,9 @@ def load_profile(spec: str) -> Profile:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise BenchError(f"{path}: key 'methods': unknown method {unknown[0]!r} ({', '.join(METHODS)})")
+    seeds = values.get("seeds", [])
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise BenchError(f"{path}: key 'seeds' must be a list of distinct whole numbers")
     if values.get("judge_orders", "both") not in ("both", "random"):
         raise BenchError(f"{path}: key 'judge_orders' must be both or random")
     adapter = values.get("teacher_adapter")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.compare import RAW_METRICS, format_cell
+from bench.compare import RAW_METRICS, format_cell, verdict_lines
 from bench.store import atomic_write_text, write_json
 
 UNTRAINED_MEAN = "untrained capabilities (mean)"
@@ -188,13 +188,16 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
 
 
 def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: dict[str, str | None],
-                 runs: dict[str, dict[str, Any]] | None = None) -> Path:
+                 runs: dict[str, dict[str, Any]] | None = None, verdicts: list[dict[str, Any]] | None = None) -> Path:
     """All four files, each written atomically; report.json also carries each run's provenance (from the
-    run.json records in `runs`). Returns the directory."""
+    run.json records in `runs`) and the study's verdict (bench.compare.method_verdicts), which report.md puts first.
+    Returns the directory."""
     capabilities = forgetting(table, reference, trained)
     razor, rho = drift_against_forgetting(table, capabilities)
     traced = {name: provenance(record) for name, record in (runs or {}).items()}
-    text = markdown(table, reference, capabilities) + "".join(
+    said = verdict_lines(verdicts or [])
+    text = ("## Verdict\n\n" + "".join(f"- {line}\n" for line in said) + "\n" if said else "") + \
+        markdown(table, reference, capabilities) + "".join(
         f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
         f"{p['dtype']}, {p['prompt_format']} prompts, git {((p['git'] or {}).get('commit') or 'unknown')[:12]}"
         f"{' (uncommitted changes)' if (p['git'] or {}).get('dirty') else ''}\n" for name, p in traced.items())
@@ -205,6 +208,7 @@ def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: di
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tasks": json.loads(table.to_json(orient="records")),
         "capabilities": json.loads(capabilities.to_json(orient="records")),
+        "verdict": verdicts or [],
         "drift_vs_forgetting": dict(zip(("runs", "spearman_kl_forgetting"), (
             json.loads(razor.to_json(orient="records")), rho))),
         "provenance": traced})
@@ -232,5 +236,6 @@ def _markdown_table_html(text: str) -> str:
                         + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</table>")
             rows = []
         if line:
-            html.append(f"<p>{line.replace('&', '&amp;').replace('<', '&lt;')}</p>")
+            escaped = line.replace('&', '&amp;').replace('<', '&lt;')
+            html.append(f"<h2>{escaped[3:]}</h2>" if line.startswith("## ") else f"<p>{escaped}</p>")
     return "".join(html)

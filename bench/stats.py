@@ -6,6 +6,7 @@ import numpy as np
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
+POWER_Z = 1.959964 + 0.841621  # two-sided 5% and 80% power
 
 
 def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -52,9 +53,26 @@ def detectable_difference(differences: np.ndarray, pass_fail: bool, alpha: float
     n = len(differences)
     if n < 2:
         return float("inf")
-    z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
+    z = POWER_Z if (alpha, power) == (0.05, 0.8) else norm.ppf(1 - alpha / 2) + norm.ppf(power)
     if pass_fail:
         k = max(1, int(np.ceil(1 - np.log2(alpha))))
         floor = k / n if k <= n else float("inf")
         return max(z * float(np.sqrt(np.mean(differences != 0))) / np.sqrt(n), floor)
     return z * float(np.std(differences, ddof=1)) / np.sqrt(n)
+
+
+def hierarchical_means(per_seed: list[np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                       seed_draws: np.ndarray | None = None) -> np.ndarray:
+    """Bootstrap means of scores from several training seeds (`per_seed[j]`: seed j's per-example values, the same
+    examples for every seed): resample the seeds, then the examples within each drawn seed. `seed_draws`
+    ([resamples, seeds] indices) lets several quantities share their seed draws."""
+    values = np.stack(per_seed)  # [seeds, examples]
+    rng = np.random.default_rng(seed)
+    n_seeds, n = values.shape
+    draws = seed_draws if seed_draws is not None else rng.integers(0, n_seeds, size=(resamples, n_seeds))
+    means = np.empty(len(draws))
+    for start in range(0, len(draws), 500):  # chunks bound memory
+        chunk = draws[start:start + 500]
+        examples = rng.integers(0, n, size=(len(chunk), n_seeds, n))
+        means[start:start + 500] = values[chunk[:, :, None], examples].mean(axis=(1, 2))
+    return means

@@ -90,3 +90,35 @@ def test_scores_that_are_not_pass_fail_change_down_or_up(tmp_path, capsys):
     assert set(flips(tmp_path, "seed", "sft", "drift")["direction"]) == {"up"}
     assert main(["compare", "seed", "sft", "--results-dir", str(tmp_path)]) == 0
     assert "0 down / 8 up" in capsys.readouterr().out
+
+
+def test_a_method_over_training_seeds_gets_a_hierarchical_interval_and_its_seeds(tmp_path, capsys):
+    """Three seeds of one method: the mean delta over seeds, an interval over seeds and examples, each seed's
+    delta and how many agree in sign; a method whose seeds disagree gets a wide interval."""
+    n = 100
+    seed = [(f"q{i}", 1.0 if i < 50 else 0.0) for i in range(n)]
+    write_run(tmp_path, "seed", {"arc": seed})
+    for s, lost in enumerate((10, 12, 8)):  # consistent: every seed loses about 10 points
+        write_run(tmp_path, f"sft-s{s}", {"arc": [(i, 0.0 if k < lost else v) for k, (i, v) in enumerate(seed)]})
+    for s, lost in enumerate((20, 0, -20)):  # inconsistent: one loses 20, one gains 20
+        rows = [(i, 0.0 if k < lost else 1.0 if 50 <= k < 50 - lost else v) for k, (i, v) in enumerate(seed)]
+        write_run(tmp_path, f"sdft-s{s}", {"arc": rows})
+    names = ["seed"] + [f"sft-s{s}" for s in range(3)] + [f"sdft-s{s}" for s in range(3)]
+    table = compare(tmp_path, names).set_index("run")
+    sft, sdft = table.loc["sft (3 seeds)"], table.loc["sdft (3 seeds)"]
+    assert sft.delta == pytest.approx(-0.10) and sft.seed_deltas == pytest.approx([-0.10, -0.12, -0.08])
+    assert sft.seeds_agreeing == 3 and sft.delta_high < 0 and sft.significant
+    assert sdft.delta == pytest.approx(0.0) and sdft.seeds_agreeing == 1 and not sdft.significant
+    assert sdft.delta_high - sdft.delta_low > 2 * (sft.delta_high - sft.delta_low), "the seed spread widens it"
+    assert sdft.detectable > sft.detectable
+    assert main(["compare", *names, "--results-dir", str(tmp_path), "--name", "seeds"]) == 0
+    report = (tmp_path / "reports" / "seeds" / "report.md").read_text()
+    assert "seeds: -10.00, -12.00, -8.00 (3/3 agree in sign)" in report
+    assert report.startswith("## Verdict\n\n- sdft (3 seeds) forgets less on its untrained capabilities than sft (3 seeds)")
+    from bench.compare import load_run, method_verdicts
+
+    runs = [load_run(tmp_path, name) for name in names]
+    [verdict] = method_verdicts(runs[0], runs[1:], {})
+    assert (verdict["a"], verdict["b"], verdict["seeds_a"]) == ("sft (3 seeds)", "sdft (3 seeds)", 3)
+    assert verdict["forgetting_a"] == pytest.approx(0.10) and verdict["forgetting_b"] == pytest.approx(0.0)
+    assert 0.5 < 1 - verdict["p_a_less_forgetting"] < 1, "sdft's seeds disagree: the order is likely, not certain"

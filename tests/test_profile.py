@@ -34,7 +34,7 @@ def test_paper_profile_is_the_studys_configuration_line_by_line():
     assert paper.prompt_format == "study"
 
 
-@pytest.mark.parametrize("name", ["tiny", "paper", "tiny-helpfulness"])
+@pytest.mark.parametrize("name", ["tiny", "paper", "tiny-helpfulness", "tiny-seeds"])
 def test_shipped_profiles_name_known_tasks_and_valid_training(name):
     from fine_tune.sft import config_from_dict
     from tasks import TASKS, select_tasks
@@ -124,3 +124,42 @@ def test_helpfulness_profile_trains_what_the_tiny_study_trains():
     assert (helpfulness.model, helpfulness.train_task, helpfulness.train_limit, helpfulness.sft) == \
         (tiny.model, tiny.train_task, tiny.train_limit, tiny.sft)
     assert helpfulness.tasks == ["alpaca_eval"] and helpfulness.judge is None  # the default local judge
+
+
+def test_a_seeded_study_trains_each_method_per_seed_and_reads_them_together(capsys, tiny_model_dir, fixture_data,
+                                                                             tmp_path):
+    profile = tmp_path / "seeded.toml"
+    profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\ntrain_task = "gsm8k"\ntrain_limit = 4\n'
+                       'methods = ["sft", "gkd"]\nseeds = [0, 1]\n'
+                       f'teacher = "{tiny_model_dir}"\nteacher_adapter = "sft"\n'
+                       'tasks = ["gsm8k", "drift"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
+                       'epochs = 1\n[gkd]\nmax_new_tokens = 4\n')
+    args = ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    names = ["seeded-sft-s0", "seeded-sft-s1", "seeded-gkd-s0", "seeded-gkd-s1"]
+    for name, seed in zip(names, (0, 1, 0, 1)):
+        trained = json.loads((tmp_path / "checkpoints" / name / "train.json").read_text())
+        assert trained["identity"]["config"]["seed"] == seed
+    gkd = json.loads((tmp_path / "checkpoints" / "seeded-gkd-s1" / "train.json").read_text())
+    assert gkd["teacher"]["adapter"] == str(tmp_path / "checkpoints" / "seeded-sft-s1"), "the same seed's SFT teacher"
+    report = json.loads((tmp_path / "reports" / "seeded" / "report.json").read_text())
+    assert report["runs"][:5] == ["seeded-seed", *names]
+    assert "seeded-sft (2 seeds)" in report["runs"] and "seeded-gkd (2 seeds)" in report["runs"]
+    assert {(v["a"], v["b"]) for v in report["verdict"]} == {("seeded-sft (2 seeds)", "seeded-gkd (2 seeds)")}
+    stages = json.loads((tmp_path / "reports" / "seeded" / "stages.json").read_text())
+    assert "train sft-s1" in stages and "eval gkd-s0" in stages
+
+
+def test_seeds_must_be_distinct_whole_numbers(tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text('model = "default"\ntrain_task = "gsm8k"\ntasks = ["gsm8k"]\nseeds = [0, 0]\n')
+    with pytest.raises(BenchError, match="key 'seeds' must be a list of distinct whole numbers"):
+        load_profile(str(profile))
+
+
+def test_the_seeded_tiny_profile_is_the_tiny_study_over_three_seeds():
+    tiny, seeded = load_profile("tiny"), load_profile("tiny-seeds")
+    assert seeded.seeds == [0, 1, 2] and seeded.methods == ["sft", "sdft"]
+    assert (seeded.sft, seeded.tasks, seeded.task_limits, seeded.train_limit) == \
+        (tiny.sft, tiny.tasks, tiny.task_limits, tiny.train_limit)
+    assert load_profile("paper").seeds == [0, 1, 2]
