@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,8 @@ def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: di
     png = _plot(table, reference, capabilities)
     html = ("<!doctype html><meta charset='utf-8'><title>forgetbench report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:4px 8px;"
-            "border-bottom:1px solid #ddd;text-align:right}</style>"
+            "border-bottom:1px solid #ddd;text-align:right}td.loss{background:#f8d0c8}td.gain{background:#cfe3f6}"
+            "</style>"
             f"<h1>forgetbench: {' vs '.join(table['run'].unique())}</h1>"
             + _markdown_table_html(text) + f"<img alt='deltas' src='data:image/png;base64,{png}'>")
     atomic_write_text(out_dir / "report.html", html)
@@ -233,9 +235,24 @@ def _markdown_table_html(text: str) -> str:
         if rows:
             head, *body = rows
             html.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+                        + "".join("<tr>" + "".join(_cell_html(c, r[1] if len(r) > 1 else "") for c in r) + "</tr>"
+                                  for r in body) + "</table>")
             rows = []
         if line:
             escaped = line.replace('&', '&amp;').replace('<', '&lt;')
             html.append(f"<h2>{escaped[3:]}</h2>" if line.startswith("## ") else f"<p>{escaped}</p>")
     return "".join(html)
+
+
+SIGNIFICANT_DELTA = re.compile(r"Δ ([+-])[0-9.]+\*")
+
+
+def _cell_html(cell: str, metric: str) -> str:
+    """A comparison cell, a significant loss or gain coloured and marked in words and arrows, for readers who do
+    not see the colour (a rise of drift's KL is a loss)."""
+    found = SIGNIFICANT_DELTA.search(cell)
+    if not found:
+        return f"<td>{cell}</td>"
+    loss = (found[1] == "-") != (metric in RAW_METRICS)
+    label = "▼ significant loss" if loss else "▲ significant gain"
+    return f"<td class='{'loss' if loss else 'gain'}'><b>{label}</b><br>{cell}</td>"

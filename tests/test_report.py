@@ -100,3 +100,10 @@ def test_retention_where_the_reference_scores_zero_is_na_with_the_reason(tmp_pat
     rows.loc[(rows["run"] == "seed") & (rows["task"] == "gsm8k"), "score"] = 0.0
     md = (write_report(tmp_path / "r", rows, "seed", {"sft": "knowledge"}) / "report.md").read_text()
     assert "| sft | math | 0.00 | 30.00 | n/a (the reference scores 0) |" in md and "nan" not in md
+
+
+def test_html_marks_significant_losses_and_gains_in_colour_and_in_words(tmp_path):
+    html = (write_report(tmp_path / "r", table(), "seed", {"sft": "math"}) / "report.html").read_text()
+    assert "<td class='gain'><b>▲ significant gain</b><br>30.00" in html  # gsm8k +20*
+    assert "<td class='loss'><b>▼ significant loss</b>" in html  # arc_easy's significant drop
+    assert html.count("class='loss'") == html.count("class='gain'") == 1, "winogrande's zero delta is not marked"
