@@ -220,7 +220,8 @@ def seeded_row(reference: RunScores, stem: str, members: list[RunScores], task: 
     draws = hierarchical_means(diffs)
     scores = hierarchical_means([other for _, other, _ in pairs])
     low, high = np.quantile(draws, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
-    p = float(min(1.0, 2 * min(np.mean(draws <= 0), np.mean(draws >= 0)))) if delta else 1.0
+    beyond = min(int(np.sum(draws <= 0)), int(np.sum(draws >= 0)))  # the +1 rule: never p = 0 from a bootstrap
+    p = float(min(1.0, 2 * (beyond + 1) / (len(draws) + 1))) if delta else 1.0
     metrics = members[0].metrics[task]
     # Detectable: the examples' part (the same examples for every seed, so not shrunk by more seeds) and the
     # seed-to-seed spread's part, added in quadrature.
