@@ -131,8 +131,9 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) ->
 
 
 def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> str:
-    """The grouped bar chart of deltas with their intervals, the gain-vs-forgetting scatter and, where the runs
-    were measured for drift, each run's KL from the reference, as base64 PNG."""
+    """The grouped bar chart of deltas with their intervals (and, for a method over training seeds, each seed's
+    delta as a dot), the gain-vs-forgetting scatter and, where the runs were measured for drift, each run's KL from
+    the reference, as base64 PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,7 +143,8 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
     drift = table[(table["run"] != reference) & table["metric"].isin(RAW_METRICS)]
     tasks, runs = list(others["task"].unique()), list(others["run"].unique())
     razor, _ = drift_against_forgetting(table, capabilities)
-    ratios = [max(len(tasks), 2), 2] + [1.5] * drift["task"].nunique() + [2, 2] * (not razor.empty)
+    ratios = [max(len(tasks) * max(1.0, len(runs) / 3), 2), 2] + [0.4 + 0.3 * len(runs)] * drift["task"].nunique() \
+        + [2, 2] * (not razor.empty)  # panels as wide as what they hold
     fig, (bars, scatter, *drift_axes) = plt.subplots(1, len(ratios), figsize=(4 + 0.8 * sum(ratios), 4.5),
                                                     gridspec_kw={"width_ratios": ratios})
     if not razor.empty:
@@ -161,11 +163,14 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
         x = [t + i * width for t in range(len(tasks))]
         low, high = 100 * (rows["delta"] - rows["delta_low"]), 100 * (rows["delta_high"] - rows["delta"])
         bars.bar(x, 100 * rows["delta"], width, yerr=[low, high], capsize=3, label=run)
+        for xi, seeds in zip(x, rows["seed_deltas"] if "seed_deltas" in rows else ()):
+            if isinstance(seeds, list):  # a method over training seeds: each seed's delta, as a dot
+                bars.scatter([xi] * len(seeds), [100 * d for d in seeds], color="black", s=10, zorder=3)
     bars.axhline(0, color="black", linewidth=0.8)
     bars.set_xticks([t + width * (len(runs) - 1) / 2 for t in range(len(tasks))], tasks, rotation=45, ha="right")
     bars.set_ylabel(f"Δ vs {reference} (points, 95% paired CI)")
     if runs:
-        bars.legend()
+        bars.legend(fontsize="small")
     for run in runs:
         rows = capabilities[capabilities["run"] == run]
         trained, forgot = rows[rows["trained"]], rows["forgetting"].dropna() if "forgetting" in rows else []
