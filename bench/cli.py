@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -59,12 +60,19 @@ def _positive_float(value: str) -> float:
     return number
 
 
-def _task_limits(value: str) -> dict[str, int]:
-    limits = {}
+def _per_task(value: str, number) -> dict[str, Any]:
+    """`TASK=N,...` with each N read by `number`."""
+    values = {}
     for item in _csv(value):
-        task, _, number = item.partition("=")
-        limits[task.strip()] = _positive_int(number)
-    return limits
+        task, sep, text = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected TASK=NUMBER, got {item!r}")
+        values[task.strip()] = number(text)
+    return values
+
+
+def _task_limits(value: str) -> dict[str, int]:
+    return _per_task(value, _positive_int)
 
 
 def default_run_name(model: str, adapter: str | None) -> str:
@@ -169,21 +177,18 @@ def _adapter_prompt_format(adapter: str | None) -> str | None:
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     import json
 
-    from bench.compare import compare_runs, flips, format_cell, load_run, method_verdicts, verdict_lines
+    from bench.compare import (compare_runs, flips, format_cell, load_run, method_verdicts, seed_groups, seeds_label,
+                               verdict_lines)
     from bench.report import trained_capability, write_report
 
     results_dir = Path(args.results_dir)
-    if len(args.runs) < 2:
-        raise BenchError("bench compare needs a reference run and at least one other run")
     runs = [load_run(results_dir, name) for name in args.runs]
     table_rows = compare_runs(runs)
     reference = args.runs[0]
     records = {name: json.loads((results_dir / "runs" / name / "run.json").read_text()) for name in args.runs}
     trained = {name: trained_capability(records[name]) for name in args.runs[1:]}
-    for name in table_rows["run"].unique():  # a method over its seeds: trained as its seeds were
-        member = next((run for run in args.runs if run.startswith(name.rsplit(" (", 1)[0] + "-s")), None)
-        if name not in records and member is not None:
-            trained[name] = trained[member]
+    for stem, members in seed_groups(runs[1:]).items():  # a method over its seeds: trained as its seeds were
+        trained[seeds_label(stem, members)] = trained[members[0].name]
     verdicts = method_verdicts(runs[0], runs[1:], trained)
     report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), table_rows, reference,
                           trained, records, verdicts)
@@ -489,13 +494,7 @@ def cmd_baseline_check(args: argparse.Namespace, console: Console) -> int:
 
 
 def _drops(value: str) -> dict[str, float]:
-    drops = {}
-    for item in _csv(value):
-        task, sep, number = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected TASK=POINTS, got {item!r}")
-        drops[task.strip()] = _non_negative_float(number)
-    return drops
+    return _per_task(value, _non_negative_float)
 
 
 def cmd_tasks(args: argparse.Namespace, console: Console) -> None:

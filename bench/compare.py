@@ -153,13 +153,13 @@ def aligned(reference: RunScores, other: RunScores, task: str) -> tuple[np.ndarr
 def compare(results_dir: Path, names: list[str]) -> pd.DataFrame:
     """One row per (task, run): the score with its interval and, against the first run, the paired delta,
     its interval, the test's p-value and the per-example flips. Tasks are those every run has."""
-    if len(names) < 2:
-        raise BenchError("bench compare needs a reference run and at least one other run")
     return compare_runs([load_run(results_dir, name) for name in names])
 
 
 def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
     """`compare` on loaded runs (a committed baseline among them): the first is the reference."""
+    if len(runs) < 2:
+        raise BenchError("bench compare needs a reference run and at least one other run")
     names = [run.name for run in runs]
     reference = runs[0]
     tasks = [t for t in reference.tasks if all(t in r.tasks for r in runs[1:])]
@@ -201,6 +201,11 @@ def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
 SEEDED = re.compile(r"^(?P<stem>.+)-s(?P<seed>\d+)$")  # a fine-tune's run per training seed: METHOD-sN
 
 
+def seeds_label(stem: str, members: list[RunScores]) -> str:
+    """The name of a method over its training seeds, in tables, reports and verdicts."""
+    return f"{stem} ({len(members)} seeds)"
+
+
 def seed_groups(runs: list[RunScores]) -> dict[str, list[RunScores]]:
     """Runs named STEM-sN for two or more N: one method trained with several training seeds."""
     groups: dict[str, list[RunScores]] = {}
@@ -228,7 +233,7 @@ def seeded_row(reference: RunScores, stem: str, members: list[RunScores], task: 
     within = float(np.mean([detectable_difference(d, is_binary(ref, other)) for (ref, other, _), d in zip(pairs, diffs)]))
     between = POWER_Z * float(np.std(deltas, ddof=1)) / np.sqrt(len(deltas))
     return {"task": task, "capability": metrics.get("capability"), "metric": metrics.get("metric"),
-            "run": f"{stem} ({len(members)} seeds)", "n": len(pairs[0][2]), "score": float(np.mean([o.mean() for _, o, _ in pairs])),
+            "run": seeds_label(stem, members), "n": len(pairs[0][2]), "score": float(np.mean([o.mean() for _, o, _ in pairs])),
             "ci_low": float(np.quantile(scores, 0.025)), "ci_high": float(np.quantile(scores, 0.975)),
             "delta": delta, "delta_low": float(low), "delta_high": float(high), "p_value": p,
             "test": "hierarchical bootstrap (seeds, then examples)", "significant": bool(low > 0 or high < 0),
@@ -289,7 +294,7 @@ def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[s
     where methods have as many) and one resample of each task's examples, shared by all methods."""
     groups = seed_groups(runs)
     grouped = {r.name for members in groups.values() for r in members}
-    methods = {f"{stem} ({len(members)} seeds)": members for stem, members in groups.items()}
+    methods = {seeds_label(stem, members): members for stem, members in groups.items()}
     methods |= {r.name: [r] for r in runs if r.name not in grouped}
     tasks = [t for t in reference.tasks if all(t in r.tasks for members in methods.values() for r in members)]
     if len(methods) < 2 or not tasks:

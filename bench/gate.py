@@ -76,8 +76,6 @@ def check_config(config: GateConfig, where: str) -> None:
 def save_baseline(results_dir: Path, run: RunScores, out_dir: Path) -> Path:
     """A run's per-example scores and outputs, metrics, identity and provenance, as JSON lines meant to be
     committed (no weights): `bench gate --baseline DIR` reads it as the baseline run."""
-    from bench.store import RunStore
-
     out_dir.mkdir(parents=True, exist_ok=True)
     for task, frame in run.tasks.items():
         if "vs_seed" in task:
@@ -85,7 +83,6 @@ def save_baseline(results_dir: Path, run: RunScores, out_dir: Path) -> Path:
         rows = read_jsonl(results_dir / "runs" / run.name / task / "predictions.jsonl")
         write_jsonl(out_dir / f"{task}.jsonl", [{"id": r["id"], "score": r["score"], "output": r.get("output")}
                                                 for r in rows])
-    RunStore(results_dir, run.name)  # the same naming rules
     write_json(out_dir / BASELINE_FILE, {"run": run.name, "record": run.record, "machine": machine(),
                                          "metrics": {t: m for t, m in run.metrics.items() if "vs_seed" not in t}})
     return out_dir
