@@ -177,13 +177,14 @@ def _adapter_prompt_format(adapter: str | None) -> str | None:
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     import json
 
-    from bench.compare import (compare_runs, flips, format_cell, load_run, method_verdicts, seed_groups, seeds_label,
-                               verdict_lines)
+    from bench.compare import (compare_runs, delta_cell, flips, format_cell, load_run, method_pairs, method_verdicts,
+                               per_seed_runs, seed_groups, seeds_label, verdict_lines)
     from bench.report import trained_capability, write_report
 
     results_dir = Path(args.results_dir)
     runs = [load_run(results_dir, name) for name in args.runs]
     table_rows = compare_runs(runs)
+    pairs = method_pairs(runs[1:])
     reference = args.runs[0]
     records = {name: json.loads((results_dir / "runs" / name / "run.json").read_text()) for name in args.runs}
     trained = {name: trained_capability(records[name]) for name in args.runs[1:]}
@@ -191,16 +192,33 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         trained[seeds_label(stem, members)] = trained[members[0].name]
     verdicts = method_verdicts(runs[0], runs[1:], trained)
     report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), table_rows, reference,
-                          trained, records, verdicts)
-    table = Table(title=f"scores (%; drift: KL in nats) with 95% intervals; deltas against {reference}, paired over "
-                        f"the same examples (* p < 0.05; lost / gained: examples right->wrong / wrong->right)")
-    table.add_column("task")
-    for name in table_rows["run"].unique():  # the runs, then each method over its training seeds
-        table.add_column(name, justify="right")
-    for task, group in table_rows.groupby("task", sort=False):
-        cells = [format_cell(r, reference, "\n") for _, r in group.iterrows()]
-        table.add_row(f"{task}\n{group.iloc[0].metric} (n={group.iloc[0].n})", *cells)
-    console.print(table)
+                          trained, records, verdicts, pairs)
+    seeds = per_seed_runs(list(table_rows["run"].unique()))
+    shown = {"": table_rows[~table_rows["run"].isin(seeds)],
+             ", each training seed": table_rows[table_rows["run"].isin(seeds | {reference})]}
+    for title, rows in shown.items():
+        if rows["run"].nunique() < 2:
+            continue
+        table = Table(title=f"scores (%; drift: KL in nats) with 95% intervals; deltas against {reference}, paired "
+                            f"over the same examples (* p < 0.05; lost / gained: examples right->wrong / "
+                            f"wrong->right){title}")
+        table.add_column("task")
+        for name in rows["run"].unique():  # the runs, then each method over its training seeds
+            table.add_column(name, justify="right")
+        for task, group in rows.groupby("task", sort=False):
+            cells = [format_cell(r, reference, "\n") for _, r in group.iterrows()]
+            table.add_row(f"{task}\n{group.iloc[0].metric} (n={group.iloc[0].n})", *cells)
+        console.print(table)
+    if not pairs.empty:
+        table = Table(title="head to head: B vs A is B minus A, paired over the same examples (and by training seed)")
+        table.add_column("task")
+        labels = list(pairs["run"].unique())
+        for label in labels:
+            table.add_column(label, justify="right")
+        for task, group in pairs.groupby("task", sort=False):
+            cells = {r.run: delta_cell(r, "\n") for _, r in group.iterrows()}
+            table.add_row(f"{task}\n{group.iloc[0].metric} (n={group.iloc[0].n})", *(cells.get(l, "") for l in labels))
+        console.print(table)
     for line in verdict_lines(verdicts):
         console.print(f"verdict: {line}", markup=False, highlight=False)
     for name in args.runs[1:] if args.flips else ():

@@ -32,21 +32,25 @@ def scale(metric: str) -> float:
 
 
 def format_cell(row: Any, reference: str, newline: str) -> str:
-    """One run's cell of a comparison table: score [CI]; for a run other than the reference, then the delta
-    [paired CI] with its p-value (* below 0.05), then how many examples changed each way (for a score that is
-    not pass/fail, such as drift's KL, "up" and "down" carry no judgement), then the smallest delta its n detects
-    at 5% with 80% power."""
+    """One run's cell of a comparison table: score [CI]; for a run other than the reference, then its delta_cell."""
     k = scale(row.metric)
     cell = f"{k * row.score:.2f} [{k * row.ci_low:.2f}, {k * row.ci_high:.2f}]"
-    if row.run != reference:
-        cell += (f"{newline}Δ {k * row.delta:+.2f}{'*' if row.significant else ''} "
-                 f"[{k * row.delta_low:+.2f}, {k * row.delta_high:+.2f}] p={row.p_value:.3g}"
-                 f"{newline}{changes(row.right_to_wrong, row.wrong_to_right, row.test == PASS_FAIL_TEST)}")
-        if isinstance(row.get("seed_deltas"), list):
-            cell += (f"{newline}seeds: {', '.join(f'{k * d:+.2f}' for d in row.seed_deltas)} "
-                     f"({int(row.seeds_agreeing)}/{len(row.seed_deltas)} agree in sign)")
-        if pd.notna(row.get("detectable")):
-            cell += f"{newline}detectable ±{k * row.detectable:.2f}"
+    return cell + newline + delta_cell(row, newline) if row.run != reference else cell
+
+
+def delta_cell(row: Any, newline: str) -> str:
+    """A paired delta [CI] with its p-value (* below 0.05), then how many examples changed each way (for a score that
+    is not pass/fail, such as drift's KL, "up" and "down" carry no judgement), each training seed's delta, then the
+    smallest delta its n detects at 5% with 80% power."""
+    k = scale(row.metric)
+    cell = (f"Δ {k * row.delta:+.2f}{'*' if row.significant else ''} [{k * row.delta_low:+.2f}, "
+            f"{k * row.delta_high:+.2f}] p={row.p_value:.3g}"
+            f"{newline}{changes(row.right_to_wrong, row.wrong_to_right, row.get('pass_fail') is True)}")
+    if isinstance(row.get("seed_deltas"), list):
+        cell += (f"{newline}seeds: {', '.join(f'{k * d:+.2f}' for d in row.seed_deltas)} "
+                 f"({int(row.seeds_agreeing)}/{len(row.seed_deltas)} agree in sign)")
+    if pd.notna(row.get("detectable")):
+        cell += f"{newline}detectable ±{k * row.detectable:.2f}"
     return cell
 
 
@@ -173,29 +177,36 @@ def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
             raise BenchError(f"task {task}: runs {reference.name} and {other} were judged by different judges "
                              f"({(judges[reference.name] or {}).get('spec')} vs {(judges[other] or {}).get('spec')}); "
                              f"judge both with the same --judge")
-        for run in runs:
-            metrics = run.metrics[task]
-            row = {"task": task, "capability": metrics.get("capability"), "metric": metrics.get("metric"),
-                   "run": run.name, "n": metrics["n"], "score": metrics["mean"], "ci_low": metrics["ci_low"],
-                   "ci_high": metrics["ci_high"]}
-            if run is not reference:
-                ref, other, _ = aligned(reference, run, task)
-                diff = other - ref
-                low, high = paired_bootstrap_ci(ref, other)
-                binary = is_binary(ref, other)
-                right_to_wrong, wrong_to_right = int(np.sum(diff < 0)), int(np.sum(diff > 0))
-                p = mcnemar_exact(right_to_wrong, wrong_to_right) if binary else sign_flip_p(diff)
-                row.update(delta=float(diff.mean()), delta_low=low, delta_high=high, p_value=p,
-                           detectable=detectable_difference(diff, binary),
-                           test=PASS_FAIL_TEST if binary else "paired sign-flip permutation",
-                           right_to_wrong=right_to_wrong, wrong_to_right=wrong_to_right,
-                           significant=bool(p < 1 - LEVEL))
-            rows.append(row)
+        reference_metrics = reference.metrics[task]
+        rows.append({"task": task, "capability": reference_metrics.get("capability"),
+                     "metric": reference_metrics.get("metric"), "run": reference.name, "n": reference_metrics["n"],
+                     "score": reference_metrics["mean"], "ci_low": reference_metrics["ci_low"],
+                     "ci_high": reference_metrics["ci_high"]})
+        rows += [paired_row(reference, run, task) for run in runs[1:]]
     for task in tasks:
         rows += head_to_head_rows(reference, runs[1:], task)
     for stem, members in seed_groups(runs[1:]).items():
-        rows += [seeded_row(reference, stem, members, task) for task in tasks]
+        rows += [seeded_row([reference], seeds_label(stem, members), members, task) for task in tasks]
     return pd.DataFrame(rows)
+
+
+def paired_row(reference: RunScores, run: RunScores, task: str, label: str | None = None) -> dict[str, Any]:
+    """The run's score on the task and its paired delta to the reference: interval, exact test, flips, and the
+    smallest delta the examples can detect."""
+    metrics = run.metrics[task]
+    ref, other, _ = aligned(reference, run, task)
+    diff = other - ref
+    low, high = paired_bootstrap_ci(ref, other)
+    binary = is_binary(ref, other)
+    right_to_wrong, wrong_to_right = int(np.sum(diff < 0)), int(np.sum(diff > 0))
+    p = mcnemar_exact(right_to_wrong, wrong_to_right) if binary else sign_flip_p(diff)
+    return {"task": task, "capability": metrics.get("capability"), "metric": metrics.get("metric"),
+            "run": label or run.name, "n": metrics["n"], "score": metrics["mean"], "ci_low": metrics["ci_low"],
+            "ci_high": metrics["ci_high"], "delta": float(diff.mean()), "delta_low": low, "delta_high": high,
+            "p_value": p, "detectable": detectable_difference(diff, binary),
+            "test": PASS_FAIL_TEST if binary else "paired sign-flip permutation", "pass_fail": binary,
+            "right_to_wrong": right_to_wrong,
+            "wrong_to_right": wrong_to_right, "significant": bool(p < 1 - LEVEL)}
 
 
 SEEDED = re.compile(r"^(?P<stem>.+)-s(?P<seed>\d+)$")  # a fine-tune's run per training seed: METHOD-sN
@@ -212,13 +223,57 @@ def seed_groups(runs: list[RunScores]) -> dict[str, list[RunScores]]:
     for run in runs:
         if match := SEEDED.match(run.name):
             groups.setdefault(match["stem"], []).append(run)
-    return {stem: members for stem, members in groups.items() if len(members) >= 2}
+    seed = lambda run: int(SEEDED.match(run.name)["seed"])
+    return {stem: sorted(members, key=seed) for stem, members in groups.items() if len(members) >= 2}
 
 
-def seeded_row(reference: RunScores, stem: str, members: list[RunScores], task: str) -> dict[str, Any]:
-    """A method over its training seeds: the mean over seeds of the paired delta to the reference, its interval
-    from a hierarchical bootstrap (seeds, then examples within them), each seed's delta, how many agree in sign."""
-    pairs = [aligned(reference, run, task) for run in members]
+def methods_of(runs: list[RunScores]) -> dict[str, list[RunScores]]:
+    """The methods among runs: each method over its training seeds, then each run that is not one of them."""
+    groups = seed_groups(runs)
+    grouped = {r.name for members in groups.values() for r in members}
+    return {seeds_label(stem, members): members for stem, members in groups.items()} | \
+        {r.name: [r] for r in runs if r.name not in grouped}
+
+
+def per_seed_runs(names: list[str]) -> set[str]:
+    """The names among a comparison's columns that are one training seed of a method also shown over its seeds."""
+    labels = set(names)
+    members = {}
+    for name in names:
+        if match := SEEDED.match(name):
+            members.setdefault(match["stem"], []).append(name)
+    return {name for stem, group in members.items() if seeds_label(stem, group) in labels for name in group}
+
+
+def method_pairs(runs: list[RunScores]) -> pd.DataFrame:
+    """Each pair of methods head to head, per task: Δ = the later method minus the earlier, paired over the same
+    examples (and, for methods over training seeds, by seed index, with the hierarchical bootstrap)."""
+    methods = methods_of(runs)
+    names = list(methods)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            first, second = methods[a], methods[b]
+            if len(first) > 1 and len(second) > 1 and len(first) != len(second):
+                continue  # no seed-by-seed pairing
+            tasks = [t for t in first[0].tasks if not t.endswith(HEAD_TO_HEAD)
+                     and all(t in r.tasks for r in first + second)]
+            label = f"{b} vs {a}"
+            for task in tasks:
+                row = paired_row(first[0], second[0], task, label) if len(first) == len(second) == 1 else \
+                    seeded_row(first, label, second, task)
+                rows.append(row | {"a": a, "b": b})
+    return pd.DataFrame(rows)
+
+
+def seeded_row(references: list[RunScores], label: str, members: list[RunScores], task: str) -> dict[str, Any]:
+    """A method over its training seeds against a reference (the seed model, or another method over the same
+    seeds, paired by seed index): the mean over seeds of the paired delta, its interval from a hierarchical
+    bootstrap (seeds, then examples within them), each seed's delta, how many agree in sign."""
+    count = max(len(references), len(members))
+    if {len(references), len(members)} - {1, count}:
+        raise BenchError(f"{label}: {len(references)} and {len(members)} training seeds cannot be paired by seed")
+    pairs = [aligned(references[j % len(references)], members[j % len(members)], task) for j in range(count)]
     diffs = [other - ref for ref, other, _ in pairs]
     deltas = [float(d.mean()) for d in diffs]
     delta = float(np.mean(deltas))
@@ -233,10 +288,11 @@ def seeded_row(reference: RunScores, stem: str, members: list[RunScores], task: 
     within = float(np.mean([detectable_difference(d, is_binary(ref, other)) for (ref, other, _), d in zip(pairs, diffs)]))
     between = POWER_Z * float(np.std(deltas, ddof=1)) / np.sqrt(len(deltas))
     return {"task": task, "capability": metrics.get("capability"), "metric": metrics.get("metric"),
-            "run": seeds_label(stem, members), "n": len(pairs[0][2]), "score": float(np.mean([o.mean() for _, o, _ in pairs])),
+            "run": label, "n": len(pairs[0][2]), "score": float(np.mean([o.mean() for _, o, _ in pairs])),
             "ci_low": float(np.quantile(scores, 0.025)), "ci_high": float(np.quantile(scores, 0.975)),
             "delta": delta, "delta_low": float(low), "delta_high": float(high), "p_value": p,
             "test": "hierarchical bootstrap (seeds, then examples)", "significant": bool(low > 0 or high < 0),
+            "pass_fail": all(is_binary(ref, other) for ref, other, _ in pairs),
             "right_to_wrong": int(sum(np.sum(d < 0) for d in diffs)), "wrong_to_right": int(sum(np.sum(d > 0) for d in diffs)),
             "detectable": float(np.hypot(within, between)), "seed_deltas": deltas,
             "seeds_agreeing": int(max(sum(d > 0 for d in deltas), sum(d < 0 for d in deltas)))}
@@ -292,10 +348,7 @@ def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[s
     of their tasks) and which drifts less (the drift task's KL), each with the difference's interval and the
     probability over a joint bootstrap that the order holds. Every replicate draws the seeds (paired by seed index
     where methods have as many) and one resample of each task's examples, shared by all methods."""
-    groups = seed_groups(runs)
-    grouped = {r.name for members in groups.values() for r in members}
-    methods = {seeds_label(stem, members): members for stem, members in groups.items()}
-    methods |= {r.name: [r] for r in runs if r.name not in grouped}
+    methods = methods_of(runs)
     tasks = [t for t in reference.tasks if all(t in r.tasks for members in methods.values() for r in members)]
     if len(methods) < 2 or not tasks:
         return []

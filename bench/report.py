@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.compare import RAW_METRICS, format_cell, verdict_lines
+from bench.compare import RAW_METRICS, delta_cell, format_cell, per_seed_runs, verdict_lines
 from bench.store import atomic_write_text, write_json
 
 UNTRAINED_MEAN = "untrained capabilities (mean)"
@@ -71,7 +71,8 @@ def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | Non
         label = UNTRAINED_MEAN if trained.get(run) != UNKNOWN else f"all capabilities (mean; trained: {UNKNOWN})"
         rows.append({"run": run, "capability": label, "reference": ref, "score": own,
                      "delta": own - ref, "trained": False, "forgetting": ref - own})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["run", "capability", "reference", "score", "retention", "delta", "trained",
+                                       "forgetting"])
 
 
 def drift_against_forgetting(table: pd.DataFrame, capabilities: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
@@ -102,38 +103,76 @@ def drift_against_forgetting(table: pd.DataFrame, capabilities: pd.DataFrame) ->
     return frame, rho
 
 
-def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> str:
+def task_table(table: pd.DataFrame, reference: str) -> list[str]:
+    """Rows: tasks; columns: runs, each cell its score and, but for the reference, its delta to the reference."""
     runs = list(table["run"].unique())
     lines = [f"| task | metric | n | " + " | ".join(runs) + " |", "|" + "---|" * (3 + len(runs))]
     for task, group in table.groupby("task", sort=False):
         cells = [format_cell(r, reference, "<br>") for _, r in group.iterrows()]
         first = group.iloc[0]
         lines.append(f"| {task} | {first.metric} | {first.n} | " + " | ".join(cells) + " |")
-    lines += ["", f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals; Δ against {reference}, paired over the same examples "
-                  "(* p < 0.05: McNemar's exact test for pass/fail scores, a sign-flip permutation test otherwise); "
-                  "lost / gained: examples right->wrong / wrong->right; down / up: examples whose score fell / rose.",
-              "", "| run | capability | reference | score | retention | Δ |", "|---|---|---|---|---|---|"]
+    return lines
+
+
+def pair_table(pairs: pd.DataFrame) -> list[str]:
+    """Rows: tasks; columns: pairs of methods, each cell the later method's paired delta to the earlier."""
+    labels = list(pairs["run"].unique())
+    lines = [f"| task | metric | n | " + " | ".join(labels) + " |", "|" + "---|" * (3 + len(labels))]
+    for task, group in pairs.groupby("task", sort=False):
+        cells = {r.run: delta_cell(r, "<br>") for _, r in group.iterrows()}
+        first = group.iloc[0]
+        lines.append(f"| {task} | {first.metric} | {first.n} | " + " | ".join(cells.get(l, "") for l in labels) + " |")
+    return lines
+
+
+def capability_table(capabilities: pd.DataFrame) -> list[str]:
+    lines = ["| run | capability | reference | score | retention | Δ |", "|---|---|---|---|---|---|"]
     for _, r in capabilities.iterrows():
         retention = "" if "forgetting" in r and pd.notna(r["forgetting"]) else \
             f"{r.retention:.3f}" if pd.notna(r.retention) else "n/a (the reference scores 0)"
         lines.append(f"| {r.run} | {r.capability}{' (trained)' if r.trained else ''} | {100 * r.reference:.2f} | "
                      f"{100 * r.score:.2f} | {retention} | {100 * r.delta:+.2f} |")
+    return lines
+
+
+def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame, pairs: pd.DataFrame | None = None) -> str:
+    """The report's body: every method against the reference, the methods head to head, per capability, drift
+    against forgetting; each training seed's own columns folded away below."""
+    seeds = per_seed_runs(list(table["run"].unique()))
+    main = table[~table["run"].isin(seeds)]
+    lines = [f"## Against {reference}", "", *task_table(main, reference), "",
+             f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals (Wilson for pass/fail "
+             f"scores); Δ against {reference}, paired over the same examples (* p < 0.05: McNemar's exact test for "
+             "pass/fail scores, a sign-flip permutation test otherwise; a method over training seeds: a hierarchical "
+             "bootstrap over seeds, then examples); lost / gained: examples right->wrong / wrong->right; down / up: "
+             "examples whose score fell / rose; detectable: the smallest Δ these examples (and seeds) detect at 5% "
+             "with 80% power."]
+    if pairs is not None and not pairs.empty:
+        lines += ["", "## Head to head", "", *pair_table(pairs), "",
+                  "B vs A: Δ = B minus A, paired over the same examples (methods over training seeds: paired by seed "
+                  "index, hierarchical bootstrap), tests as above."]
+    lines += ["", "## Capabilities", "", *capability_table(capabilities[~capabilities["run"].isin(seeds)])]
     razor, rho = drift_against_forgetting(table, capabilities)
     if not razor.empty:
-        lines += ["", f"| run | {razor['drift_task'].iloc[0]} KL from {reference} (nats) | mean forgetting (points) | "
-                      "gain (points) |", "|---|---|---|---|"]
+        lines += ["", "## Drift and forgetting", "",
+                  f"| run | {razor['drift_task'].iloc[0]} KL from {reference} (nats) | mean forgetting (points) | "
+                  "gain (points) |", "|---|---|---|---|"]
         lines += [f"| {r.run} | {r.kl:.4f} | {100 * r.forgetting:+.2f} | {100 * r.gain:+.2f} |"
                   for r in razor.itertuples()]
         lines += ["", f"Spearman's rank correlation of KL with mean forgetting over {len(razor)} runs: "
                       + (f"{rho:+.2f}" if rho is not None else "not defined (fewer than 3 runs, or ties)")
                       + " (does drift from the seed predict forgetting? RL's Razor, arXiv 2509.04259)."]
+    if seeds:
+        lines += ["", "<details><summary>Each training seed</summary>", "",
+                  *task_table(table[table["run"].isin(seeds | {reference})], reference), "",
+                  *capability_table(capabilities[capabilities["run"].isin(seeds)]), "", "</details>"]
     return "\n".join(lines) + "\n"
 
 
 def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> str:
-    """The grouped bar chart of deltas with their intervals (and, for a method over training seeds, each seed's
-    delta as a dot), the gain-vs-forgetting scatter and, where the runs were measured for drift, each run's KL from
-    the reference, as base64 PNG."""
+    """As base64 PNG: across the top, the deltas to the reference with their intervals (for a method over training
+    seeds, each seed's delta as a dot); below, gain against forgetting, each drift task's KL, and KL against
+    forgetting and gain. One colour per run in every panel, named once in the top legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,50 +181,52 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
     others = table[(table["run"] != reference) & ~table["metric"].isin(RAW_METRICS)]
     drift = table[(table["run"] != reference) & table["metric"].isin(RAW_METRICS)]
     tasks, runs = list(others["task"].unique()), list(others["run"].unique())
+    colour = {run: f"C{i}" for i, run in enumerate(runs)} | {run: f"C{len(runs) + i}" for i, run in
+                                                            enumerate(r for r in drift["run"].unique() if r not in runs)}
     razor, _ = drift_against_forgetting(table, capabilities)
-    ratios = [max(len(tasks) * max(1.0, len(runs) / 3), 2), 2] + [0.4 + 0.3 * len(runs)] * drift["task"].nunique() \
-        + [2, 2] * (not razor.empty)  # panels as wide as what they hold
-    fig, (bars, scatter, *drift_axes) = plt.subplots(1, len(ratios), figsize=(4 + 0.8 * sum(ratios), 4.5),
-                                                    gridspec_kw={"width_ratios": ratios})
-    if not razor.empty:
-        *drift_axes, kl_forgetting, kl_gain = drift_axes
-        for axis, column, label in ((kl_forgetting, "forgetting", "mean forgetting (points)"),
-                                    (kl_gain, "gain", "gain on the trained capability (points)")):
-            for r in razor.itertuples():
-                axis.scatter(r.kl, 100 * getattr(r, column), color=f"C{runs.index(r.run)}" if r.run in runs else "gray")
-                axis.annotate(r.run, (r.kl, 100 * getattr(r, column)))
-            axis.set_xlabel(f"{razor['drift_task'].iloc[0]} KL from {reference} (nats)")
-            axis.set_ylabel(label)
-            axis.margins(0.3)
+    below = 1 + drift["task"].nunique() + 2 * (not razor.empty)
+    fig = plt.figure(figsize=(12.5, 8))
+    grid = fig.add_gridspec(2, below, height_ratios=[1.2, 1])
+    bars = fig.add_subplot(grid[0, :])
+    scatter, *small = (fig.add_subplot(grid[1, i]) for i in range(below))
     width = 0.8 / max(len(runs), 1)
     for i, run in enumerate(runs):
         rows = others[others["run"] == run].set_index("task").loc[tasks]
         x = [t + i * width for t in range(len(tasks))]
         low, high = 100 * (rows["delta"] - rows["delta_low"]), 100 * (rows["delta_high"] - rows["delta"])
-        bars.bar(x, 100 * rows["delta"], width, yerr=[low, high], capsize=3, label=run)
+        bars.bar(x, 100 * rows["delta"], width, yerr=[low, high], capsize=3, label=run, color=colour[run])
         for xi, seeds in zip(x, rows["seed_deltas"] if "seed_deltas" in rows else ()):
             if isinstance(seeds, list):  # a method over training seeds: each seed's delta, as a dot
-                bars.scatter([xi] * len(seeds), [100 * d for d in seeds], color="black", s=10, zorder=3)
+                bars.scatter([xi] * len(seeds), [100 * d for d in seeds], color="black", s=12, zorder=3,
+                             label="one training seed" if "one training seed" not in
+                             bars.get_legend_handles_labels()[1] else None)
     bars.axhline(0, color="black", linewidth=0.8)
-    bars.set_xticks([t + width * (len(runs) - 1) / 2 for t in range(len(tasks))], tasks, rotation=45, ha="right")
-    bars.set_ylabel(f"Δ vs {reference} (points, 95% paired CI)")
+    bars.set_xticks([t + width * (len(runs) - 1) / 2 for t in range(len(tasks))], tasks)
+    bars.set_ylabel(f"Δ vs {reference}\n(points, 95% paired CI)")
     if runs:
-        bars.legend(fontsize="small")
+        bars.legend(fontsize="small", loc="best")
     for run in runs:
         rows = capabilities[capabilities["run"] == run]
         trained, forgot = rows[rows["trained"]], rows["forgetting"].dropna() if "forgetting" in rows else []
         if len(trained) and len(forgot):
-            scatter.scatter(100 * forgot.iloc[0], 100 * trained["delta"].iloc[0], label=run)
-            scatter.annotate(run, (100 * forgot.iloc[0], 100 * trained["delta"].iloc[0]))
-    scatter.set_xlabel("mean forgetting: points lost on\nthe untrained capabilities")
+            scatter.scatter(100 * forgot.iloc[0], 100 * trained["delta"].iloc[0], color=colour[run], s=40)
+    scatter.set_xlabel("mean forgetting (points lost\non the untrained capabilities)")
+    scatter.set_ylabel("gain on the trained\ncapability (points)")
     scatter.margins(0.3)
+    drift_axes, razor_axes = small[:drift["task"].nunique()], small[drift["task"].nunique():]
     for axis, (task, rows) in zip(drift_axes, drift.groupby("task", sort=False)):
         errors = [rows["score"] - rows["ci_low"], rows["ci_high"] - rows["score"]]
-        axis.bar(range(len(rows)), rows["score"], yerr=errors, capsize=3,
-                 color=[f"C{runs.index(r)}" if r in runs else "gray" for r in rows["run"]])
-        axis.set_xticks(range(len(rows)), rows["run"], rotation=45, ha="right")
-        axis.set_ylabel(f"{task}: {rows['metric'].iloc[0].upper()} from {reference} (nats, 95% CI)")
-    scatter.set_ylabel("gain on the trained capability (points)")
+        axis.bar(range(len(rows)), rows["score"], yerr=errors, capsize=3, color=[colour[r] for r in rows["run"]])
+        axis.set_xticks([])
+        axis.set_xlabel("runs (colours as above)")
+        axis.set_ylabel(f"{task}: {rows['metric'].iloc[0].upper()} from\n{reference} (nats, 95% CI)")
+    for axis, column, label in zip(razor_axes, ("forgetting", "gain"),
+                                   ("mean forgetting (points)", "gain on the trained\ncapability (points)")):
+        for r in razor.itertuples():
+            axis.scatter(r.kl, 100 * getattr(r, column), color=colour.get(r.run, "gray"), s=40)
+        axis.set_xlabel(f"{razor['drift_task'].iloc[0]} KL (nats)")
+        axis.set_ylabel(label)
+        axis.margins(0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
@@ -194,20 +235,21 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
 
 
 def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: dict[str, str | None],
-                 runs: dict[str, dict[str, Any]] | None = None, verdicts: list[dict[str, Any]] | None = None) -> Path:
+                 runs: dict[str, dict[str, Any]] | None = None, verdicts: list[dict[str, Any]] | None = None,
+                 pairs: pd.DataFrame | None = None) -> Path:
     """All four files, each written atomically; report.json also carries each run's provenance (from the
-    run.json records in `runs`) and the study's verdict (bench.compare.method_verdicts), which report.md puts first.
-    Returns the directory."""
+    run.json records in `runs`), the study's verdict (bench.compare.method_verdicts), which report.md puts first, and
+    the methods head to head (bench.compare.method_pairs). Returns the directory."""
     capabilities = forgetting(table, reference, trained)
     razor, rho = drift_against_forgetting(table, capabilities)
     traced = {name: provenance(record) for name, record in (runs or {}).items()}
     said = verdict_lines(verdicts or [])
-    text = ("## Verdict\n\n" + "".join(f"- {line}\n" for line in said) + "\n" if said else "") + \
-        markdown(table, reference, capabilities) + "".join(
+    verdict = "## Verdict\n\n" + "".join(f"- {line}\n" for line in said) + "\n" if said else ""
+    body = markdown(table, reference, capabilities, pairs) + "".join(
         f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
         f"{p['dtype']}, {p['prompt_format']} prompts, git {((p['git'] or {}).get('commit') or 'unknown')[:12]}"
         f"{' (uncommitted changes)' if (p['git'] or {}).get('dirty') else ''}\n" for name, p in traced.items())
-    atomic_write_text(out_dir / "report.md", text)
+    atomic_write_text(out_dir / "report.md", verdict + body)
     atomic_write_text(out_dir / "report.csv", table.to_csv(index=False))
     write_json(out_dir / "report.json", {
         "reference": reference, "runs": list(table["run"].unique()), "trained": trained,
@@ -215,23 +257,34 @@ def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: di
         "tasks": json.loads(table.to_json(orient="records")),
         "capabilities": json.loads(capabilities.to_json(orient="records")),
         "verdict": verdicts or [],
+        "head_to_head": json.loads(pairs.to_json(orient="records")) if pairs is not None else [],
         "drift_vs_forgetting": dict(zip(("runs", "spearman_kl_forgetting"), (
             json.loads(razor.to_json(orient="records")), rho))),
         "provenance": traced})
-    png = _plot(table, reference, capabilities)
-    html = ("<!doctype html><meta charset='utf-8'><title>forgetbench report</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:4px 8px;"
-            "border-bottom:1px solid #ddd;text-align:right}td.loss{background:#f8d0c8}td.gain{background:#cfe3f6}"
-            "</style>"
-            f"<h1>forgetbench: {' vs '.join(table['run'].unique())}</h1>"
-            + _markdown_table_html(text) + f"<img alt='deltas' src='data:image/png;base64,{png}'>")
+    seeds = per_seed_runs(list(table["run"].unique()))
+    main = table[~table["run"].isin(seeds)]
+    png = _plot(main, reference, capabilities[~capabilities["run"].isin(seeds)])
+    methods = [r for r in main["run"].unique() if r != reference]
+    html = ("<!doctype html><meta charset='utf-8'><title>forgetbench report: " + _escape(out_dir.name) + "</title>"
+            "<style>body{font-family:sans-serif;max-width:1360px;margin:1.5em auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin:0.5em 0}td,th{padding:4px 8px;border-bottom:1px solid #ddd;"
+            "text-align:right;vertical-align:top;font-size:13px}td:first-child,th:first-child{text-align:left}"
+            "td.loss{background:#f8d0c8}td.gain{background:#cfe3f6}img{max-width:100%}p{max-width:1100px}</style>"
+            f"<h1>forgetbench report: {_escape(out_dir.name)}</h1>"
+            f"<p>reference: {_escape(reference)}; methods: {_escape(', '.join(methods))}</p>"
+            + _markdown_table_html(verdict) + f"<img alt='deltas against {_escape(reference)}' "
+            f"src='data:image/png;base64,{png}'>" + _markdown_table_html(body))
     atomic_write_text(out_dir / "report.html", html)
     return out_dir
 
 
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _markdown_table_html(text: str) -> str:
-    """Our own markdown tables as HTML (pipes, one header row, no escaping needed beyond &, <, >)."""
-    html, rows = [], []
+    """Our own markdown as HTML: tables (pipes, one header row), `## ` headings, `- ` lists, paragraphs."""
+    html, rows, items = [], [], []
     for line in text.splitlines() + [""]:
         if line.startswith("|"):
             if not set(line) <= set("|-"):
@@ -243,9 +296,16 @@ def _markdown_table_html(text: str) -> str:
                         + "".join("<tr>" + "".join(_cell_html(c, r[1] if len(r) > 1 else "") for c in r) + "</tr>"
                                   for r in body) + "</table>")
             rows = []
-        if line:
-            escaped = line.replace('&', '&amp;').replace('<', '&lt;')
-            html.append(f"<h2>{escaped[3:]}</h2>" if line.startswith("## ") else f"<p>{escaped}</p>")
+        if line.startswith("- "):
+            items.append(f"<li>{_escape(line[2:])}</li>")
+            continue
+        if items:
+            html.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        if line.startswith(("<details>", "</details>")):  # our own folding, as GitHub renders it
+            html.append(line)
+        elif line:
+            html.append(f"<h2>{_escape(line[3:])}</h2>" if line.startswith("## ") else f"<p>{_escape(line)}</p>")
     return "".join(html)
 
 

@@ -122,3 +122,36 @@ def test_a_method_over_training_seeds_gets_a_hierarchical_interval_and_its_seeds
     assert (verdict["a"], verdict["b"], verdict["seeds_a"]) == ("sft (3 seeds)", "sdft (3 seeds)", 3)
     assert verdict["forgetting_a"] == pytest.approx(0.10) and verdict["forgetting_b"] == pytest.approx(0.0)
     assert 0.5 < 1 - verdict["p_a_less_forgetting"] < 1, "sdft's seeds disagree: the order is likely, not certain"
+
+
+def test_two_methods_head_to_head_by_seed_and_for_single_runs(tmp_path, capsys):
+    """SDFT against SFT: over training seeds, paired by seed index; single runs keep the paired exact test,
+    the same numbers `bench compare A B` gives."""
+    from bench.compare import load_run, method_pairs
+
+    n = 100
+    seed = [(f"q{i}", 1.0 if i < 50 else 0.0) for i in range(n)]
+    write_run(tmp_path, "seed", {"arc": seed})
+    for s, lost in enumerate((10, 12, 8)):
+        write_run(tmp_path, f"sft-s{s}", {"arc": [(i, 0.0 if k < lost else v) for k, (i, v) in enumerate(seed)]})
+    for s, lost in enumerate((20, 0, -20)):
+        rows = [(i, 0.0 if k < lost else 1.0 if 50 <= k < 50 - lost else v) for k, (i, v) in enumerate(seed)]
+        write_run(tmp_path, f"sdft-s{s}", {"arc": rows})
+    names = ["seed", "sdft-s2", "sft-s0", "sft-s1", "sft-s2", "sdft-s0", "sdft-s1"]  # seeds pair by number, not order
+    [row] = method_pairs([load_run(tmp_path, name) for name in names[1:]]).to_dict("records")
+    assert (row["a"], row["b"], row["run"]) == ("sdft (3 seeds)", "sft (3 seeds)", "sft (3 seeds) vs sdft (3 seeds)")
+    assert row["seed_deltas"] == pytest.approx([0.10, -0.12, -0.28]) and row["seeds_agreeing"] == 2
+    assert row["delta"] == pytest.approx(-0.10) and not row["significant"]
+    assert main(["compare", *names, "--results-dir", str(tmp_path), "--name", "h2h"]) == 0
+    assert "head to head" in capsys.readouterr().out
+    md = (tmp_path / "reports" / "h2h" / "report.md").read_text()
+    assert "## Head to head" in md and "| arc | accuracy | 100 | Δ -10.00 [" in md
+    assert md.index("## Against seed") < md.index("## Head to head") < md.index("<details><summary>Each training seed")
+    main_table = md[md.index("## Against seed"):md.index("## Head to head")]
+    assert "sft-s0" not in main_table and "sft (3 seeds)" in main_table, "per-seed columns are folded away"
+    write_run(tmp_path, "a", {"arc": [(i, 1.0 if k < 60 else 0.0) for k, (i, _) in enumerate(seed)]})
+    write_run(tmp_path, "b", {"arc": [(i, 1.0 if k < 45 else 0.0) for k, (i, _) in enumerate(seed)]})
+    [single] = method_pairs([load_run(tmp_path, "a"), load_run(tmp_path, "b")]).to_dict("records")
+    direct = compare(tmp_path, ["a", "b"]).set_index("run").loc["b"]
+    assert (single["delta"], single["p_value"], single["test"]) == (direct.delta, direct.p_value, direct.test)
+    assert single["right_to_wrong"] == 15 and single["wrong_to_right"] == 0

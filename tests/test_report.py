@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pandas as pd
 import pytest
 
+from bench.cli import main
 from bench.report import UNKNOWN, forgetting, trained_capability, write_report
 
 
@@ -107,3 +110,54 @@ def test_html_marks_significant_losses_and_gains_in_colour_and_in_words(tmp_path
     assert "<td class='gain'><b>▲ significant gain</b><br>30.00" in html  # gsm8k +20*
     assert "<td class='loss'><b>▼ significant loss</b>" in html  # arc_easy's significant drop
     assert html.count("class='loss'") == html.count("class='gain'") == 1, "winogrande's zero delta is not marked"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("BENCH_REQUIRE_BROWSER"),
+                    reason="no chromium here (Debian: apt-get install chromium; .ci/run installs it)")
+def test_the_html_report_reads_at_a_glance_in_a_real_browser(tmp_path):
+    """A seeded study's report.html in headless chromium at 1400 px: no console or page errors, nothing fails to load,
+    the verdict first, every task a row of the main table, the head to head, a significant loss marked in words,
+    the plot drawn, and nothing wider than the window."""
+    from playwright.sync_api import sync_playwright
+
+    from test_compare import write_run
+
+    assert CHROMIUM, "BENCH_REQUIRE_BROWSER is set, but there is no chromium"
+    n, tasks = 60, ("gsm8k", "arc_easy", "humaneval")
+    seed = [(f"q{i}", 1.0 if i < 30 else 0.0) for i in range(n)]
+    write_run(tmp_path, "seed", {task: seed for task in tasks})
+    for s in range(3):
+        for method, lost in (("sft", 12 + s), ("sdft", s)):
+            write_run(tmp_path, f"{method}-s{s}",
+                      {task: [(i, 0.0 if k < lost else v) for k, (i, v) in enumerate(seed)] for task in tasks})
+    names = ["seed", *(f"{m}-s{s}" for m in ("sft", "sdft") for s in range(3))]
+    assert main(["compare", *names, "--results-dir", str(tmp_path), "--name", "study"]) == 0
+    page_file = tmp_path / "reports" / "study" / "report.html"
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("requestfailed", lambda request: problems.append(f"failed to load {request.url}"))
+        page.goto(page_file.as_uri())
+        headings = page.locator("h2").all_inner_texts()
+        verdict = page.locator("h2 + ul").first.inner_text()
+        first_cells = page.locator("table").first.locator("tr td:first-child").all_inner_texts()
+        losses = page.locator("td.loss:visible").all_inner_texts()
+        plot_width = page.evaluate("document.querySelector('img').naturalWidth")
+        page_width = page.evaluate("document.documentElement.scrollWidth")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert problems == []
+    assert headings[:3] == ["Verdict", "Against seed", "Head to head"]
+    assert "sdft (3 seeds) forgets less on its untrained capabilities than sft (3 seeds)" in verdict
+    assert first_cells == list(tasks)
+    assert losses and all(cell.startswith("▼ significant loss") for cell in losses)
+    assert plot_width > 0 and page_width <= 1400, "the page fits a 1400 px window"
+    assert (tmp_path / "report.png").stat().st_size > 10_000
