@@ -205,8 +205,7 @@ def paired_row(reference: RunScores, run: RunScores, task: str, label: str | Non
             "ci_high": metrics["ci_high"], "delta": float(diff.mean()), "delta_low": low, "delta_high": high,
             "p_value": p, "detectable": detectable_difference(diff, binary),
             "test": PASS_FAIL_TEST if binary else "paired sign-flip permutation", "pass_fail": binary,
-            "right_to_wrong": right_to_wrong,
-            "wrong_to_right": wrong_to_right, "significant": bool(p < 1 - LEVEL)}
+            "right_to_wrong": right_to_wrong, "wrong_to_right": wrong_to_right, "significant": bool(p < 1 - LEVEL)}
 
 
 SEEDED = re.compile(r"^(?P<stem>.+)-s(?P<seed>\d+)$")  # a fine-tune's run per training seed: METHOD-sN
@@ -223,8 +222,11 @@ def seed_groups(runs: list[RunScores]) -> dict[str, list[RunScores]]:
     for run in runs:
         if match := SEEDED.match(run.name):
             groups.setdefault(match["stem"], []).append(run)
-    seed = lambda run: int(SEEDED.match(run.name)["seed"])
-    return {stem: sorted(members, key=seed) for stem, members in groups.items() if len(members) >= 2}
+    return {stem: sorted(members, key=seed_number) for stem, members in groups.items() if len(members) >= 2}
+
+
+def seed_number(run: RunScores) -> int:
+    return int(SEEDED.match(run.name)["seed"])
 
 
 def methods_of(runs: list[RunScores]) -> dict[str, list[RunScores]]:
@@ -254,8 +256,8 @@ def method_pairs(runs: list[RunScores]) -> pd.DataFrame:
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             first, second = methods[a], methods[b]
-            if len(first) > 1 and len(second) > 1 and len(first) != len(second):
-                continue  # no seed-by-seed pairing
+            if len(first) > 1 and len(second) > 1 and [*map(seed_number, first)] != [*map(seed_number, second)]:
+                continue  # trained with other seeds: nothing to pair seed by seed
             tasks = [t for t in first[0].tasks if not t.endswith(HEAD_TO_HEAD)
                      and all(t in r.tasks for r in first + second)]
             label = f"{b} vs {a}"
