@@ -347,9 +347,10 @@ def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[s
                     resamples: int = 2000, seed: int = BOOTSTRAP_SEED) -> list[dict[str, Any]]:
     """For each pair of methods (a method: a run, or its runs over training seeds), which forgets less on the
     capabilities it was not trained for (mean forgetting: minus the mean over those capabilities of the mean delta
-    of their tasks) and which drifts less (the drift task's KL), each with the difference's interval and the
-    probability over a joint bootstrap that the order holds. Every replicate draws the seeds (paired by seed index
-    where methods have as many) and one resample of each task's examples, shared by all methods."""
+    of their tasks; a capability the reference scores 0 on has nothing to forget and is left out) and which drifts
+    less (the drift task's KL), each with the difference's interval and the probability over a joint bootstrap that
+    the order holds. Every replicate draws the seeds (paired by seed number) and one resample of each task's
+    examples, shared by all methods."""
     methods = methods_of(runs)
     tasks = [t for t in reference.tasks if all(t in r.tasks for members in methods.values() for r in members)]
     if len(methods) < 2 or not tasks:
@@ -360,6 +361,8 @@ def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[s
                      for t in tasks}
     kinds = {t: reference.metrics[t].get("metric") for t in tasks}
     capability = {t: reference.metrics[t].get("capability") for t in tasks}
+    floor = {c for c in capability.values()  # nothing to forget where the reference scores 0 (as in the report)
+             if np.mean([reference.tasks[t]["score"].mean() for t in tasks if capability[t] == c]) <= 0}
     summary: dict[str, dict[str, np.ndarray | float]] = {}
     for name, members in methods.items():
         deltas, point = {}, {}
@@ -369,7 +372,7 @@ def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[s
             deltas[t] = np.concatenate([values[s[i:i + 200, :, None], e[i:i + 200, None, :]].mean(axis=(1, 2))
                                         for i in range(0, resamples, 200)])
             point[t] = float(values.mean())
-        untrained = sorted({capability[t] for t in tasks if kinds[t] not in RAW_METRICS} - {trained.get(name)})
+        untrained = sorted({capability[t] for t in tasks if kinds[t] not in RAW_METRICS} - {trained.get(name)} - floor)
         forget = lambda d: -np.mean([np.mean([d[t] for t in tasks if capability[t] == c and kinds[t] not in RAW_METRICS],
                                              axis=0) for c in untrained], axis=0) if untrained else np.nan
         drift_tasks = [t for t in tasks if kinds[t] in RAW_METRICS]

@@ -50,14 +50,16 @@ def provenance(run_record: dict[str, Any]) -> dict[str, Any]:
 
 def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | None]) -> pd.DataFrame:
     """One row per (run, capability): both means, the retention ratio, and whether it was trained for; plus one
-    row per run with the means over the capabilities it was not trained for, whose `forgetting` is -delta."""
+    row per run with the means over the capabilities it was not trained for, whose `forgetting` is -delta. A
+    capability the reference scores 0 on has nothing to forget: it stays out of the mean (only gains could move it,
+    and at the floor's few examples one flip would outweigh every real loss), as in method_verdicts."""
     table = table[~table["metric"].isin(RAW_METRICS)]  # drift is in nats: reported beside, never averaged in
     means = table.groupby(["run", "capability"], sort=False)["score"].mean()
     rows = []
     for run in table["run"].unique():
         if run == reference:
             continue
-        untrained = []
+        untrained, floor = [], []
         for capability in table["capability"].unique():
             ref, own = means[(reference, capability)], means[(run, capability)]
             is_trained = capability == trained.get(run)
@@ -65,10 +67,13 @@ def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | Non
                          "retention": own / ref if ref > 0 else float("nan"), "delta": own - ref,
                          "trained": is_trained})
             if not is_trained:
-                untrained.append((ref, own))
-        ref, own = (sum(pair[i] for pair in untrained) / len(untrained) if untrained else float("nan")
-                    for i in (0, 1))
+                (untrained if ref > 0 else floor).append((ref, own) if ref > 0 else capability)
+        if not untrained:
+            continue
+        ref, own = (sum(pair[i] for pair in untrained) / len(untrained) for i in (0, 1))
         label = UNTRAINED_MEAN if trained.get(run) != UNKNOWN else f"all capabilities (mean; trained: {UNKNOWN})"
+        if floor:
+            label = label[:-1] + f"; without {', '.join(floor)}: the reference scores 0, nothing to forget)"
         rows.append({"run": run, "capability": label, "reference": ref, "score": own,
                      "delta": own - ref, "trained": False, "forgetting": ref - own})
     return pd.DataFrame(rows, columns=["run", "capability", "reference", "score", "retention", "delta", "trained",

@@ -161,3 +161,30 @@ def test_the_html_report_reads_at_a_glance_in_a_real_browser(tmp_path):
     assert losses and all(cell.startswith("▼ significant loss") for cell in losses)
     assert plot_width > 0 and page_width <= 1400, "the page fits a 1400 px window"
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_capability_the_reference_scores_0_on_stays_out_of_mean_forgetting_in_report_and_verdict(tmp_path):
+    """At the floor only gains are possible: one lucky GSM8K answer in 8 must not read as 'forgets less'. The
+    report's mean and the verdict's agree on what they average."""
+    from bench.compare import load_run, method_verdicts
+
+    from test_compare import write_run
+
+    arc = [(f"a{i}", 1.0 if i < 50 else 0.0) for i in range(100)]
+    write_run(tmp_path, "seed", {"gsm8k": [(f"g{i}", 0.0) for i in range(8)], "arc": arc})
+    write_run(tmp_path, "lucky", {"gsm8k": [(f"g{i}", float(i == 0)) for i in range(8)],
+                                  "arc": [(i, 0.0 if k < 10 else s) for k, (i, s) in enumerate(arc)]})
+    write_run(tmp_path, "steady", {"gsm8k": [(f"g{i}", 0.0) for i in range(8)],
+                                   "arc": [(i, 0.0 if k < 2 else s) for k, (i, s) in enumerate(arc)]})
+    for run in ("seed", "lucky", "steady"):  # two capabilities: math at the floor, knowledge at 50%
+        for task, capability in (("gsm8k", "math"), ("arc", "knowledge")):
+            path = tmp_path / "runs" / run / task / "metrics.json"
+            path.write_text(json.dumps(json.loads(path.read_text()) | {"capability": capability}))
+    runs = [load_run(tmp_path, name) for name in ("seed", "lucky", "steady")]
+    [verdict] = method_verdicts(runs[0], runs[1:], {})
+    assert verdict["forgetting_a"] == pytest.approx(0.10) and verdict["forgetting_b"] == pytest.approx(0.02)
+    assert main(["compare", "seed", "lucky", "steady", "--results-dir", str(tmp_path), "--name", "floor"]) == 0
+    md = (tmp_path / "reports" / "floor" / "report.md").read_text()
+    assert "| lucky | untrained capabilities (mean; without math: the reference scores 0, nothing to forget) | " \
+           "50.00 | 40.00 |  | -10.00 |" in md
+    assert "steady forgets less on its untrained capabilities than lucky" in md
