@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POWER_Z, bootstrap_ci, detectable_difference,
-                         hierarchical_means)
+from bench.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POWER_Z, bootstrap_ci, crossed_draws, crossed_means,
+                         detectable_difference)
 from bench.store import RUN_FILE, read_jsonl
 from bench.types import BenchError
 
@@ -24,6 +24,7 @@ LEVEL = 0.95
 PASS_FAIL_TEST = "McNemar exact"
 HEAD_TO_HEAD = "_vs_seed"  # a judged task's head-to-head against the seed's outputs: task name + this suffix
 HEAD_TO_HEAD_TEST = "sign test against 50%"
+SEEDED_TEST = "bootstrap over training seeds and examples (crossed)"
 RAW_METRICS = ("kl",)  # shown as they are (nats); every other metric is a fraction, shown in %
 
 
@@ -249,7 +250,7 @@ def per_seed_runs(names: list[str]) -> set[str]:
 
 def method_pairs(runs: list[RunScores]) -> pd.DataFrame:
     """Each pair of methods head to head, per task: Δ = the later method minus the earlier, paired over the same
-    examples (and, for methods over training seeds, by seed index, with the hierarchical bootstrap)."""
+    examples (and, for methods over training seeds, by seed number, with the bootstrap over seeds and examples)."""
     methods = methods_of(runs)
     names = list(methods)
     rows = []
@@ -270,8 +271,8 @@ def method_pairs(runs: list[RunScores]) -> pd.DataFrame:
 
 def seeded_row(references: list[RunScores], label: str, members: list[RunScores], task: str) -> dict[str, Any]:
     """A method over its training seeds against a reference (the seed model, or another method over the same
-    seeds, paired by seed index): the mean over seeds of the paired delta, its interval from a hierarchical
-    bootstrap (seeds, then examples within them), each seed's delta, how many agree in sign."""
+    seeds, paired by seed number): the mean over seeds of the paired delta, its interval from a bootstrap over seeds
+    and examples (crossed: bench.stats.crossed_means), each seed's delta, how many agree in sign."""
     count = max(len(references), len(members))
     if {len(references), len(members)} - {1, count}:
         raise BenchError(f"{label}: {len(references)} and {len(members)} training seeds cannot be paired by seed")
@@ -279,8 +280,9 @@ def seeded_row(references: list[RunScores], label: str, members: list[RunScores]
     diffs = [other - ref for ref, other, _ in pairs]
     deltas = [float(d.mean()) for d in diffs]
     delta = float(np.mean(deltas))
-    draws = hierarchical_means(diffs)
-    scores = hierarchical_means([other for _, other, _ in pairs])
+    seed_draws, example_draws = crossed_draws(count, len(diffs[0]))
+    draws = crossed_means(np.stack(diffs), seed_draws, example_draws)
+    scores = crossed_means(np.stack([other for _, other, _ in pairs]), seed_draws, example_draws)
     low, high = np.quantile(draws, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
     beyond = min(int(np.sum(draws <= 0)), int(np.sum(draws >= 0)))  # the +1 rule: never p = 0 from a bootstrap
     p = float(min(1.0, 2 * (beyond + 1) / (len(draws) + 1))) if delta else 1.0
@@ -293,7 +295,7 @@ def seeded_row(references: list[RunScores], label: str, members: list[RunScores]
             "run": label, "n": len(pairs[0][2]), "score": float(np.mean([o.mean() for _, o, _ in pairs])),
             "ci_low": float(np.quantile(scores, 0.025)), "ci_high": float(np.quantile(scores, 0.975)),
             "delta": delta, "delta_low": float(low), "delta_high": float(high), "p_value": p,
-            "test": "hierarchical bootstrap (seeds, then examples)", "significant": bool(low > 0 or high < 0),
+            "test": SEEDED_TEST, "significant": bool(low > 0 or high < 0),
             "pass_fail": all(is_binary(ref, other) for ref, other, _ in pairs),
             "right_to_wrong": int(sum(np.sum(d < 0) for d in diffs)), "wrong_to_right": int(sum(np.sum(d > 0) for d in diffs)),
             "detectable": float(np.hypot(within, between)), "seed_deltas": deltas,
@@ -368,9 +370,7 @@ def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[s
         deltas, point = {}, {}
         for t in tasks:
             values = np.stack([other - ref for ref, other, _ in (aligned(reference, r, t) for r in members)])
-            s, e = seed_draws[len(members)], example_draws[t]
-            deltas[t] = np.concatenate([values[s[i:i + 200, :, None], e[i:i + 200, None, :]].mean(axis=(1, 2))
-                                        for i in range(0, resamples, 200)])
+            deltas[t] = crossed_means(values, seed_draws[len(members)], example_draws[t])
             point[t] = float(values.mean())
         untrained = sorted({capability[t] for t in tasks if kinds[t] not in RAW_METRICS} - {trained.get(name)} - floor)
         forget = lambda d: -np.mean([np.mean([d[t] for t in tasks if capability[t] == c and kinds[t] not in RAW_METRICS],

@@ -148,14 +148,14 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame, pa
     lines = [f"## Against {reference}", "", *task_table(main, reference), "",
              f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals (Wilson for pass/fail "
              f"scores); Δ against {reference}, paired over the same examples (* p < 0.05: McNemar's exact test for "
-             "pass/fail scores, a sign-flip permutation test otherwise; a method over training seeds: a hierarchical "
-             "bootstrap over seeds, then examples); lost / gained: examples right->wrong / wrong->right; down / up: "
+             "pass/fail scores, a sign-flip permutation test otherwise; a method over training seeds: a bootstrap "
+             "over seeds and examples, the examples drawn once for all seeds); lost / gained: examples right->wrong / wrong->right; down / up: "
              "examples whose score fell / rose; detectable: the smallest Δ these examples (and seeds) detect at 5% "
              "with 80% power."]
     if pairs is not None and not pairs.empty:
         lines += ["", "## Head to head", "", *pair_table(pairs), "",
                   "B vs A: Δ = B minus A, paired over the same examples (methods over training seeds: paired by seed "
-                  "index, hierarchical bootstrap), tests as above."]
+                  "number, the same bootstrap), tests as above."]
     lines += ["", "## Capabilities", "", *capability_table(capabilities[~capabilities["run"].isin(seeds)])]
     razor, rho = drift_against_forgetting(table, capabilities)
     if not razor.empty:

@@ -61,18 +61,20 @@ def detectable_difference(differences: np.ndarray, pass_fail: bool, alpha: float
     return z * float(np.std(differences, ddof=1)) / np.sqrt(n)
 
 
-def hierarchical_means(per_seed: list[np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                       seed_draws: np.ndarray | None = None) -> np.ndarray:
-    """Bootstrap means of scores from several training seeds (`per_seed[j]`: seed j's per-example values, the same
-    examples for every seed): resample the seeds, then the examples within each drawn seed. `seed_draws`
-    ([resamples, seeds] indices) lets several quantities share their seed draws."""
-    values = np.stack(per_seed)  # [seeds, examples]
+def crossed_draws(seeds: int, examples: int, resamples: int = BOOTSTRAP_RESAMPLES,
+                  seed: int = BOOTSTRAP_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap indices for scores of several training seeds on the same examples: per replicate, a resample of the
+    seeds and one resample of the examples, shared by every drawn seed ([resamples, seeds], [resamples, examples])."""
     rng = np.random.default_rng(seed)
-    n_seeds, n = values.shape
-    draws = seed_draws if seed_draws is not None else rng.integers(0, n_seeds, size=(resamples, n_seeds))
-    means = np.empty(len(draws))
-    for start in range(0, len(draws), 500):  # chunks bound memory
-        chunk = draws[start:start + 500]
-        examples = rng.integers(0, n, size=(len(chunk), n_seeds, n))
-        means[start:start + 500] = values[chunk[:, :, None], examples].mean(axis=(1, 2))
+    return rng.integers(0, seeds, size=(resamples, seeds)), rng.integers(0, examples, size=(resamples, examples))
+
+
+def crossed_means(values: np.ndarray, seed_draws: np.ndarray, example_draws: np.ndarray) -> np.ndarray:
+    """Bootstrap means of `values` ([seeds, examples]) under crossed_draws. Seeds and examples are crossed, not
+    nested (every seed was scored on the same examples), so each replicate draws the examples once for all its seeds:
+    an effect carried by a few examples stays as uncertain as those few examples make it, however many seeds agree."""
+    means = np.empty(len(seed_draws))
+    for start in range(0, len(seed_draws), 500):  # chunks bound memory
+        s, e = seed_draws[start:start + 500], example_draws[start:start + 500]
+        means[start:start + 500] = values[s[:, :, None], e[:, None, :]].mean(axis=(1, 2))
     return means

@@ -63,3 +63,21 @@ def test_detectable_difference_at_80_percent_power():
     assert detectable_difference(np.zeros(5), True) == float("inf")  # 5 examples cannot reach p < 0.05
     spread = np.array([0.1, -0.1] * 50)
     assert detectable_difference(spread, False) == pytest.approx(2.8016 * np.std(spread, ddof=1) / 10, rel=1e-3)
+
+
+def test_the_seed_and_example_bootstrap_draws_examples_once_for_all_seeds():
+    """Three training seeds that all lose the same 2 of 48 examples: the examples, not the seeds, carry the effect,
+    so the interval must reach 0 (both examples missed by a resample: (46/48)^48 = 13%), as the paired bootstrap
+    of one seed does. Resampling examples per seed would shrink that to 0.2% and call 2 examples significant."""
+    import numpy as np
+
+    from bench.stats import crossed_draws, crossed_means
+
+    lost = np.zeros(48)
+    lost[:2] = -1.0
+    values = np.stack([lost] * 3)
+    means = crossed_means(values, *crossed_draws(3, 48))
+    assert np.mean(means == 0) == pytest.approx((46 / 48) ** 48, abs=0.02)
+    assert np.quantile(means, 0.975) == 0.0
+    spread = np.stack([lost * 0, lost * 0, lost * 0]) + np.array([[-0.1], [0.0], [0.1]])  # seeds alone differ
+    assert np.std(crossed_means(spread, *crossed_draws(3, 48))) == pytest.approx(0.1 * np.sqrt(2 / 9), rel=0.1)
