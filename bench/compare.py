@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POWER_Z, bootstrap_ci, crossed_draws, crossed_means,
+from bench.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POWER_Z, bootstrap_ci, crossed_means,
                          detectable_difference)
 from bench.store import RUN_FILE, read_jsonl
 from bench.types import BenchError
@@ -280,9 +280,8 @@ def seeded_row(references: list[RunScores], label: str, members: list[RunScores]
     diffs = [other - ref for ref, other, _ in pairs]
     deltas = [float(d.mean()) for d in diffs]
     delta = float(np.mean(deltas))
-    seed_draws, example_draws = crossed_draws(count, len(diffs[0]))
-    draws = crossed_means(np.stack(diffs), seed_draws, example_draws)
-    scores = crossed_means(np.stack([other for _, other, _ in pairs]), seed_draws, example_draws)
+    draws = crossed_means(np.stack(diffs))
+    scores = crossed_means(np.stack([other for _, other, _ in pairs]))  # the same draws
     low, high = np.quantile(draws, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
     beyond = min(int(np.sum(draws <= 0)), int(np.sum(draws >= 0)))  # the +1 rule: never p = 0 from a bootstrap
     p = float(min(1.0, 2 * (beyond + 1) / (len(draws) + 1))) if delta else 1.0
@@ -357,10 +356,6 @@ def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[s
     tasks = [t for t in reference.tasks if all(t in r.tasks for members in methods.values() for r in members)]
     if len(methods) < 2 or not tasks:
         return []
-    rng = np.random.default_rng(seed)
-    seed_draws = {size: rng.integers(0, size, size=(resamples, size)) for size in {len(m) for m in methods.values()}}
-    example_draws = {t: rng.integers(0, len(reference.tasks[t]), size=(resamples, len(reference.tasks[t])))
-                     for t in tasks}
     kinds = {t: reference.metrics[t].get("metric") for t in tasks}
     capability = {t: reference.metrics[t].get("capability") for t in tasks}
     floor = {c for c in capability.values()  # nothing to forget where the reference scores 0 (as in the report)
@@ -370,7 +365,7 @@ def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[s
         deltas, point = {}, {}
         for t in tasks:
             values = np.stack([other - ref for ref, other, _ in (aligned(reference, r, t) for r in members)])
-            deltas[t] = crossed_means(values, seed_draws[len(members)], example_draws[t])
+            deltas[t] = crossed_means(values, resamples, seed, examples_seed=seed + 1 + tasks.index(t))
             point[t] = float(values.mean())
         untrained = sorted({capability[t] for t in tasks if kinds[t] not in RAW_METRICS} - {trained.get(name)} - floor)
         forget = lambda d: -np.mean([np.mean([d[t] for t in tasks if capability[t] == c and kinds[t] not in RAW_METRICS],

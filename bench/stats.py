@@ -61,20 +61,19 @@ def detectable_difference(differences: np.ndarray, pass_fail: bool, alpha: float
     return z * float(np.std(differences, ddof=1)) / np.sqrt(n)
 
 
-def crossed_draws(seeds: int, examples: int, resamples: int = BOOTSTRAP_RESAMPLES,
-                  seed: int = BOOTSTRAP_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Bootstrap indices for scores of several training seeds on the same examples: per replicate, a resample of the
-    seeds and one resample of the examples, shared by every drawn seed ([resamples, seeds], [resamples, examples])."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, seeds, size=(resamples, seeds)), rng.integers(0, examples, size=(resamples, examples))
-
-
-def crossed_means(values: np.ndarray, seed_draws: np.ndarray, example_draws: np.ndarray) -> np.ndarray:
-    """Bootstrap means of `values` ([seeds, examples]) under crossed_draws. Seeds and examples are crossed, not
-    nested (every seed was scored on the same examples), so each replicate draws the examples once for all its seeds:
-    an effect carried by a few examples stays as uncertain as those few examples make it, however many seeds agree."""
-    means = np.empty(len(seed_draws))
-    for start in range(0, len(seed_draws), 500):  # chunks bound memory
-        s, e = seed_draws[start:start + 500], example_draws[start:start + 500]
-        means[start:start + 500] = values[s[:, :, None], e[:, None, :]].mean(axis=(1, 2))
+def crossed_means(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                  examples_seed: int | None = None) -> np.ndarray:
+    """Bootstrap means of scores of several training seeds on the same examples (`values`: [seeds, examples]): each
+    replicate resamples the seeds and, once for all of them, the examples. Seeds and examples are crossed, not nested
+    (every seed was scored on the same examples), so an effect carried by a few examples stays as uncertain as those
+    few examples make it, however many seeds agree. Seeds are drawn from `seed` and examples from `examples_seed`
+    (default seed + 1), each alone: quantities with the same seeds, or the same examples, share those draws."""
+    seeds_rng = np.random.default_rng(seed)
+    examples_rng = np.random.default_rng(seed + 1 if examples_seed is None else examples_seed)
+    k, n = values.shape
+    means = np.empty(resamples)
+    for start in range(0, resamples, 500):  # chunks bound memory
+        size = min(500, resamples - start)
+        s, e = seeds_rng.integers(0, k, size=(size, k)), examples_rng.integers(0, n, size=(size, n))
+        means[start:start + size] = values[s[:, :, None], e[:, None, :]].mean(axis=(1, 2))
     return means
