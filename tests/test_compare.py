@@ -92,7 +92,7 @@ def test_scores_that_are_not_pass_fail_change_down_or_up(tmp_path, capsys):
     assert "0 down / 8 up" in capsys.readouterr().out
 
 
-def test_a_method_over_training_seeds_gets_a_hierarchical_interval_and_its_seeds(tmp_path, capsys):
+def test_a_method_over_training_seeds_gets_an_interval_over_seeds_and_examples_and_its_seeds(tmp_path, capsys):
     """Three seeds of one method: the mean delta over seeds, an interval over seeds and examples, each seed's
     delta and how many agree in sign; a method whose seeds disagree gets a wide interval."""
     n = 100
