@@ -178,7 +178,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     import json
 
     from bench.compare import (compare_runs, delta_cell, flips, format_cell, load_run, method_pairs, method_verdicts,
-                               per_seed_runs, seed_groups, seeds_label, verdict_lines)
+                               per_seed_runs, seed_groups, seeds_label, task_cells, verdict_lines)
     from bench.report import trained_capability, write_report
 
     results_dir = Path(args.results_dir)
@@ -194,30 +194,24 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), table_rows, reference,
                           trained, records, verdicts, pairs)
     seeds = per_seed_runs(list(table_rows["run"].unique()))
-    shown = {"": table_rows[~table_rows["run"].isin(seeds)],
-             ", each training seed": table_rows[table_rows["run"].isin(seeds | {reference})]}
-    for title, rows in shown.items():
-        if rows["run"].nunique() < 2:
-            continue
-        table = Table(title=f"scores (%; drift: KL in nats) with 95% intervals; deltas against {reference}, paired "
-                            f"over the same examples (* p < 0.05; lost / gained: examples right->wrong / "
-                            f"wrong->right){title}")
-        table.add_column("task")
-        for name in rows["run"].unique():  # the runs, then each method over its training seeds
-            table.add_column(name, justify="right")
-        for task, group in rows.groupby("task", sort=False):
-            cells = [format_cell(r, reference, "\n") for _, r in group.iterrows()]
-            table.add_row(f"{task}\n{group.iloc[0].metric} (n={group.iloc[0].n})", *cells)
-        console.print(table)
+    against = f"deltas against {reference}, paired over the same examples (* p < 0.05; lost / gained: examples " \
+              f"right->wrong / wrong->right)"
+    versus = lambda r: format_cell(r, reference, "\n")
+    shown = [(f"scores (%; drift: KL in nats) with 95% intervals; {against}", versus,
+              table_rows[~table_rows["run"].isin(seeds)])]
+    if seeds:
+        shown.append((f"each training seed: {against}", versus, table_rows[table_rows["run"].isin(seeds | {reference})]))
     if not pairs.empty:
-        table = Table(title="head to head: B vs A is B minus A, paired over the same examples (and by training seed)")
+        shown.append(("head to head: B vs A is B minus A, paired over the same examples (and by training seed)",
+                      lambda r: delta_cell(r, "\n"), pairs))
+    for title, cell, rows in shown:
+        columns, body = task_cells(rows, cell)
+        table = Table(title=title)
         table.add_column("task")
-        labels = list(pairs["run"].unique())
-        for label in labels:
-            table.add_column(label, justify="right")
-        for task, group in pairs.groupby("task", sort=False):
-            cells = {r.run: delta_cell(r, "\n") for _, r in group.iterrows()}
-            table.add_row(f"{task}\n{group.iloc[0].metric} (n={group.iloc[0].n})", *(cells.get(l, "") for l in labels))
+        for column in columns:
+            table.add_column(column, justify="right")
+        for first, cells in body:
+            table.add_row(f"{first.task}\n{first.metric} (n={first.n})", *cells)
         console.print(table)
     for line in verdict_lines(verdicts):
         console.print(f"verdict: {line}", markup=False, highlight=False)
@@ -450,7 +444,7 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
     import os
 
     from bench.compare import load_run
-    from bench.gate import GateConfig, check_config, gate, is_run_dir, junit, load_baseline, load_gate_config, \
+    from bench.gate import GateConfig, gate, is_run_dir, junit, load_baseline, load_gate_config, \
         markdown, verdict_json
     from bench.store import atomic_write_text, write_json
 
@@ -460,7 +454,6 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
                  if value is not None}
     config = replace(config, **overrides, max_drop={**config.max_drop, **args.max_drop},
                      require={**config.require, **args.require}, strict=config.strict or args.strict)
-    check_config(config, "bench gate")
     baseline = load_run(results_dir, args.baseline) if is_run_dir(results_dir, args.baseline) or \
         not Path(args.baseline).is_dir() else load_baseline(Path(args.baseline))
     verdict = gate(baseline, load_run(results_dir, args.candidate), config, args.tasks or None)

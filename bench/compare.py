@@ -26,6 +26,7 @@ HEAD_TO_HEAD = "_vs_seed"  # a judged task's head-to-head against the seed's out
 HEAD_TO_HEAD_TEST = "sign test against 50%"
 SEEDED_TEST = "bootstrap over training seeds and examples (crossed)"
 RAW_METRICS = ("kl",)  # shown as they are (nats); every other metric is a fraction, shown in %
+LOWER_IS_BETTER = ("kl",)  # drift: a rise from the reference is the loss
 
 
 def scale(metric: str) -> float:
@@ -53,6 +54,17 @@ def delta_cell(row: Any, newline: str) -> str:
     if pd.notna(row.get("detectable")):
         cell += f"{newline}detectable ±{k * row.detectable:.2f}"
     return cell
+
+
+def task_cells(rows: pd.DataFrame, cell) -> tuple[list[str], list[tuple[Any, list[str]]]]:
+    """A comparison as a table: its columns (the runs, in order) and per task its first row and one cell per column,
+    `cell(row)` ("" where a column has no row for the task)."""
+    columns = list(rows["run"].unique())
+    body = []
+    for _, group in rows.groupby("task", sort=False):
+        cells = {r.run: cell(r) for _, r in group.iterrows()}
+        body.append((group.iloc[0], [cells.get(column, "") for column in columns]))
+    return columns, body
 
 
 def changes(down: int, up: int, pass_fail: bool) -> str:

@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import pandas as pd
 
-from bench.compare import RunScores, compare_runs, scale
+from bench.compare import HEAD_TO_HEAD, LOWER_IS_BETTER, RunScores, compare_runs, scale
 from bench.store import RUN_FILE, read_jsonl, write_json, write_jsonl
 from bench.types import BenchError
 
 BASELINE_FILE = "baseline.json"
 MARKDOWN_LIMIT = 65_536  # a pull-request comment; GitHub's step summary allows 1 MiB
 FLIPS_SHOWN = 20
-LOWER_IS_BETTER = ("kl",)  # drift: a rise from the baseline is the regression
 
 
 @dataclass(frozen=True)
@@ -78,13 +77,13 @@ def save_baseline(results_dir: Path, run: RunScores, out_dir: Path) -> Path:
     committed (no weights): `bench gate --baseline DIR` reads it as the baseline run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for task, frame in run.tasks.items():
-        if "vs_seed" in task:
+        if task.endswith(HEAD_TO_HEAD):
             continue
         rows = read_jsonl(results_dir / "runs" / run.name / task / "predictions.jsonl")
         write_jsonl(out_dir / f"{task}.jsonl", [{"id": r["id"], "score": r["score"], "output": r.get("output")}
                                                 for r in rows])
     write_json(out_dir / BASELINE_FILE, {"run": run.name, "record": run.record, "machine": machine(),
-                                         "metrics": {t: m for t, m in run.metrics.items() if "vs_seed" not in t}})
+                                         "metrics": {t: m for t, m in run.metrics.items() if not t.endswith(HEAD_TO_HEAD)}})
     return out_dir
 
 
@@ -183,8 +182,12 @@ def shared_examples(baseline: RunScores, candidate: RunScores) -> tuple[RunScore
             notes.append(f"{task}: gated on the {len(shared)} examples both scored ({len(base)} in the baseline, "
                          f"{len(cand)} in the candidate)")
         base_tasks[task], cand_tasks[task] = base[base["id"].isin(shared)], cand[cand["id"].isin(shared)]
-    keep = lambda run, tasks: RunScores(run.name, run.record, tasks, {t: run.metrics[t] for t in tasks})
-    return keep(baseline, base_tasks), keep(candidate, cand_tasks), notes
+    return with_tasks(baseline, base_tasks), with_tasks(candidate, cand_tasks), notes
+
+
+def with_tasks(run: RunScores, tasks: dict[str, pd.DataFrame]) -> RunScores:
+    """The run restricted to these tasks' (and examples') scores."""
+    return replace(run, tasks=tasks, metrics={t: run.metrics[t] for t in tasks})
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -212,16 +215,14 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig, tasks: l
     """`tasks`: gate only these (default: every task both runs scored)."""
     check_config(config, "bench gate")
     if baseline.name == candidate.name:  # a run gated against itself: two names for one table
-        baseline = RunScores(f"baseline:{baseline.name}", baseline.record, baseline.tasks, baseline.metrics)
+        baseline = replace(baseline, name=f"baseline:{baseline.name}")
     notes = differences(baseline, candidate)
     for name in tasks or ():
         if name not in baseline.tasks or name not in candidate.tasks:
             raise BenchError(f"--tasks {name}: not scored by both runs (baseline: {', '.join(baseline.tasks)}; "
                              f"candidate: {', '.join(candidate.tasks)})")
     if tasks:
-        only = lambda run: RunScores(run.name, run.record, {t: run.tasks[t] for t in tasks},
-                                     {t: run.metrics[t] for t in tasks})
-        baseline, candidate = only(baseline), only(candidate)
+        baseline, candidate = (with_tasks(run, {t: run.tasks[t] for t in tasks}) for run in (baseline, candidate))
     baseline, candidate, left_out = shared_examples(baseline, candidate)
     notes += left_out
     if not baseline.tasks:

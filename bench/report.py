@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.compare import RAW_METRICS, delta_cell, format_cell, per_seed_runs, verdict_lines
+from bench.compare import (LOWER_IS_BETTER, RAW_METRICS, delta_cell, format_cell, per_seed_runs, task_cells,
+                           verdict_lines)
 from bench.store import atomic_write_text, write_json
 
 UNTRAINED_MEAN = "untrained capabilities (mean)"
@@ -108,26 +109,11 @@ def drift_against_forgetting(table: pd.DataFrame, capabilities: pd.DataFrame) ->
     return frame, rho
 
 
-def task_table(table: pd.DataFrame, reference: str) -> list[str]:
-    """Rows: tasks; columns: runs, each cell its score and, but for the reference, its delta to the reference."""
-    runs = list(table["run"].unique())
-    lines = [f"| task | metric | n | " + " | ".join(runs) + " |", "|" + "---|" * (3 + len(runs))]
-    for task, group in table.groupby("task", sort=False):
-        cells = [format_cell(r, reference, "<br>") for _, r in group.iterrows()]
-        first = group.iloc[0]
-        lines.append(f"| {task} | {first.metric} | {first.n} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def pair_table(pairs: pd.DataFrame) -> list[str]:
-    """Rows: tasks; columns: pairs of methods, each cell the later method's paired delta to the earlier."""
-    labels = list(pairs["run"].unique())
-    lines = [f"| task | metric | n | " + " | ".join(labels) + " |", "|" + "---|" * (3 + len(labels))]
-    for task, group in pairs.groupby("task", sort=False):
-        cells = {r.run: delta_cell(r, "<br>") for _, r in group.iterrows()}
-        first = group.iloc[0]
-        lines.append(f"| {task} | {first.metric} | {first.n} | " + " | ".join(cells.get(l, "") for l in labels) + " |")
-    return lines
+def task_table(rows: pd.DataFrame, cell) -> list[str]:
+    """Rows: tasks; columns: runs (or pairs of methods), each cell `cell(row)`."""
+    columns, body = task_cells(rows, cell)
+    return [f"| task | metric | n | " + " | ".join(columns) + " |", "|" + "---|" * (3 + len(columns))] + [
+        f"| {first.task} | {first.metric} | {first.n} | " + " | ".join(cells) + " |" for first, cells in body]
 
 
 def capability_table(capabilities: pd.DataFrame) -> list[str]:
@@ -145,7 +131,8 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame, pa
     against forgetting; each training seed's own columns folded away below."""
     seeds = per_seed_runs(list(table["run"].unique()))
     main = table[~table["run"].isin(seeds)]
-    lines = [f"## Against {reference}", "", *task_table(main, reference), "",
+    against = lambda r: format_cell(r, reference, "<br>")
+    lines = [f"## Against {reference}", "", *task_table(main, against), "",
              f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals (Wilson for pass/fail "
              f"scores); Δ against {reference}, paired over the same examples (* p < 0.05: McNemar's exact test for "
              "pass/fail scores, a sign-flip permutation test otherwise; a method over training seeds: a bootstrap "
@@ -153,7 +140,7 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame, pa
              "examples whose score fell / rose; detectable: the smallest Δ these examples (and seeds) detect at 5% "
              "with 80% power."]
     if pairs is not None and not pairs.empty:
-        lines += ["", "## Head to head", "", *pair_table(pairs), "",
+        lines += ["", "## Head to head", "", *task_table(pairs, lambda r: delta_cell(r, "<br>")), "",
                   "B vs A: Δ = B minus A, paired over the same examples (methods over training seeds: paired by seed "
                   "number, the same bootstrap), tests as above."]
     lines += ["", "## Capabilities", "", *capability_table(capabilities[~capabilities["run"].isin(seeds)])]
@@ -169,7 +156,7 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame, pa
                       + " (does drift from the seed predict forgetting? RL's Razor, arXiv 2509.04259)."]
     if seeds:
         lines += ["", "<details><summary>Each training seed</summary>", "",
-                  *task_table(table[table["run"].isin(seeds | {reference})], reference), "",
+                  *task_table(table[table["run"].isin(seeds | {reference})], against), "",
                   *capability_table(capabilities[capabilities["run"].isin(seeds)]), "", "</details>"]
     return "\n".join(lines) + "\n"
 
@@ -323,6 +310,6 @@ def _cell_html(cell: str, metric: str) -> str:
     found = SIGNIFICANT_DELTA.search(cell)
     if not found:
         return f"<td>{cell}</td>"
-    loss = (found[1] == "-") != (metric in RAW_METRICS)
+    loss = (found[1] == "-") != (metric in LOWER_IS_BETTER)
     label = "▼ significant loss" if loss else "▲ significant gain"
     return f"<td class='{'loss' if loss else 'gain'}'><b>{label}</b><br>{cell}</td>"
