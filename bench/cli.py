@@ -91,7 +91,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     from bench.runner import evaluate
     from bench.sandbox import Sandbox, isolation_notes
     from bench.store import RunStore
-    from tasks import select_tasks
+    from tasks import TASKS, select_tasks
 
     if not args.suite and not args.tasks:
         raise BenchError("give --suite or --tasks (see `bench tasks`)")
@@ -103,9 +103,16 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
         raise BenchError("--samples above 1 needs --temperature above 0 (greedy samples are all the same)")
     data_dir = resolve_data_dir(args.data_dir)
     task_limits = getattr(args, "task_limits", None) or {}
-    unknown = sorted(set(task_limits) - {t.name for t in tasks})
-    if unknown:
-        raise BenchError(f"--task-limits: {', '.join(unknown)} not among the selected tasks")
+    token_caps = getattr(args, "max_new_tokens", None) or {}
+    for option, values in (("--task-limits", task_limits), ("--max-new-tokens", token_caps)):
+        unknown = sorted(set(values) - {t.name for t in tasks})
+        if unknown:
+            raise BenchError(f"{option}: {', '.join(unknown)} not among the selected tasks")
+    uncapped = sorted(name for name in token_caps if not isinstance(TASKS[name], Task) or TASKS[name].drift)
+    if uncapped:
+        raise BenchError(f"--max-new-tokens: {', '.join(uncapped)} generates no text of its own")
+    tasks = [replace(t, generation=replace(t.generation, max_new_tokens=token_caps[t.name]))
+             if t.name in token_caps else t for t in tasks]
     data = {t.name: (load_task_data if isinstance(t, Task) else load_harness_data)(
         t, data_dir, task_limits.get(t.name, args.limit)) for t in tasks}
     results_dir = Path(args.results_dir)
@@ -177,8 +184,9 @@ def _adapter_prompt_format(adapter: str | None) -> str | None:
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     import json
 
-    from bench.compare import (compare_runs, delta_cell, flips, format_cell, load_run, method_pairs, method_verdicts,
-                               per_seed_runs, seed_groups, seeds_label, task_cells, verdict_lines)
+    from bench.compare import (compare_runs, delta_cell, flips, format_cell, instruction_breakdown, load_run,
+                               method_pairs, method_verdicts, per_seed_runs, seed_groups, seeds_label, task_cells,
+                               verdict_lines)
     from bench.report import trained_capability, write_report
 
     results_dir = Path(args.results_dir)
@@ -192,7 +200,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         trained[seeds_label(stem, members)] = trained[members[0].name]
     verdicts = method_verdicts(runs[0], runs[1:], trained)
     report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), table_rows, reference,
-                          trained, records, verdicts, pairs)
+                          trained, records, verdicts, pairs, instruction_breakdown(runs))
     seeds = per_seed_runs(list(table_rows["run"].unique()))
     against = f"deltas against {reference}, paired over the same examples (* p < 0.05; lost / gained: examples " \
               f"right->wrong / wrong->right)"
@@ -373,7 +381,8 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
     for run, name in zip(runs, [None, *runs[1:]]):
         adapter = str(checkpoints / name) if name else None
         stage(f"eval {run.removeprefix(profile.name + '-')}", cmd_eval, model=profile.model, adapter=adapter,
-              suite=profile.suites, tasks=profile.tasks, limit=profile.limit, task_limits=profile.task_limits, name=run,
+              suite=profile.suites, tasks=profile.tasks, limit=profile.limit, task_limits=profile.task_limits,
+              max_new_tokens=profile.max_new_tokens, name=run,
               batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype,
               prompt_format=profile.prompt_format, judge=profile.judge, judge_orders=profile.judge_orders)
     stage("compare", cmd_compare, runs=runs, flips=None, name=profile.name)
@@ -564,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=_positive_int, help="the first N examples of each task")
     ev.add_argument("--task-limits", type=_task_limits, default={}, metavar="TASK=N,...",
                     help="per-task limits that override --limit")
+    ev.add_argument("--max-new-tokens", type=_task_limits, default={}, metavar="TASK=N,...",
+                    help="per-task caps on generated tokens below the task's own (ifeval: lm-eval's 1280); recorded "
+                         "in run.json and the report")
     ev.add_argument("--data-dir", help="offline mirror (default: $BENCH_DATA_DIR, else ../shared/data if present, else the Hub)")
     ev.add_argument("--name", help="run name (default: from the model and adapter)")
     ev.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")

@@ -184,12 +184,18 @@ def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
         raise BenchError(f"runs {', '.join(names)} have no task in common")
     rows = []
     for task in tasks:
-        judges = {r.name: r.metrics[task].get("judge") for r in runs}
-        if any(judge != judges[reference.name] for judge in judges.values()):
-            other = next(name for name, judge in judges.items() if judge != judges[reference.name])
-            raise BenchError(f"task {task}: runs {reference.name} and {other} were judged by different judges "
-                             f"({(judges[reference.name] or {}).get('spec')} vs {(judges[other] or {}).get('spec')}); "
-                             f"judge both with the same --judge")
+        for key in ("judge", "generation"):  # a run judged or generated otherwise measured something else
+            settings = {r.name: r.metrics[task].get(key) for r in runs}
+            other = next((name for name, value in settings.items() if value != settings[reference.name]), None)
+            if other is None:
+                continue
+            if key == "judge":
+                raise BenchError(f"task {task}: runs {reference.name} and {other} were judged by different judges "
+                                 f"({(settings[reference.name] or {}).get('spec')} vs {(settings[other] or {}).get('spec')}); "
+                                 f"judge both with the same --judge")
+            raise BenchError(f"task {task}: runs {reference.name} and {other} generated with different settings "
+                             f"({settings[reference.name]} vs {settings[other]}); evaluate both alike "
+                             f"(--max-new-tokens, --temperature)")
         reference_metrics = reference.metrics[task]
         rows.append({"task": task, "capability": reference_metrics.get("capability"),
                      "metric": reference_metrics.get("metric"), "run": reference.name, "n": reference_metrics["n"],
@@ -219,6 +225,16 @@ def paired_row(reference: RunScores, run: RunScores, task: str, label: str | Non
             "p_value": p, "detectable": detectable_difference(diff, binary),
             "test": PASS_FAIL_TEST if binary else "paired sign-flip permutation", "pass_fail": binary,
             "right_to_wrong": right_to_wrong, "wrong_to_right": wrong_to_right, "significant": bool(p < 1 - LEVEL)}
+
+
+def instruction_breakdown(runs: list[RunScores]) -> pd.DataFrame:
+    """Per kind of instruction (IFEval's `by_instruction`), each run's followed / total, strict and loose: which
+    kinds of instruction a fine-tune stopped following. Empty when no run has such a task."""
+    rows = [{"task": task, "instruction": instruction, "run": run.name, **counts,
+             "max_new_tokens": run.metrics[task]["generation"]["max_new_tokens"]}
+            for run in runs for task, metrics in run.metrics.items()
+            for instruction, counts in metrics.get("by_instruction", {}).items()]
+    return pd.DataFrame(rows, columns=["task", "instruction", "run", "strict", "loose", "total", "max_new_tokens"])
 
 
 SEEDED = re.compile(r"^(?P<stem>.+)-s(?P<seed>\d+)$")  # a fine-tune's run per training seed: METHOD-sN

@@ -27,6 +27,7 @@ class Profile:
     train_limit: int | None = None
     limit: int | None = None
     task_limits: dict[str, int] = field(default_factory=dict)
+    max_new_tokens: dict[str, int] = field(default_factory=dict)  # per-task token caps (`bench eval --max-new-tokens`)
     batch_size: int = 64
     sft: dict[str, Any] = field(default_factory=dict)  # SFTConfig keys (checked by the trainer's config reader)
     gkd: dict[str, Any] = field(default_factory=dict)  # GKDConfig keys over [sft]'s

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.compare import (LOWER_IS_BETTER, RAW_METRICS, delta_cell, format_cell, per_seed_runs, task_cells,
+from bench.compare import (LOWER_IS_BETTER, RAW_METRICS, SEEDED, delta_cell, format_cell, per_seed_runs, task_cells,
                            verdict_lines)
 from bench.store import atomic_write_text, write_json
 
@@ -126,7 +126,38 @@ def capability_table(capabilities: pd.DataFrame) -> list[str]:
     return lines
 
 
-def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame, pairs: pd.DataFrame | None = None) -> str:
+def instruction_table(instructions: pd.DataFrame, reference: str) -> list[str]:
+    """Followed / total per kind of instruction (strict), the reference first, each other run with its change in
+    points; a method over training seeds pools its seeds (METHOD-sN under METHOD)."""
+    lines = []
+    for task, rows in instructions.groupby("task", sort=False):
+        rows = rows.assign(run=[r if r == reference or SEEDED.match(r) is None else SEEDED.match(r)["stem"]
+                                for r in rows["run"]])
+        counts = rows.groupby(["instruction", "run"], sort=False)[["strict", "total"]].sum()
+        runs = [reference] + [r for r in dict.fromkeys(rows["run"]) if r != reference]
+        caps = rows.groupby("run", sort=False)["max_new_tokens"].first()
+        caps = str(caps.iloc[0]) if caps.nunique() == 1 else ", ".join(f"{c} ({r})" for r, c in caps.items())
+        lines += [f"| {task}: instruction | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+        for instruction in sorted(rows["instruction"].unique()):
+            cells = []
+            for run in runs:
+                if (instruction, run) not in counts.index:
+                    cells.append("")
+                    continue
+                followed, total = counts.loc[(instruction, run)]
+                cell = f"{followed}/{total}"
+                if run != reference and (instruction, reference) in counts.index:
+                    ref_followed, ref_total = counts.loc[(instruction, reference)]
+                    cell += f" ({100 * (followed / total - ref_followed / ref_total):+.1f})"
+                cells.append(cell)
+            lines.append(f"| {instruction} | " + " | ".join(cells) + " |")
+        lines += ["", f"Instructions followed (strict) / given, by kind; in brackets the change from {reference} in "
+                      f"points. At most {caps} new tokens per prompt (lm-eval's IFEval: 1280).", ""]
+    return lines
+
+
+def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame, pairs: pd.DataFrame | None = None,
+             instructions: pd.DataFrame | None = None) -> str:
     """The report's body: every method against the reference, the methods head to head, per capability, drift
     against forgetting; each training seed's own columns folded away below."""
     seeds = per_seed_runs(list(table["run"].unique()))
@@ -144,6 +175,8 @@ def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame, pa
                   "B vs A: Δ = B minus A, paired over the same examples (methods over training seeds: paired by seed "
                   "number, the same bootstrap), tests as above."]
     lines += ["", "## Capabilities", "", *capability_table(capabilities[~capabilities["run"].isin(seeds)])]
+    if instructions is not None and not instructions.empty:
+        lines += ["", "## Instruction following by kind", "", *instruction_table(instructions, reference)]
     razor, rho = drift_against_forgetting(table, capabilities)
     if not razor.empty:
         lines += ["", "## Drift and forgetting", "",
@@ -228,7 +261,7 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
 
 def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: dict[str, str | None],
                  runs: dict[str, dict[str, Any]] | None = None, verdicts: list[dict[str, Any]] | None = None,
-                 pairs: pd.DataFrame | None = None) -> Path:
+                 pairs: pd.DataFrame | None = None, instructions: pd.DataFrame | None = None) -> Path:
     """All four files, each written atomically; report.json also carries each run's provenance (from the
     run.json records in `runs`), the study's verdict (bench.compare.method_verdicts), which report.md puts first, and
     the methods head to head (bench.compare.method_pairs). Returns the directory."""
@@ -237,7 +270,7 @@ def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: di
     traced = {name: provenance(record) for name, record in (runs or {}).items()}
     said = verdict_lines(verdicts or [])
     verdict = "## Verdict\n\n" + "".join(f"- {line}\n" for line in said) + "\n" if said else ""
-    body = markdown(table, reference, capabilities, pairs) + "".join(
+    body = markdown(table, reference, capabilities, pairs, instructions) + "".join(
         f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
         f"{p['dtype']}, {p['prompt_format']} prompts, git {((p['git'] or {}).get('commit') or 'unknown')[:12]}"
         f"{' (uncommitted changes)' if (p['git'] or {}).get('dirty') else ''}\n" for name, p in traced.items())
@@ -250,6 +283,7 @@ def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: di
         "capabilities": json.loads(capabilities.to_json(orient="records")),
         "verdict": verdicts or [],
         "head_to_head": json.loads(pairs.to_json(orient="records")) if pairs is not None else [],
+        "by_instruction": json.loads(instructions.to_json(orient="records")) if instructions is not None else [],
         "drift_vs_forgetting": dict(zip(("runs", "spearman_kl_forgetting"), (
             json.loads(razor.to_json(orient="records")), rho))),
         "provenance": traced})

@@ -177,6 +177,10 @@ def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedDa
                "samples": samples}
     for name in scores[0][0].others if scores else ():
         metrics.setdefault("others", {})[name] = summarize([sum(s.others[name] for s in ss) / samples for ss in scores])
+    if task.aggregate is not None:
+        extra = task.aggregate([s for ss in scores for s in ss])
+        metrics.setdefault("others", {}).update(extra.pop("others", {}))
+        metrics.update(extra)
     if task.program is not None:
         metrics["outcomes"] = {status: sum(o["status"] == status for os_ in outcomes for o in os_) for status in OUTCOMES}
         if samples > 1:
@@ -249,6 +253,8 @@ def _sample_row(gen, score: Score, program: str | None, outcome: dict | None) ->
            "n_tokens": gen.n_tokens, "finish": gen.finish}
     if score.others:
         row["scores"] = score.others
+    if score.details:
+        row["details"] = score.details
     if outcome is not None:
         row.update(outcome=outcome["status"], error_type=outcome["error_type"], program=program,
                    duration=outcome["duration"])

@@ -31,6 +31,7 @@ class Score:
     answer: str | None = None
     explanation: str | None = None
     others: dict[str, float] = field(default_factory=dict)  # secondary scores, each averaged into metrics.json
+    details: dict[str, Any] = field(default_factory=dict)  # what a task's `aggregate` reads (kept in the row)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,9 @@ class Task:
     program: Callable[[str, Example], str] | None = None
     drift: bool = False  # instead of scoring: the seed's responses, and the model's NLL and KL along them
     judged: bool = False  # instead of scoring: pairwise preferences of a judge against the reference and the seed
+    # metrics that are not a mean over examples (IFEval's pooled instruction-level accuracy), from every Score:
+    # a dict merged into metrics.json, its "others" into the task's others
+    aggregate: Callable[[list[Score]], dict[str, Any]] | None = None
     template: str = "chat"  # or ALPACA_TEMPLATE: sent as plain text in the "study" prompt format
     hub: HubSource | None = None
     description: str = ""

@@ -5,6 +5,7 @@ from bench.types import BenchError, HarnessTask, Task
 from tasks.code import humaneval, humaneval_chat
 from tasks.drift import drift
 from tasks.helpfulness import alpaca_eval
+from tasks.instructions import ifeval
 from tasks.knowledge import arc_challenge, arc_easy, hellaswag, mmlu, truthfulqa_mc1, truthfulqa_mc2, winogrande
 from tasks.math import gsm8k, multiarith
 from tasks.safety import advbench, harmbench
@@ -30,6 +31,7 @@ TASKS: dict[str, Task | HarnessTask] = {
         hellaswag,
         drift,
         alpaca_eval,
+        ifeval,
     )
 }
 
@@ -41,6 +43,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "knowledge": ("mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "winogrande", "hellaswag"),
     "drift": ("drift",),
     "helpfulness": ("alpaca_eval",),
+    "instructions": ("ifeval",),
 }
 SUITES["all"] = tuple(name for names in SUITES.values() for name in names)
 

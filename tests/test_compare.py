@@ -155,3 +155,19 @@ def test_two_methods_head_to_head_by_seed_and_for_single_runs(tmp_path, capsys):
     direct = compare(tmp_path, ["a", "b"]).set_index("run").loc["b"]
     assert (single["delta"], single["p_value"], single["test"]) == (direct.delta, direct.p_value, direct.test)
     assert single["right_to_wrong"] == 15 and single["wrong_to_right"] == 0
+
+
+def test_runs_generated_with_different_token_caps_are_not_paired(tmp_path):
+    """A shorter cap is a different measurement (an IFEval word count, a truncated program): refused, named."""
+    rows = [(f"q{i}", float(i % 2)) for i in range(10)]
+    for name, cap in (("seed", 1280), ("sft", 512)):
+        store = RunStore(tmp_path, name)
+        identity = {"tasks": {"ifeval": {"n": 10}}}
+        store.begin({"identity": identity})
+        store.write_task("ifeval", [{"id": i, "score": s} for i, s in rows],
+                         {"task": "ifeval", "capability": "instructions", "metric": "prompt_level_strict", "mean": 0.5,
+                          "ci_low": 0.2, "ci_high": 0.8, "n": 10, "generation": {"max_new_tokens": cap}})
+        store.finish({"identity": identity})
+    with pytest.raises(BenchError, match=r"task ifeval: runs seed and sft generated with different settings "
+                                         r"\(\{'max_new_tokens': 1280\} vs \{'max_new_tokens': 512\}\)"):
+        compare(tmp_path, ["seed", "sft"])

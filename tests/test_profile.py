@@ -160,6 +160,6 @@ def test_seeds_must_be_distinct_whole_numbers(tmp_path):
 def test_the_seeded_tiny_profile_is_the_tiny_study_over_three_seeds():
     tiny, seeded = load_profile("tiny"), load_profile("tiny-seeds")
     assert seeded.seeds == [0, 1, 2] and seeded.methods == ["sft", "sdft"]
-    assert (seeded.sft, seeded.tasks, seeded.task_limits, seeded.train_limit) == \
-        (tiny.sft, tiny.tasks, tiny.task_limits, tiny.train_limit)
+    assert (seeded.sft, seeded.tasks, seeded.task_limits, seeded.max_new_tokens, seeded.train_limit) == \
+        (tiny.sft, tiny.tasks, tiny.task_limits, tiny.max_new_tokens, tiny.train_limit)
     assert load_profile("paper").seeds == [0, 1, 2]

@@ -188,3 +188,21 @@ def test_a_capability_the_reference_scores_0_on_stays_out_of_mean_forgetting_in_
     assert "| lucky | untrained capabilities (mean; without math: the reference scores 0, nothing to forget) | " \
            "50.00 | 40.00 |  | -10.00 |" in md
     assert "steady forgets less on its untrained capabilities than lucky" in md
+
+
+def test_instruction_kinds_table_pools_training_seeds_and_shows_the_cap(tmp_path):
+    def row(run: str, instruction: str, strict: int, total: int) -> dict:
+        return {"task": "ifeval", "instruction": instruction, "run": run, "strict": strict, "loose": strict,
+                "total": total, "max_new_tokens": 512}
+
+    instructions = pd.DataFrame([row("seed", "punctuation:no_comma", 6, 10), row("seed", "startend:quotation", 2, 4),
+                                 row("sft-s0", "punctuation:no_comma", 3, 10), row("sft-s1", "punctuation:no_comma", 5, 10),
+                                 row("sft-s0", "startend:quotation", 2, 4), row("sft-s1", "startend:quotation", 3, 4)])
+    out = write_report(tmp_path / "r", table(), "seed", {"sft": "math"}, None, None, None, instructions)
+    md = (out / "report.md").read_text()
+    assert "## Instruction following by kind" in md
+    assert "| ifeval: instruction | seed | sft |" in md
+    assert "| punctuation:no_comma | 6/10 | 8/20 (-20.0) |" in md  # the seeds pooled: 8 of 20 against 6 of 10
+    assert "| startend:quotation | 2/4 | 5/8 (+12.5) |" in md
+    assert "At most 512 new tokens per prompt (lm-eval's IFEval: 1280)." in md
+    assert len(json.loads((out / "report.json").read_text())["by_instruction"]) == 6

@@ -9,7 +9,7 @@ from tasks import SUITES, TASKS, select_tasks
 def test_tasks_by_name() -> None:
     assert list(TASKS) == ["gsm8k", "multiarith", "advbench_raw", "advbench_jailbreak", "harmbench", "humaneval",
                            "humaneval_chat", "openfunction", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy",
-                           "arc_challenge", "winogrande", "hellaswag", "drift", "alpaca_eval"]
+                           "arc_challenge", "winogrande", "hellaswag", "drift", "alpaca_eval", "ifeval"]
     for name, task in TASKS.items():
         assert task.name == name
 
@@ -24,9 +24,10 @@ def test_suites() -> None:
                       "hellaswag"),
         "drift": ("drift",),
         "helpfulness": ("alpaca_eval",),
+        "instructions": ("ifeval",),
         "all": ("gsm8k", "multiarith", "advbench_raw", "advbench_jailbreak", "harmbench", "humaneval", "openfunction",
                 "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "winogrande", "hellaswag",
-                "drift", "alpaca_eval"),
+                "drift", "alpaca_eval", "ifeval"),
     }
     for suite, names in SUITES.items():
         if suite == "all":
