@@ -12,8 +12,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.models import PROMPT_FORMATS
-from bench.profile import METHODS
+from bench.generation.models import PROMPT_FORMATS
+from bench.store import RunStore
+from fine_tune import METHODS
 from bench.types import BenchError, HarnessTask, Task
 
 DEFAULT_RESULTS_DIR = Path("results")
@@ -82,37 +83,18 @@ def default_run_name(model: str, adapter: str | None) -> str:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> None:
-    from bench.cache import Cache
+    from bench.generation.cache import Cache
     from bench.data import load_task_data, resolve_data_dir
-    from bench.engine import Engine
-    from bench.lmeval import Harness, load_harness_data
-    from bench.models import load_model
-    from bench.compare import scale
-    from bench.runner import evaluate
-    from bench.sandbox import Sandbox, isolation_notes
+    from bench.generation.engine import Engine
+    from bench.evaluation.lmeval import Harness, load_harness_data
+    from bench.generation.models import load_model
+    from bench.execution.runner import evaluate
+    from bench.execution.sandbox import Sandbox, isolation_notes
     from bench.store import RunStore
-    from tasks import TASKS, select_tasks
 
-    if not args.suite and not args.tasks:
-        raise BenchError("give --suite or --tasks (see `bench tasks`)")
-    tasks = select_tasks(args.suite, args.tasks)
-    if args.temperature is not None:
-        tasks = [replace(t, generation=replace(t.generation, temperature=args.temperature))
-                 if isinstance(t, Task) and not t.drift else t for t in tasks]
-    if args.samples > 1 and not args.temperature:
-        raise BenchError("--samples above 1 needs --temperature above 0 (greedy samples are all the same)")
+    tasks = _selected_tasks(args)
     data_dir = resolve_data_dir(args.data_dir)
     task_limits = getattr(args, "task_limits", None) or {}
-    token_caps = getattr(args, "max_new_tokens", None) or {}
-    for option, values in (("--task-limits", task_limits), ("--max-new-tokens", token_caps)):
-        unknown = sorted(set(values) - {t.name for t in tasks})
-        if unknown:
-            raise BenchError(f"{option}: {', '.join(unknown)} not among the selected tasks")
-    uncapped = sorted(name for name in token_caps if not isinstance(TASKS[name], Task) or TASKS[name].drift)
-    if uncapped:
-        raise BenchError(f"--max-new-tokens: {', '.join(uncapped)} generates no text of its own")
-    tasks = [replace(t, generation=replace(t.generation, max_new_tokens=token_caps[t.name]))
-             if t.name in token_caps else t for t in tasks]
     data = {t.name: (load_task_data if isinstance(t, Task) else load_harness_data)(
         t, data_dir, task_limits.get(t.name, args.limit)) for t in tasks}
     results_dir = Path(args.results_dir)
@@ -138,7 +120,42 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
         seed_model = model if args.adapter is None else load_model(args.model, None, args.dtype, prompt_format)
         seed = (seed_model, engine if seed_model is model else Engine(seed_model, cache, batch_size=args.batch_size))
     metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples, harness, seed, judge)
-    table = Table(title=f"run {store.name}: {model.spec} ({model.dtype}, fingerprint {model.fingerprint})")
+    title = f"run {store.name}: {model.spec} ({model.dtype}, fingerprint {model.fingerprint})"
+    console.print(_metrics_table(title, metrics))
+    console.print(f"results: {store.dir}  ({time.perf_counter() - started:.1f} s)")
+
+
+def _selected_tasks(args: argparse.Namespace) -> list[Task | HarnessTask]:
+    """The tasks of --suite and --tasks with --temperature and --max-new-tokens applied; options naming a task not
+    selected, or one that generates nothing, are errors."""
+    from tasks import TASKS, select_tasks
+
+    if not args.suite and not args.tasks:
+        raise BenchError("give --suite or --tasks (see `bench tasks`)")
+    tasks = select_tasks(args.suite, args.tasks)
+    if args.temperature is not None:
+        tasks = [replace(t, generation=replace(t.generation, temperature=args.temperature))
+                 if isinstance(t, Task) and not t.drift else t for t in tasks]
+    if args.samples > 1 and not args.temperature:
+        raise BenchError("--samples above 1 needs --temperature above 0 (greedy samples are all the same)")
+    task_limits = getattr(args, "task_limits", None) or {}
+    token_caps = getattr(args, "max_new_tokens", None) or {}
+    for option, values in (("--task-limits", task_limits), ("--max-new-tokens", token_caps)):
+        unknown = sorted(set(values) - {t.name for t in tasks})
+        if unknown:
+            raise BenchError(f"{option}: {', '.join(unknown)} not among the selected tasks")
+    uncapped = sorted(name for name in token_caps if not isinstance(TASKS[name], Task) or TASKS[name].drift)
+    if uncapped:
+        raise BenchError(f"--max-new-tokens: {', '.join(uncapped)} generates no text of its own")
+    tasks = [replace(t, generation=replace(t.generation, max_new_tokens=token_caps[t.name]))
+             if t.name in token_caps else t for t in tasks]
+    return tasks
+
+
+def _metrics_table(title: str, metrics: dict[str, dict[str, Any]]) -> Table:
+    from bench.analysis.compare import scale
+
+    table = Table(title=title)
     for column in ("task", "metric", "n", "score", "95% CI"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for name, m in metrics.items():
@@ -150,15 +167,14 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
         extra += "".join(f"  {name_} {k * v['mean']:.2f}" for name_, v in m.get("others", {}).items())
         table.add_row(name, m["metric"], str(m["n"]), f"{k * m['mean']:.2f}{extra}",
                       f"[{k * m['ci_low']:.2f}, {k * m['ci_high']:.2f}]")
-    console.print(table)
-    console.print(f"results: {store.dir}  ({time.perf_counter() - started:.1f} s)")
+    return table
 
 
 def _judge(args: argparse.Namespace, cache):
     """The judge of judged tasks, checked before any generation: a local model that loads, or an API that answers."""
-    from bench.engine import Engine
-    from bench.judge import DEFAULT_JUDGE, LOCAL_PREFIX, Judge
-    from bench.models import load_model
+    from bench.generation.engine import Engine
+    from bench.evaluation.judge import DEFAULT_JUDGE, LOCAL_PREFIX, Judge
+    from bench.generation.models import load_model
 
     spec = getattr(args, "judge", None) or DEFAULT_JUDGE
     orders = getattr(args, "judge_orders", None) or "both"
@@ -184,10 +200,10 @@ def _adapter_prompt_format(adapter: str | None) -> str | None:
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     import json
 
-    from bench.compare import (compare_runs, delta_cell, flips, format_cell, instruction_breakdown, load_run,
+    from bench.analysis.compare import (compare_runs, delta_cell, flips, format_cell, instruction_breakdown, load_run,
                                method_pairs, method_verdicts, per_seed_runs, seed_groups, seeds_label, task_cells,
                                verdict_lines)
-    from bench.report import trained_capability, write_report
+    from bench.analysis.report import trained_capability, write_report
 
     results_dir = Path(args.results_dir)
     runs = [load_run(results_dir, name) for name in args.runs]
@@ -234,193 +250,75 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     console.print(f"report: {report}/report.{{md,csv,json,html}}")
 
 
-# Options of `bench train` that set a trainer's config key, and the methods that have the key.
-TRAIN_OPTIONS = {"lmbda": ("gkd",), "beta": ("gkd",), "temperature": ("gkd", "onpolicy_sd"), "seq_kd": ("gkd",),
-                 "max_new_tokens": ("gkd", "onpolicy_sd"), "teacher_kind": ("onpolicy_sd",),
-                 "divergence": ("onpolicy_sd",)}
+def _train_config(args: argparse.Namespace, cls: type):
+    """The method's config: a profile's [sft] and [METHOD] tables, or --config; then the options, each of which
+    only a method whose config has its key takes."""
+    from fine_tune import METHODS
+    from fine_tune.common import config_from_dict, flat, load_config
 
-
-def _train_config(args: argparse.Namespace):
-    """The method's config: a profile's [sft] table and its own table, or --config; then the options."""
-    from fine_tune.gkd import GKDConfig
-    from fine_tune.onpolicy_sd import OnPolicySDConfig
-    from fine_tune.sft import SFTConfig, config_from_dict, load_config
-
-    cls = {"gkd": GKDConfig, "onpolicy_sd": OnPolicySDConfig}.get(args.method, SFTConfig)
     values = getattr(args, "config_values", None)  # from a profile's [sft] and [METHOD] tables
     config = config_from_dict(values, f"profile [sft] and [{args.method}]", cls) if values else \
         load_config(Path(args.config) if args.config else None, cls)
-    if args.epochs is not None:
-        config = replace(config, epochs=args.epochs)
-    for key, methods in TRAIN_OPTIONS.items():
-        value = getattr(args, key, None)
-        if value in (None, False):
-            continue
-        if args.method not in methods:
-            raise BenchError(f"--{key.replace('_', '-')}: not an option of {args.method} (only {', '.join(methods)})")
-        config = replace(config, **{key: value})
-    return config
+    options = {key: getattr(args, key, None) for key in TRAIN_OPTIONS}
+    options = {key: value for key, value in options.items() if value is not None and value is not False}
+    for key in options:
+        if key not in flat(config):
+            having = [m for m, trainer in METHODS.items() if key in flat(trainer.config())]
+            raise BenchError(f"--{key.replace('_', '-')}: not an option of {args.method} (only {', '.join(having)})")
+    return config_from_dict(options, "bench train", cls, config) if options else config
+
+
+# Options of `bench train` that set a key of a method's config.
+TRAIN_OPTIONS = ("epochs", "lmbda", "beta", "temperature", "seq_kd", "max_new_tokens", "teacher_kind", "divergence")
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
-    import json
-    from dataclasses import asdict
+    from fine_tune import METHODS
+    from fine_tune.common import finish, provenance, train_job, trained_already
 
-    from bench.data import resolve_data_dir
-    from bench.models import adapter_sha256
-    from bench.runner import git_commit, package_versions
-    from bench.store import RunStore
-    from fine_tune.data import load_train_examples
-    from fine_tune.sft import finish, train_sft
-
+    trainer = METHODS[args.method]
     teacher, teacher_adapter = getattr(args, "teacher", None), getattr(args, "teacher_adapter", None)
-    if args.method == "gkd" and teacher is None:
-        raise BenchError("bench train gkd: needs --teacher MODEL (and --teacher-adapter DIR for an adapter on it)")
-    if args.method != "gkd" and (teacher or teacher_adapter):
+    if trainer.teacher and teacher is None:
+        raise BenchError(f"bench train {args.method}: needs --teacher MODEL (and --teacher-adapter DIR for an "
+                         f"adapter on it)")
+    if not trainer.teacher and (teacher or teacher_adapter):
         raise BenchError(f"--teacher: only gkd has a separate teacher ({args.method} has none)")
-    if teacher_adapter and not (Path(teacher_adapter) / "adapter_model.safetensors").is_file():
-        raise BenchError(f"--teacher-adapter {teacher_adapter}: not a PEFT adapter (needs adapter_config.json and "
-                         f"adapter_model.safetensors)")
-    config = _train_config(args)
-    examples, data_sha256 = load_train_examples(args.task, resolve_data_dir(args.data_dir), args.limit)
+    config = _train_config(args, trainer.config)
     name = args.name or f"{args.method}-{args.task}"
     RunStore(Path(args.results_dir), name)  # the same rules for a checkpoint name as for a run name
-    out = Path(args.results_dir) / "checkpoints" / name
-    prompt_format = args.prompt_format
-    identity = {"method": args.method, "task": args.task, "model": args.model, "limit": args.limit,
-                "dtype": args.dtype, "data_sha256": data_sha256, "config": json.loads(json.dumps(asdict(config))),
-                **({"prompt_format": prompt_format} if prompt_format != "chat" else {}),
-                **({"teacher": teacher, "teacher_adapter_sha256": teacher_adapter and adapter_sha256(Path(teacher_adapter))}
-                   if teacher else {})}
-    if (out / "train.json").is_file():
-        done = json.loads((out / "train.json").read_text())
-        if done.get("identity") != identity:
-            raise BenchError(f"checkpoint {name} in {out} was trained with other settings; choose another --name")
-        console.print(f"already trained: {out} (delete it to train again)")
+    job = train_job(args.method, args.task, args.model, name, Path(args.results_dir), args.data_dir, args.limit,
+                    args.dtype, args.prompt_format, teacher, teacher_adapter)
+    if trained_already(job, config):
+        console.print(f"already trained: {job.out_dir} (delete it to train again)")
         return
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        job.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BenchError(f"--results-dir {args.results_dir}: not writable ({e.strerror})") from None
-    extra = {"method": args.method, "identity": identity, "data_sha256": data_sha256,
-             "packages": package_versions(), "git": git_commit(), "command": sys.argv}
-    if args.method == "gkd":
-        from fine_tune.gkd import train_gkd
-
-        record = train_gkd(args.model, args.task, examples, config, out, teacher, teacher_adapter, args.dtype, extra,
-                           prompt_format)
-    elif args.method == "onpolicy_sd":
-        from fine_tune.onpolicy_sd import train_onpolicy_sd
-
-        record = train_onpolicy_sd(args.model, args.task, examples, config, out, args.dtype, extra, prompt_format)
-    else:
-        if args.method == "sdft":
-            examples, extra["distillation"] = _distil(args, examples, out, console)
-        record = train_sft(args.model, args.task, examples, config, out, args.dtype, extra, prompt_format)
-    finish(out, record)
-    console.print(f"adapter: {out}  ({record['steps']} steps, loss {record['final_loss']:.4f}, "
+    record = {**trainer.train(job, config), **provenance(job, config)}
+    if "distillation" in record:
+        d = record["distillation"]
+        console.print(f"distilled: {d['accepted']}/{d['examples']} rewrites accepted ({100 * d['rate']:.1f}%)")
+    finish(job.out_dir, record)
+    console.print(f"adapter: {job.out_dir}  ({record['steps']} steps, loss {record['final_loss']:.4f}, "
                   f"{record['seconds']:.1f} s)")
 
 
-def _distil(args: argparse.Namespace, examples: list, out: Path, console: Console) -> tuple[list, dict]:
-    """SDFT's first step: the seed model's rewrites through the engine (cached), filtered; the per-example
-    record goes to distilled.jsonl beside the adapter."""
-    import time
-
-    from bench.cache import Cache
-    from bench.engine import Engine, progress_bar
-    from bench.models import load_model
-    from bench.store import write_jsonl
-    from fine_tune.sdft import DISTILL_GENERATION, acceptance, distill_rewrites
-
-    started = time.perf_counter()
-    model = load_model(args.model, None, args.dtype, args.prompt_format)
-    engine = Engine(model, Cache(Path(args.results_dir) / "cache" / "generations.sqlite"))
-    with progress_bar() as progress:
-        distilled, records = distill_rewrites(model, engine, args.task, examples, progress)
-    write_jsonl(out / "distilled.jsonl", records)
-    stats = {**acceptance(records), "seconds": round(time.perf_counter() - started, 2),
-             "generation": engine.settings(DISTILL_GENERATION)}
-    console.print(f"distilled: {stats['accepted']}/{stats['examples']} rewrites accepted ({100 * stats['rate']:.1f}%)")
-    return distilled, stats
-
-
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
-    """The study of a profile, stage by stage, through the same commands a user runs: train each method,
-    evaluate the seed and every fine-tuned model, compare. Every stage reuses finished work."""
-    import json
+    from bench.study import load_profile, reproduce
 
-    from bench.profile import load_profile
-    from bench.store import write_json
-
-    profile = load_profile(args.profile)
-    common = {"data_dir": args.data_dir, "results_dir": args.results_dir}
-    timings: dict[str, float] = {}
-
-    def stage(label: str, command, **values) -> None:
-        console.rule(f"[bold]{profile.name}: {label}")
-        started = time.perf_counter()
-        command(argparse.Namespace(**common, **values), console)
-        timings[label] = round(time.perf_counter() - started, 1)
-
-    checkpoints = Path(args.results_dir) / "checkpoints"
-    trained = profile.trained_names()
-    for method, seed, name in trained:
-        teacher = {}
-        if method == "gkd":
-            adapter = profile.teacher_adapter
-            suffix = f"-s{seed}" if seed is not None else ""  # the teacher fine-tune of the same training seed
-            teacher = {"teacher": profile.teacher or profile.model,
-                       "teacher_adapter": str(checkpoints / f"{profile.name}-{adapter}{suffix}")
-                       if adapter in profile.methods else adapter}
-        values = profile.train_config(method) | ({"seed": seed} if seed is not None else {})
-        stage(f"train {name.removeprefix(profile.name + '-')}", cmd_train, method=method, task=profile.train_task,
-              model=profile.model, limit=profile.train_limit, epochs=None, config=None, config_values=values,
-              name=name, dtype=profile.dtype, prompt_format=profile.prompt_format, **teacher)
-    runs = [f"{profile.name}-seed"] + [name for _, _, name in trained]
-    for run, name in zip(runs, [None, *runs[1:]]):
-        adapter = str(checkpoints / name) if name else None
-        stage(f"eval {run.removeprefix(profile.name + '-')}", cmd_eval, model=profile.model, adapter=adapter,
-              suite=profile.suites, tasks=profile.tasks, limit=profile.limit, task_limits=profile.task_limits,
-              max_new_tokens=profile.max_new_tokens, name=run,
-              batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype,
-              prompt_format=profile.prompt_format, judge=profile.judge, judge_orders=profile.judge_orders)
-    stage("compare", cmd_compare, runs=runs, flips=None, name=profile.name)
-    timings["total"] = round(sum(timings.values()), 1)
-    work = _work_seconds(Path(args.results_dir), profile.name, runs)
-    write_json(Path(args.results_dir) / "reports" / profile.name / "stages.json", {**timings, "work": work})
-    console.print("stage seconds: " + json.dumps(timings))
-    console.print("work seconds, when it was done: " + json.dumps(work))
-
-
-def _work_seconds(results_dir: Path, profile: str, runs: list[str]) -> dict[str, dict[str, float]]:
-    """Where each stage's work spent its time when it was done (distillation and training inside `train sdft`,
-    each task inside an `eval`), read from train.json and run.json: a re-run that reuses the work keeps them."""
-    import json
-
-    work: dict[str, dict[str, float]] = {}
-    for name in runs[1:]:  # the fine-tunes: checkpoint and run share the name
-        record = json.loads((results_dir / "checkpoints" / name / "train.json").read_text())
-        label = f"train {name.removeprefix(profile + '-')}"
-        work[label] = {"training": record["seconds"]}
-        if "distillation" in record:
-            work[label]["distil"] = record["distillation"]["seconds"]
-        work[label].update(record.get("seconds_by_part", {}))  # the on-policy trainers' parts
-    for run in runs:
-        tasks = json.loads((results_dir / "runs" / run / "run.json").read_text())["timings"]
-        tasks.pop("total", None)
-        work[f"eval {run.removeprefix(profile + '-')}"] = tasks
-    return work
+    reproduce(load_profile(args.profile), args.data_dir, args.results_dir, console,
+              {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare})
 
 
 def cmd_judge(args: argparse.Namespace, console: Console) -> None:
     """Judge outputs made elsewhere (alpaca_eval's model_outputs.json) against the mirror's references, or head to
     head against other outputs of the same instructions, with the same judges as `bench eval`."""
-    from bench.cache import Cache
+    from bench.generation.cache import Cache
     from bench.data import load_task_data, resolve_data_dir
-    from bench.engine import progress_bar
-    from bench.judge import order_statistics, paired_outputs, read_model_outputs, win_rates
-    from bench.runner import summarize
+    from bench.generation.engine import progress_bar
+    from bench.evaluation.judge import order_statistics, paired_outputs, read_model_outputs, win_rates
+    from bench.execution.runner import summarize
     from bench.store import write_json
     from tasks.helpfulness import alpaca_eval
 
@@ -452,9 +350,9 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
     """Exit 1 on a regression only; usage and data errors are 2 (main), and so is any crash."""
     import os
 
-    from bench.compare import load_run
-    from bench.gate import GateConfig, gate, is_run_dir, junit, load_baseline, load_gate_config, \
-        markdown, verdict_json
+    from bench.analysis.compare import load_run
+    from bench.analysis.baselines import load_baseline
+    from bench.analysis.gate import GateConfig, gate, is_run_dir, junit, load_gate_config, markdown, verdict_json
     from bench.store import atomic_write_text, write_json
 
     results_dir = Path(args.results_dir)
@@ -481,8 +379,8 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace, console: Console) -> None:
-    from bench.compare import load_run
-    from bench.gate import save_baseline
+    from bench.analysis.compare import load_run
+    from bench.analysis.baselines import save_baseline
 
     out = save_baseline(Path(args.results_dir), load_run(Path(args.results_dir), args.run), Path(args.dir))
     console.print(f"baseline of run {args.run}: {out} (commit it; `bench gate RUN --baseline {out}` reads it)")
@@ -490,15 +388,14 @@ def cmd_baseline(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_baseline_check(args: argparse.Namespace, console: Console) -> int:
     """Re-run a baseline's evaluation afresh and require every prediction to be the same (greedy decoding)."""
-    import json
     import tempfile
 
-    from bench.gate import BASELINE_FILE, changed_predictions, machine, rerun_argv
+    from bench.analysis.baselines import BASELINE_FILE, changed_predictions, machine, read_baseline, rerun_argv
 
     baseline = Path(args.dir)
     if not (baseline / BASELINE_FILE).is_file():
         raise BenchError(f"{baseline}: not a baseline directory (no {BASELINE_FILE})")
-    saved = json.loads((baseline / BASELINE_FILE).read_text())
+    saved = read_baseline(baseline / BASELINE_FILE)
     if saved.get("machine", {}).get("simd") != machine()["simd"]:
         console.print(f"[yellow]baseline made on {saved.get('machine')}, this is {machine()}: float rounding may "
                       f"differ[/yellow]")
@@ -547,7 +444,7 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> None:
 
 def _eval_files(task: Task | HarnessTask, data_dir: Path | None) -> list[Path]:
     """The files holding a task's scored examples in the mirror (none for Hub-only tasks)."""
-    from bench.lmeval import eval_split, leaves, mirror_files
+    from bench.evaluation.lmeval import eval_split, leaves, mirror_files
 
     if data_dir is None:
         return []
@@ -562,10 +459,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bench", description="Measure what fine-tuning made a model forget.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _eval_parser(commands) -> None:
     ev = commands.add_parser("eval", help="evaluate a model on suites or tasks")
     ev.add_argument("model", help="`default` (embedded SmolLM2-135M-Instruct), a local model directory, or a Hub id")
     ev.add_argument("--suite", type=_csv, default=[], help="comma-separated suites (see `bench tasks`)")
@@ -597,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "seeded random order (half the judge's cost)")
     ev.set_defaults(func=cmd_eval)
 
+
+def _train_parser(commands) -> None:
     tr = commands.add_parser("train", help="fine-tune a LoRA adapter on a task's training data")
     tr.add_argument("method", choices=METHODS,
                     help="sft: on the dataset's responses; sdft: on the seed model's filtered rewrites of them; gkd: "
@@ -628,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: bf16 autocast where the hardware has it, else float32")
     tr.set_defaults(func=cmd_train)
 
+
+def _compare_parser(commands) -> None:
     cmp = commands.add_parser("compare", help="paired comparison of runs against the first (the reference)")
     cmp.add_argument("runs", nargs="+", help="run names: the reference first, then the runs to compare with it")
     cmp.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
@@ -635,12 +533,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--name", help="report name under RESULTS_DIR/reports (default: RUN-vs-RUN...)")
     cmp.set_defaults(func=cmd_compare)
 
+
+def _reproduce_parser(commands) -> None:
     rp = commands.add_parser("reproduce", help="run a study profile: train, evaluate, compare")
     rp.add_argument("--profile", default="tiny", help="tiny (CPU, embedded model), paper (the study's, GPU), or a .toml")
     rp.add_argument("--data-dir")
     rp.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
     rp.set_defaults(func=cmd_reproduce)
 
+
+def _judge_parser(commands) -> None:
     jd = commands.add_parser("judge", help="judge alpaca_eval model outputs made elsewhere against the references")
     jd.add_argument("model_outputs", help="alpaca_eval's model_outputs.json: a list of {instruction, output, generator}")
     jd.add_argument("--reference-outputs", help="another model_outputs.json of the same instructions, to judge head "
@@ -655,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     jd.add_argument("--batch-size", type=_positive_int, default=64)
     jd.set_defaults(func=cmd_judge)
 
+
+def _gate_parser(commands) -> None:
     gt = commands.add_parser("gate", help="CI regression verdict: a candidate run against a baseline, paired tests")
     gt.add_argument("candidate", help="the candidate run's name")
     gt.add_argument("--baseline", required=True, help="a run name, or a directory written by `bench baseline save`")
@@ -673,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--junit", help="write JUnit XML here (one testcase per task)")
     gt.set_defaults(func=cmd_gate)
 
+
+def _baseline_parser(commands) -> None:
     bl = commands.add_parser("baseline", help="save a run as a baseline directory to commit")
     bl_commands = bl.add_subparsers(dest="baseline_command", required=True, parser_class=_Parser)
     save = bl_commands.add_parser("save", help="bench baseline save RUN DIR")
@@ -685,9 +591,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data-dir")
     check.set_defaults(func=cmd_baseline_check)
 
+
+def _tasks_parser(commands) -> None:
     ls = commands.add_parser("tasks", help="list tasks, suites and their sizes")
     ls.add_argument("--data-dir")
     ls.set_defaults(func=cmd_tasks)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bench", description="Measure what fine-tuning made a model forget.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    for add in (_eval_parser, _train_parser, _compare_parser, _reproduce_parser, _judge_parser, _gate_parser, _baseline_parser, _tasks_parser):
+        add(commands)
     return parser
 
 

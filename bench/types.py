@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Prompt = list[Message] | str  # messages go through the chat template; a string is sent as is (completion prompts)
-ALPACA_TEMPLATE = "alpaca"  # a template whose messages are the study's Alpaca template (bench.models.is_plain)
+ALPACA_TEMPLATE = "alpaca"  # a template whose messages are the study's Alpaca template (bench.generation.models.is_plain)
 
 
 class BenchError(Exception):
@@ -75,9 +75,9 @@ class Task:
     offline mirror; `to_example(record, index)` turns one JSON line into an `Example`. A code task gives
     `program` instead of `score`: the pure function that turns an output into a program with its tests,
     which the runner executes in the sandbox; it passes or it does not. A `drift` task scores no output: the
-    runner measures how far the model moved from its seed along the seed's own responses (bench/drift.py). A
+    runner measures how far the model moved from its seed along the seed's own responses (bench/evaluation/drift.py). A
     `judged` task scores no output alone either: an alpaca_eval judge compares it with the example's reference
-    output and, for a fine-tuned model, with its seed's output (bench/judge.py).
+    output and, for a fine-tuned model, with its seed's output (bench/evaluation/judge.py).
     """
 
     name: str

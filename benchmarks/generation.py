@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from bench.data import load_task_data, resolve_data_dir
-from bench.engine import Engine, PackedDecoder, common_prefix
-from bench.models import cpu_has_native_bf16, load_model
+from bench.generation.engine import Engine, PackedDecoder, common_prefix
+from bench.generation.models import cpu_has_native_bf16, load_model
 from bench.types import GenerationConfig
 from tasks.code import humaneval
 from tasks.drift import drift

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from bench.data import load_task_data, resolve_data_dir
-from bench.engine import Engine
-from bench.judge import DEFAULT_JUDGE, LOCAL_PREFIX, Judge, Preference, order_statistics
-from bench.models import load_model, resolve_dtype
+from bench.generation.engine import Engine
+from bench.evaluation.judge import DEFAULT_JUDGE, LOCAL_PREFIX, Judge, Preference, order_statistics
+from bench.generation.models import load_model, resolve_dtype
 from generation import machine, matmul_rates
 from tasks.helpfulness import alpaca_eval
 

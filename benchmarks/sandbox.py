@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench.data import load_task_data, resolve_data_dir
-from bench.sandbox import Limits, Sandbox, isolation_notes
+from bench.execution.sandbox import Limits, Sandbox, isolation_notes
 from tasks.code import humaneval, with_tests
 
 

@@ -29,24 +29,25 @@ import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from bench.data import resolve_data_dir
-from bench.models import resolve_dtype, resolve_model_dir
-from bench.profile import load_profile
+from bench.generation.models import resolve_dtype, resolve_model_dir
+from bench.study import load_profile
 from fine_tune.data import load_train_examples, tokenize
-from fine_tune.sft import SFTConfig, config_from_dict, train_sft
+from fine_tune.common import TrainJob, config_from_dict
+from fine_tune.sft import SFTConfig, train_sft
 
 
 def ours(task: str, examples, config: SFTConfig, dtype: str) -> float:
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        train_sft("default", task, examples, config, Path(out), dtype)
+        train_sft(TrainJob("sft", task, "default", Path(out), examples, "", dtype=dtype), config)
         return time.perf_counter() - started
 
 
 def trl(examples, config: SFTConfig, dtype: str) -> float:
+    lora, opt = config.lora, config.optimization
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -62,14 +63,14 @@ def trl(examples, config: SFTConfig, dtype: str) -> float:
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        args = TRLConfig(output_dir=out, num_train_epochs=1, learning_rate=config.learning_rate,
-                         lr_scheduler_type=config.scheduler, per_device_train_batch_size=config.batch_size,
-                         gradient_accumulation_steps=config.gradient_accumulation, bf16=dtype == "bfloat16",
+        args = TRLConfig(output_dir=out, num_train_epochs=1, learning_rate=opt.learning_rate,
+                         lr_scheduler_type=opt.scheduler, per_device_train_batch_size=opt.batch_size,
+                         gradient_accumulation_steps=opt.gradient_accumulation, bf16=dtype == "bfloat16",
                          report_to=[], save_strategy="no", logging_steps=1, use_cpu=not torch.cuda.is_available(),
-                         max_length=config.max_length, seed=config.seed)
+                         max_length=opt.max_length, seed=opt.training_seed)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                                                    target_modules=list(config.target_modules), task_type="CAUSAL_LM"))
+                             peft_config=LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                    target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
         trainer.train()
         return time.perf_counter() - started
 
@@ -83,10 +84,9 @@ def distil_ours(method: str, task: str, examples, config, dtype: str) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        if method == "gkd":
-            record = train_gkd("default", task, examples, config, Path(out), "default", None, dtype)
-        else:
-            record = train_onpolicy_sd("default", task, examples, config, Path(out), dtype)
+        job = TrainJob(method, task, "default", Path(out), examples, "", dtype=dtype,
+                       teacher="default" if method == "gkd" else None)
+        record = (train_gkd if method == "gkd" else train_onpolicy_sd)(job, config)
         seconds = time.perf_counter() - started
     totals = record["tokens_this_run"]
     return {"seconds": seconds, "trained_tokens": totals["trained_tokens"],
@@ -117,12 +117,13 @@ def distil_trl(method: str, examples, config, dtype: str) -> dict:
 
     model_dir = resolve_model_dir("default")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
-    common = dict(num_train_epochs=1, learning_rate=config.learning_rate, lr_scheduler_type=config.scheduler,
-                  per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation,
+    opt = config.optimization
+    lora = LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM")
+    common = dict(num_train_epochs=1, learning_rate=opt.learning_rate, lr_scheduler_type=opt.scheduler,
+                  per_device_train_batch_size=opt.batch_size, gradient_accumulation_steps=opt.gradient_accumulation,
                   bf16=dtype == "bfloat16", report_to=[], save_strategy="no", logging_steps=1,
-                  use_cpu=not torch.cuda.is_available(), seed=config.seed, temperature=config.temperature)
+                  use_cpu=not torch.cuda.is_available(), seed=opt.training_seed, temperature=config.temperature)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -133,7 +134,7 @@ def distil_trl(method: str, examples, config, dtype: str) -> dict:
             dataset = Dataset.from_list([{"messages": [*ex.messages, {"role": "assistant", "content": ex.response}]}
                                          for ex in examples])
             args = GKDConfig(output_dir=out, lmbda=1.0, beta=config.beta, max_new_tokens=config.max_new_tokens,
-                             max_length=config.max_length, **common)
+                             max_length=opt.max_length, **common)
             trainer = GKDTrainer(model=model, teacher_model=teacher, args=args, train_dataset=dataset,
                                  processing_class=tokenizer, peft_config=lora)
             meter = GenerationMeter(trainer.generate_on_policy_outputs, lambda out: int((out[2] != -100).sum()))
@@ -169,10 +170,9 @@ def worker(args) -> None:
     method, side = args.worker.split(":")
     profile = load_profile(args.profile or "tiny")
     cls = GKDConfig if method == "gkd" else OnPolicySDConfig
-    config = replace(config_from_dict(profile.train_config(method), f"profile {profile.name}", cls), epochs=1)
-    if method == "gkd":
-        config = replace(config, lmbda=1.0)
-    config = replace(config, max_new_tokens=args.max_new_tokens or config.max_new_tokens)
+    config = config_from_dict(profile.train_config(method), f"profile {profile.name}", cls)
+    config = config_from_dict({"epochs": 1, "max_new_tokens": args.max_new_tokens or config.max_new_tokens,
+                               **({"lmbda": 1.0} if method == "gkd" else {})}, "benchmark", cls, config)
     examples, _ = load_train_examples(profile.train_task, resolve_data_dir(args.data_dir), args.distil_examples)
     dtype = resolve_dtype(args.dtype)
     result = distil_ours(method, profile.train_task, examples, config, dtype) if side == "ours" else \
@@ -246,16 +246,16 @@ def main() -> None:
     if "sft" not in methods:
         return
     dtype = resolve_dtype(args.dtype)
-    task, limit, config = args.task, args.examples or 64, SFTConfig(epochs=1)
+    task, limit, config = args.task, args.examples or 64, config_from_dict({"epochs": 1}, "benchmark", SFTConfig)
     if args.profile:
         profile = load_profile(args.profile)
         task, limit = profile.train_task, args.examples or profile.train_limit
-        config = replace(config_from_dict(profile.sft, f"profile {profile.name} [sft]"), epochs=1)
+        config = config_from_dict({**profile.sft, "epochs": 1}, f"profile {profile.name} [sft]", SFTConfig)
     examples, _ = load_train_examples(task, resolve_data_dir(args.data_dir), limit)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("default"))
-    tokens = sum(len(tokenize(tokenizer, ex.messages, ex.response, config.max_length)["input_ids"]) for ex in examples)
+    tokens = sum(len(tokenize(tokenizer, ex.messages, ex.response, config.optimization.max_length)["input_ids"]) for ex in examples)
     rates = {}
     trainers = {"forgetbench (Trainer, length-grouped)": lambda: ours(task, examples, config, dtype),
                 "TRL SFTTrainer (defaults)": lambda: trl(examples, config, dtype)}

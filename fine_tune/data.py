@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from bench.data import read_jsonl, sha256_file
 from bench.types import ALPACA_TEMPLATE, BenchError, Message
-from bench.models import render_prompt
+from bench.generation.models import render_prompt
 from tasks.alpaca import ALPACA_SYSTEM, ALPACA_USER
 from tasks.math import MATH_TRAIN_SYSTEM
 

@@ -14,23 +14,28 @@ plus an optional adapter, merged; its logits come from the engine's packed teach
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.engine import Engine
-from bench.models import LoadedModel, load_model
+from bench.generation.engine import Engine
+from bench.generation.models import LoadedModel, load_model
 from bench.types import BenchError
+from fine_tune.common import LoRA, Optimization, TrainJob, base_record
 from fine_tune.data import TrainExample
 from fine_tune.divergence import generalized_jsd
-from fine_tune.onpolicy import Method, OnPolicyConfig, Sequence, Student, check_fits, load_student, record_of, \
-    sample, save_student, train_on_policy
+from fine_tune.onpolicy import Method, Sequence, Student, check_fits, load_student, sample, save_student, \
+    train_on_policy
 
 
 @dataclass(frozen=True)
-class GKDConfig(OnPolicyConfig):
-    """SFT's settings plus TRL GKDConfig's defaults."""
+class GKDConfig:
+    """The study's LoRA and optimisation (as SFT's) and TRL GKDConfig's defaults."""
 
+    lora: LoRA = field(default_factory=LoRA)  # rank, alpha, dropout, target_modules
+    optimization: Optimization = field(default_factory=Optimization)  # learning_rate, epochs, batch_size, ...
+    max_new_tokens: int = 128  # per sampled completion
+    temperature: float = 0.9  # sampling temperature
     lmbda: float = 0.5  # the probability that a micro-batch's completions are the student's own samples
     beta: float = 0.5  # the generalized JSD's mix: 0 forward KL(teacher || student), 1 reverse KL(student || teacher)
     temperature_in_loss: bool = False  # the loss at `temperature` (true) or at 1 (false, as TRL): module docstring
@@ -67,25 +72,26 @@ def load_teacher(spec: str, adapter: str | None, dtype: str, prompt_format: str)
     return teacher
 
 
-def train_gkd(model_spec: str, task: str, examples: list[TrainExample], config: GKDConfig, out_dir: Path,
-              teacher_spec: str, teacher_adapter: str | None = None, dtype: str = "auto",
-              extra: dict[str, Any] | None = None, prompt_format: str = "chat") -> dict[str, Any]:
-    """Train the student's adapter by GKD from the teacher; returns the train.json record."""
+def train_gkd(job: TrainJob, config: GKDConfig) -> dict[str, Any]:
+    """Train the student's adapter by GKD from the job's teacher; returns the train.json record."""
     import torch
 
     check_config(config)
+    examples, opt = job.examples, config.optimization
     if not examples:
-        raise BenchError(f"training task {task}: no training examples")
-    student = load_student(model_spec, config, dtype, prompt_format)
-    teacher = load_teacher(teacher_spec, teacher_adapter, student.dtype, prompt_format)
+        raise BenchError(f"training task {job.task}: no training examples")
+    if job.teacher is None:
+        raise BenchError("bench train gkd: needs --teacher MODEL (and --teacher-adapter DIR for an adapter on it)")
+    student = load_student(job.model, config.lora, opt.training_seed, job.dtype, job.prompt_format)
+    teacher = load_teacher(job.teacher, job.teacher_adapter, student.dtype, job.prompt_format)
     check_same_vocabulary(student, teacher)
     teacher_engine = Engine(teacher, cache=None)
     prompts = {ex.id: student.prompt_ids(ex) for ex in examples}
     for ex in examples:
         check_fits(ex, prompts[ex.id], config, "student")
-    responses = {ex.id: student.response_ids(ex.response)[:config.max_length - len(prompts[ex.id])]
+    responses = {ex.id: student.response_ids(ex.response)[:opt.max_length - len(prompts[ex.id])]
                  for ex in examples}
-    identity = f"gkd:{config.seed}:{student.weights_sha256[:16]}"
+    identity = f"gkd:{opt.training_seed}:{student.weights_sha256[:16]}"
 
     def completions(micro: list[list[TrainExample]], step: int, rng) -> list[list[Sequence]]:
         sources = ["student" if rng.random() < config.lmbda else "teacher" if config.seq_kd else "dataset"
@@ -106,11 +112,12 @@ def train_gkd(model_spec: str, task: str, examples: list[TrainExample], config: 
     method = Method("gkd", completions, teacher_logits,
                     lambda student_logits, teacher: generalized_jsd(student_logits, teacher, config.beta,
                                                                     loss_temperature))
-    result = train_on_policy(student, method, task, examples, config, out_dir)
-    save_student(student, out_dir)
-    return {**record_of("gkd", model_spec, student, task, config, examples),
-            "teacher": {"model": teacher_spec, "adapter": teacher_adapter, "fingerprint": teacher.fingerprint,
+    result = train_on_policy(student, method, job.task, examples, opt, job.out_dir)
+    save_student(student, job.out_dir)
+    return {**base_record(job, config, student.model_dir, student.weights_sha256, student.dtype),
+            "trained_examples": len(examples),
+            "teacher": {"model": job.teacher, "adapter": job.teacher_adapter, "fingerprint": teacher.fingerprint,
                         "weights_sha256": teacher.weights_sha256, "adapter_sha256": teacher.adapter_sha256,
                         "dtype": teacher.dtype},
             "lmbda": config.lmbda, "beta": config.beta, "temperature": config.temperature,
-            "loss_temperature": loss_temperature, "seq_kd": config.seq_kd, **result, **(extra or {})}
+            "loss_temperature": loss_temperature, "seq_kd": config.seq_kd, **result}

@@ -13,34 +13,27 @@ step), so a run killed and resumed from its last saved state ends with the adapt
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
 import random
-import resource
 import shutil
-import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.engine import Engine, progress_bar
-from bench.models import LoadedModel, is_plain, render_prompt, resolve_dtype, resolve_model_dir, weights_sha256
+from bench.generation.engine import Engine, progress_bar
+from bench.generation.models import LoadedModel, is_plain, render_prompt, resolve_dtype, resolve_model_dir, weights_sha256
 from bench.types import BenchError, GenerationConfig
-from fine_tune.data import TRAINED_CAPABILITY, TrainExample
+from fine_tune.common import LoRA, Optimization, add_lora, append_log_row, keep_log_rows, last_logged_loss, \
+    peak_memory_mb, save_adapter
+from fine_tune.data import TrainExample
 from fine_tune.divergence import kl
-from fine_tune.sft import SFTConfig, add_lora, append_log_row, keep_log_rows, save_adapter
 
-@dataclass(frozen=True)
-class OnPolicyConfig(SFTConfig):
-    """SFT's LoRA and optimisation settings, plus how the student samples."""
-
-    max_new_tokens: int = 128  # per sampled completion
-    temperature: float = 0.9  # sampling temperature
-
+# A method's config here is any dataclass with `lora`, `optimization`, `max_new_tokens` and `temperature` (GKDConfig,
+# OnPolicySDConfig).
 
 LOG_COLUMNS = ["step", "loss", "kl_to_teacher", "lr", "tokens_per_s", "generated_tokens", "on_policy"]
 
@@ -103,7 +96,7 @@ class Student:
         return Engine(loaded, cache=None)
 
 
-def load_student(model_spec: str, config: SFTConfig, dtype: str, prompt_format: str) -> Student:
+def load_student(model_spec: str, lora: LoRA, training_seed: int, dtype: str, prompt_format: str) -> Student:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,11 +105,11 @@ def load_student(model_spec: str, config: SFTConfig, dtype: str, prompt_format: 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = resolve_dtype(dtype)
-    torch.manual_seed(config.seed)
-    model = add_lora(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), config)
+    torch.manual_seed(training_seed)
+    model = add_lora(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), lora)
     inference = model
     if dtype != "float32":
-        inference = add_lora(AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)), config)
+        inference = add_lora(AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)), lora)
         inference.eval()
         inference.requires_grad_(False)
     student = Student(model, inference, tokenizer, model_dir, weights_sha256(model_dir), dtype, prompt_format)
@@ -124,31 +117,32 @@ def load_student(model_spec: str, config: SFTConfig, dtype: str, prompt_format: 
     return student
 
 
-def check_fits(example: TrainExample, prompt: list[int], config: OnPolicyConfig, who: str) -> None:
+def check_fits(example: TrainExample, prompt: list[int], config: Any, who: str) -> None:
     """A prompt with no room for `max_new_tokens` within `max_length` is an error naming the example, never a
     silent truncation of the prompt."""
-    room = config.max_length - config.max_new_tokens
+    max_length = config.optimization.max_length
+    room = max_length - config.max_new_tokens
     if len(prompt) > room:
         raise BenchError(f"training example {example.id}: the {who} prompt is {len(prompt)} tokens; max_length "
-                         f"{config.max_length} leaves {room} beside max_new_tokens {config.max_new_tokens} "
+                         f"{max_length} leaves {room} beside max_new_tokens {config.max_new_tokens} "
                          f"(raise max_length)")
 
 
-def sample(engine: Engine, sequences: list[Sequence], config: OnPolicyConfig, identity: str) -> list[list[int]]:
+def sample(engine: Engine, sequences: list[Sequence], config: Any, identity: str) -> list[list[int]]:
     """One sample per sequence's prompt at the config's temperature, seeded from (identity, example)."""
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature)
     seeds = [int(hashlib.sha256(f"{identity}:{s.example.id}".encode()).hexdigest()[:15], 16) for s in sequences]
     return engine.sample_ids([s.prompt for s in sequences], generation, seeds)
 
 
-def step_order(n_examples: int, config: SFTConfig, task: str) -> list[list[int]]:
+def step_order(n_examples: int, config: Optimization, task: str) -> list[list[int]]:
     """The example indices of each optimizer step: every epoch a fresh seeded shuffle; a fractional epoch takes
     the first part of its shuffle."""
     epochs = config.epochs_for(task)
     order: list[int] = []
     for epoch in range(math.ceil(epochs)):
         indices = list(range(n_examples))
-        random.Random(config.seed + epoch).shuffle(indices)
+        random.Random(config.training_seed + epoch).shuffle(indices)
         order += indices[:round(n_examples * min(1.0, epochs - epoch))]
     size = config.batch_size * config.gradient_accumulation
     return [order[i:i + size] for i in range(0, len(order), size)]
@@ -226,16 +220,7 @@ def load_state(state_dir: Path, student: Student, optimizer, scheduler) -> int:
     return json.loads((state_dir / "step.json").read_text())["step"]
 
 
-def peak_memory_mb() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
-
-def train_on_policy(student: Student, method: Method, task: str, examples: list[TrainExample], config: OnPolicyConfig,
+def train_on_policy(student: Student, method: Method, task: str, examples: list[TrainExample], config: Optimization,
                     out_dir: Path) -> dict[str, Any]:
     """Train the student's adapter; returns the train.json fields the loop knows (the trainer adds its own)."""
     import torch
@@ -265,12 +250,12 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
             student.sync()
             with torch.no_grad():
                 t = time.perf_counter()
-                micro_sequences = method.completions(micro, step, random.Random(f"{config.seed}:{step}"))
+                micro_sequences = method.completions(micro, step, random.Random(f"{config.training_seed}:{step}"))
                 seconds["generation"] += time.perf_counter() - t
             n_tokens = sum(len(s.completion) for group in micro_sequences for s in group)
             generated = sum(len(s.completion) for group in micro_sequences for s in group if s.source != "dataset")
             model.train()
-            torch.manual_seed(config.seed * 1_000_003 + step)  # dropout
+            torch.manual_seed(config.training_seed * 1_000_003 + step)  # dropout
             loss_sum, kl_sum = 0.0, 0.0
             for sequences in micro_sequences:
                 t = time.perf_counter()
@@ -312,21 +297,6 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
             "tokens_per_s": round(totals["trained_tokens"] / seconds["training"], 1) if seconds["training"] else None,
             "generated_tokens_per_s": round(totals["generated_tokens"] / seconds["generation"], 1)
             if seconds["generation"] and totals["generated_tokens"] else None}
-
-
-def record_of(method: str, model_spec: str, student: Student, task: str, config: OnPolicyConfig,
-              examples: list[TrainExample]) -> dict[str, Any]:
-    """The train.json fields every trainer writes (as sft's)."""
-    return {"method": method, "task": task, "capability": TRAINED_CAPABILITY.get(task), "model": model_spec,
-            "model_dir": str(student.model_dir), "weights_sha256": student.weights_sha256, "dtype": student.dtype,
-            "prompt_format": student.prompt_format, "config": asdict(config), "epochs": config.epochs_for(task),
-            "examples": len(examples), "trained_examples": len(examples)}
-
-
-def last_logged_loss(path: Path) -> float | None:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return float(rows[-1]["loss"]) if rows else None
 
 
 def save_student(student: Student, out_dir: Path) -> None:

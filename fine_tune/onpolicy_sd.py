@@ -13,15 +13,14 @@ second copy of the weights); `live`: the student's current weights, without grad
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.types import BenchError
+from fine_tune.common import LoRA, Optimization, TrainJob, base_record
 from fine_tune.data import TrainExample
 from fine_tune.divergence import DIVERGENCES, divergence
-from fine_tune.onpolicy import Method, OnPolicyConfig, Sequence, check_fits, load_student, record_of, sample, \
-    save_student, train_on_policy
+from fine_tune.onpolicy import Method, Sequence, check_fits, load_student, sample, save_student, train_on_policy
 
 DEMONSTRATION = ("{instruction}\n\nThis is an example of a correct response:\n{reference}\n\n"
                  "Now write a response of your own.")
@@ -29,11 +28,13 @@ TEACHER_KINDS = ("ema", "base", "live")
 
 
 @dataclass(frozen=True)
-class OnPolicySDConfig(OnPolicyConfig):
-    """SFT's settings plus the method's; sampling as TRL's SDFTTrainer (temperature 1, 256 tokens)."""
+class OnPolicySDConfig:
+    """The study's LoRA and optimisation (as SFT's) plus the method's; sampling as TRL's SDFTTrainer."""
 
-    max_new_tokens: int = 256
-    temperature: float = 1.0
+    lora: LoRA = field(default_factory=LoRA)  # rank, alpha, dropout, target_modules
+    optimization: Optimization = field(default_factory=Optimization)  # learning_rate, epochs, batch_size, ...
+    max_new_tokens: int = 256  # per sampled completion
+    temperature: float = 1.0  # sampling temperature
     teacher_kind: str = "ema"  # one of TEACHER_KINDS (module docstring)
     ema_rate: float = 0.05  # the EMA teacher's update rate per optimizer step
     divergence: str = "forward_kl"  # one of fine_tune.divergence.DIVERGENCES
@@ -62,16 +63,15 @@ def teacher_messages(example: TrainExample) -> tuple:
     return (*head, {**user, "content": user["content"].replace(example.instruction, with_demo, 1)})
 
 
-def train_onpolicy_sd(model_spec: str, task: str, examples: list[TrainExample], config: OnPolicySDConfig,
-                      out_dir: Path, dtype: str = "auto", extra: dict[str, Any] | None = None,
-                      prompt_format: str = "chat") -> dict[str, Any]:
+def train_onpolicy_sd(job: TrainJob, config: OnPolicySDConfig) -> dict[str, Any]:
     """Train the student's adapter by on-policy self-distillation; returns the train.json record."""
     import torch
 
     check_config(config)
+    examples, opt = job.examples, config.optimization
     if not examples:
-        raise BenchError(f"training task {task}: no training examples")
-    student = load_student(model_spec, config, dtype, prompt_format)
+        raise BenchError(f"training task {job.task}: no training examples")
+    student = load_student(job.model, config.lora, opt.training_seed, job.dtype, job.prompt_format)
     prompts = {ex.id: student.prompt_ids(ex) for ex in examples}
     teacher_prompts = {ex.id: student.prompt_ids(ex, teacher_messages(ex)) for ex in examples}
     for ex in examples:
@@ -87,7 +87,7 @@ def train_onpolicy_sd(model_spec: str, task: str, examples: list[TrainExample], 
                 ema.copy_(live)
                 ema.requires_grad_(False)
     teacher_engine = student.engine("teacher")  # the inference model: its adapter state at call time decides
-    identity = f"onpolicy_sd:{config.seed}:{student.weights_sha256[:16]}"
+    identity = f"onpolicy_sd:{opt.training_seed}:{student.weights_sha256[:16]}"
 
     def completions(micro: list[list[TrainExample]], step: int, rng) -> list[list[Sequence]]:
         groups = [[Sequence(ex, prompts[ex.id], [], "student", teacher_prompts[ex.id]) for ex in chunk]
@@ -128,8 +128,9 @@ def train_onpolicy_sd(model_spec: str, task: str, examples: list[TrainExample], 
 
     method = Method("onpolicy_sd", completions, teacher_logits,
                     lambda s, t: divergence(config.divergence, s, t, k=config.topk), after_step)
-    result = train_on_policy(student, method, task, examples, config, out_dir)
-    save_student(student, out_dir)
-    return {**record_of("onpolicy_sd", model_spec, student, task, config, examples),
+    result = train_on_policy(student, method, job.task, examples, opt, job.out_dir)
+    save_student(student, job.out_dir)
+    return {**base_record(job, config, student.model_dir, student.weights_sha256, student.dtype),
+            "trained_examples": len(examples),
             "teacher": {"kind": config.teacher_kind, "ema_rate": config.ema_rate, "prompt": DEMONSTRATION},
-            "divergence": config.divergence, "temperature": config.temperature, **result, **(extra or {})}
+            "divergence": config.divergence, "temperature": config.temperature, **result}

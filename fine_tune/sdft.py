@@ -1,6 +1,7 @@
 """SDFT (methods.md section 1): the seed model rewrites every training response in its own words (distil), a
 rewrite that gives itself away or is no longer correct is replaced by the original response (filter), then SFT on
-the result with exactly the SFT settings.
+the result with exactly the SFT settings. The rewrites go through the engine and its cache; the per-example record
+(rewrite, accepted, why not) is written to distilled.jsonl beside the adapter.
 
 The distillation prompts and the filter are the sdft repository's. For gsm8k the model's turn is pre-filled with
 "Great! Let's think step by step. " and the rewrite is what the model writes after it: the prefix is not part of
@@ -8,12 +9,19 @@ the training target (the training prompt does not end with it either).
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+from bench.generation.cache import Cache
+from bench.generation.engine import Engine, progress_bar
+from bench.generation.models import load_model
+from bench.store import write_jsonl
 from bench.types import GenerationConfig, Message
+from fine_tune.common import TrainJob
 from fine_tune.data import TrainExample
+from fine_tune.sft import SFTConfig, train_sft
 from tasks.math import last_integer
 from tasks.tooluse import exact_match
 
@@ -81,3 +89,18 @@ def acceptance(records: list[dict[str, Any]]) -> dict[str, Any]:
                       for r in records if not r["accepted"])
     return {"examples": len(records), "accepted": accepted, "rate": accepted / len(records) if records else 0.0,
             "rejected_by": dict(reasons.most_common())}
+
+
+def train_sdft(job: TrainJob, config: SFTConfig) -> dict[str, Any]:
+    """Distil, filter, then SFT with `config`; returns SFT's train.json record with the distillation's statistics."""
+    started = time.perf_counter()
+    model = load_model(job.model, None, job.dtype, job.prompt_format)
+    engine = Engine(model, Cache(job.results_dir / "cache" / "generations.sqlite"))
+    with progress_bar() as progress:
+        distilled, records = distill_rewrites(model, engine, job.task, job.examples, progress)
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(job.out_dir / "distilled.jsonl", records)
+    stats = {**acceptance(records), "seconds": round(time.perf_counter() - started, 2),
+             "generation": engine.settings(DISTILL_GENERATION)}
+    del model, engine
+    return {**train_sft(job, config, distilled), "distillation": stats}

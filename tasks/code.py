@@ -12,7 +12,7 @@ Two prompt styles, two tasks:
   defines the entry point it follows the problem's prompt (so the prompt's imports and helper functions
   exist and the model's definition wins); otherwise it is taken as the function's body and appended to the
   prompt. An empty reply or one without code is executed like any other: it fails or errors, on the record.
-Every program runs in bench/sandbox.py, 10 s wall time, as the harness runs it.
+Every program runs in bench/execution/sandbox.py, 10 s wall time, as the harness runs it.
 """
 from __future__ import annotations
 

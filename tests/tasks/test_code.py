@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.sandbox import Limits, Sandbox
+from conftest import FIXTURES
+from bench.execution.sandbox import Limits, Sandbox
 from bench.types import Example
 from tasks.code import (
     IMPORT_HELPER,
@@ -22,7 +23,6 @@ from tasks.code import (
     with_tests,
 )
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
 PROBLEMS = FIXTURES / "data" / "humaneval" / "test.jsonl"
 SAMPLES = FIXTURES / "humaneval_samples.jsonl"
 

@@ -161,8 +161,8 @@ def test_our_ifeval_equals_lm_evals_example_by_example(capsys, tmp_path):
     from lm_eval.tasks import TaskManager
 
     from bench.data import default_data_dir
-    from bench.lmeval import builtin_dir
-    from bench.models import embedded_model_dir
+    from bench.evaluation.lmeval import builtin_dir
+    from bench.generation.models import embedded_model_dir
     from tasks.instructions import checkers
 
     data_dir = default_data_dir()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.lmeval import PREFIX, leaves, load_harness_data, read_docs, write_configs
+from bench.evaluation.lmeval import PREFIX, leaves, load_harness_data, read_docs, write_configs
 from bench.types import BenchError
 from tasks.knowledge import (arc_challenge, arc_doc, arc_easy, mmlu, mmlu_doc, truthfulqa_doc, truthfulqa_mc1,
                              truthfulqa_mc2, winogrande, winogrande_doc)

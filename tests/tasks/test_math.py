@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
+from conftest import first_mirror_record
 from bench.types import Example
 from tasks.math import (
     MATH_SYSTEM,
@@ -17,7 +16,6 @@ from tasks.math import (
     score_math,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.mark.parametrize(
@@ -146,22 +144,16 @@ def test_task_values() -> None:
         assert task.generation.stop == ()
 
 
-def _first_record(dataset: str) -> dict:
-    path = DATA_DIR / dataset
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"no data mirror at {DATA_DIR}")
-    with open(path, encoding="utf-8") as f:
-        return json.loads(f.readline())
 
 
 def test_gsm8k_mirror_first_line() -> None:
-    ex = gsm8k.to_example(_first_record(gsm8k.dataset), 0)
+    ex = gsm8k.to_example(first_mirror_record(gsm8k.dataset), 0)
     assert ex.id == "gsm8k-0"
     assert ex.target == "18"
     assert ex.input.startswith("Janet")
 
 
 def test_multiarith_mirror_first_line() -> None:
-    ex = multiarith.to_example(_first_record(multiarith.dataset), 0)
+    ex = multiarith.to_example(first_mirror_record(multiarith.dataset), 0)
     assert ex.id == "multiarith-0"
     assert ex.target == "10"

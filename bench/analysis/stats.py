@@ -1,0 +1,89 @@
+"""Confidence intervals for per-example scores: Wilson score intervals for pass/fail means (the percentile bootstrap
+collapses to [0, 0] at 0/n and under-covers at small n), the percentile bootstrap for continuous scores."""
+from __future__ import annotations
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+POWER_Z = 1.959964 + 0.841621  # two-sided 5% and 80% power
+
+
+def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean; seeded, so the same scores always give the same interval."""
+    if not values:
+        raise ValueError("no values to bootstrap")
+    scores = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, 1000):  # chunks bound memory for large n
+        stop = min(start + 1000, resamples)
+        idx = rng.integers(0, len(scores), size=(stop - start, len(scores)))
+        means[start:stop] = scores[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion, scipy's."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, str]:
+    """The interval of a mean and how it was made: Wilson for pass/fail scores, else the percentile bootstrap."""
+    if not values:
+        raise ValueError("no values for an interval")
+    if all(v in (0.0, 1.0) for v in values):
+        return (*wilson_ci(int(sum(values)), len(values), level), "Wilson score")
+    return (*bootstrap_ci(values, level), f"percentile bootstrap, {BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}")
+
+
+def detectable_difference(differences: np.ndarray, pass_fail: bool, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest mean paired difference this many examples detect with `power` at two-sided level `alpha`:
+    (z_(1-alpha/2) + z_power) * spread / sqrt(n), the spread being the paired differences' standard deviation (for
+    pass/fail scores, the square root of the discordant share, as in McNemar's test). For pass/fail scores it is never
+    below what the exact test can show at all: k discordant examples, all one way, give p = 2^(1-k), so k / n."""
+    from scipy.stats import norm
+
+    n = len(differences)
+    if n < 2:
+        return float("inf")
+    z = POWER_Z if (alpha, power) == (0.05, 0.8) else norm.ppf(1 - alpha / 2) + norm.ppf(power)
+    if pass_fail:
+        k = max(1, int(np.ceil(1 - np.log2(alpha))))
+        floor = k / n if k <= n else float("inf")
+        return max(z * float(np.sqrt(np.mean(differences != 0))) / np.sqrt(n), floor)
+    return z * float(np.std(differences, ddof=1)) / np.sqrt(n)
+
+
+def crossed_means(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                  examples_seed: int | None = None) -> np.ndarray:
+    """Bootstrap means of scores of several training seeds on the same examples (`values`: [seeds, examples]): each
+    replicate resamples the seeds and, once for all of them, the examples. Seeds and examples are crossed, not nested
+    (every seed was scored on the same examples), so an effect carried by a few examples stays as uncertain as those
+    few examples make it, however many seeds agree. Seeds are drawn from `seed` and examples from `examples_seed`
+    (default seed + 1), each alone: quantities with the same seeds, or the same examples, share those draws."""
+    seeds_rng = np.random.default_rng(seed)
+    examples_rng = np.random.default_rng(seed + 1 if examples_seed is None else examples_seed)
+    k, n = values.shape
+    means = np.empty(resamples)
+    for start in range(0, resamples, 500):  # chunks bound memory
+        size = min(500, resamples - start)
+        s, e = seeds_rng.integers(0, k, size=(size, k)), examples_rng.integers(0, n, size=(size, n))
+        means[start:start + size] = values[s[:, :, None], e[:, None, :]].mean(axis=(1, 2))
+    return means
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (monotone, capped at 1)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

@@ -1,0 +1,426 @@
+"""The generation engine: the only code that generates text from a model.
+
+Greedy (or seeded sampling) with our own decode loop rather than `model.generate`, so that no arithmetic is spent
+on what the outputs do not need. For the Llama family (`PACKED_ARCHITECTURES`) it runs the model's own modules
+layer by layer over:
+- packed prefill: prompts are concatenated into one sequence, positions restarting per prompt and each prompt
+  attending only to itself, so no padded token slot is computed;
+- a shared prefix: the key/value cache of the prompts' longest common token prefix (chat template and system
+  prompt) is computed once and copied into every row's slot;
+- continuous batching over a preallocated cache: a row that finishes (EOS, a stop sequence, its token budget)
+  frees its slot at once, and waiting prompts are prefilled into free slots in the same forward pass as the
+  running rows' next tokens, so the decode batch stays full.
+Other architectures run transformers' forward over length-sorted, left-padded batches with a DynamicCache.
+
+Outputs do not depend on the batch size up to floating-point ties and equal `model.generate`'s greedy outputs
+(tests/test_engine.py checks both paths). Finished generations go to the cache as soon as they finish.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from bench.generation.cache import CachedGeneration, Cache, cache_key
+from bench.generation.models import LoadedModel
+from bench.types import GenerationConfig
+
+ENGINE_VERSION = 2  # part of every cache key: bump it when a change to decoding can change outputs
+PACKED_ARCHITECTURES = ("llama", "mistral", "qwen2")  # decoders of the same layer shape as transformers' Llama
+MAX_PREFILL_TOKENS = 8192  # prompt tokens admitted per forward pass: bounds the prefill's activations
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int  # generated tokens, EOS included when the sequence ended on it
+    finish: str  # "eos", "stop" or "length"
+    cached: bool
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+
+
+def packed_architecture(model) -> bool:
+    """Whether the packed path computes this model as transformers does: a Llama-shaped decoder, full attention."""
+    config = model.config
+    windowed = getattr(config, "sliding_window", None) is not None and (
+        config.model_type == "mistral" or getattr(config, "use_sliding_window", False))
+    return config.model_type in PACKED_ARCHITECTURES and not windowed
+
+
+def common_prefix(token_lists: list[list[int]]) -> int:
+    """Length of the longest common token prefix, leaving every list at least one token of its own."""
+    first, n = token_lists[0], min(len(t) for t in token_lists) - 1
+    for tokens in token_lists[1:]:
+        n = next((i for i in range(n) if tokens[i] != first[i]), n)
+    return n
+
+
+class Engine:
+    def __init__(self, model: LoadedModel, cache: Cache | None = None, batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.model = model
+        self.cache = cache
+        self.batch_size = batch_size
+        self.packed = packed_architecture(model.model)
+        config_eos = model.model.generation_config.eos_token_id
+        eos = set(config_eos if isinstance(config_eos, list) else [config_eos])
+        eos.add(model.tokenizer.eos_token_id)
+        self.eos_ids = {e for e in eos if e is not None}
+
+    def settings(self, config: GenerationConfig) -> dict:
+        """Everything besides the model and the prompt that decides the output: the cache key's third part."""
+        settings = {**asdict(config), "stop": list(config.stop), "dtype": self.model.dtype, "engine": ENGINE_VERSION}
+        if config.temperature == 0:
+            del settings["seed"]  # greedy ignores it: keep greedy keys (and caches) independent of it
+        return settings
+
+    def generate(self, prompts: list[str], config: GenerationConfig, progress: Progress | None = None,
+                 label: str = "generate", samples: int = 1) -> list[Generation]:
+        """`samples` generations per prompt (needs a temperature), prompt-major: p0s0, p0s1, ..., p1s0, ..."""
+        if samples > 1 and config.temperature == 0:
+            raise ValueError("several samples need a temperature above 0: greedy samples are all the same")
+        settings = self.settings(config)
+        keys, items = [], []
+        for p in prompts:
+            for i in range(samples):
+                keys.append(cache_key(self.model.fingerprint, p, {**settings, "sample": i} if samples > 1 else settings))
+                items.append(p)
+        done = self.cache.get_many(keys) if self.cache is not None else {}
+        results = {k: Generation(g.text, g.n_tokens, g.finish, cached=True) for k, g in done.items()}
+        todo = {k: p for k, p in zip(keys, items) if k not in results}
+        bar = progress.add_task(label, total=len(keys), completed=len(keys) - len(todo), rate="") if progress else None
+        tokenizer = self.model.tokenizer
+        encoded = {k: tokenizer(p, add_special_tokens=False)["input_ids"] for k, p in todo.items()}
+        if any(not tokens for tokens in encoded.values()):
+            raise ValueError("an empty prompt: there is no token to generate from")
+        order = sorted(encoded, key=lambda k: len(encoded[k]), reverse=True)  # longest first: memory peaks early
+        decode = self._decode_packed if self.packed else self._decode_padded
+        seeds = [int(k[:15], 16) for k in order]
+        finished_batches = decode([encoded[k] for k in order], config, seeds) if order else []
+        started, n_generated, n_done = time.perf_counter(), 0, 0
+        for finished in finished_batches:
+            fresh = {order[i]: self._finish(tokens, reason, config) for i, tokens, reason in finished}
+            if self.cache is not None:
+                self.cache.put_many(fresh)
+            results.update({k: Generation(g.text, g.n_tokens, g.finish, cached=False) for k, g in fresh.items()})
+            n_generated += sum(g.n_tokens for g in fresh.values())
+            n_done += len(fresh)
+            if progress is not None:
+                elapsed = time.perf_counter() - started
+                progress.update(bar, advance=len(fresh),
+                                rate=f"{n_done / elapsed:.2f} ex/s {n_generated / elapsed:.0f} tok/s")
+        return [results[k] for k in keys]
+
+    def sample_ids(self, prompts: list[list[int]], config: GenerationConfig, seeds: list[int]) -> list[list[int]]:
+        """The token ids generated after each prompt (its EOS included when it ended on one), each drawn with its
+        own seed; no cache. For trainers that sample from the weights of their current step."""
+        if len(seeds) != len(prompts):
+            raise ValueError("one seed per prompt")
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        decode = self._decode_packed if self.packed else self._decode_padded
+        out: list[list[int]] = [[] for _ in prompts]
+        for finished in decode([prompts[i] for i in order], config, [seeds[i] for i in order]) if prompts else ():
+            for i, tokens, _ in finished:
+                out[order[i]] = tokens
+        return out
+
+    def _decode_packed(self, token_lists: list[list[int]], config: GenerationConfig,
+                       seeds: list[int]) -> Iterator[list[tuple[int, list[int], str]]]:
+        """Continuous batching over `batch_size` slots; yields (index, tokens, finish reason) as rows finish."""
+        import torch
+
+        prefix = common_prefix(token_lists)
+        slots = min(self.batch_size, len(token_lists))
+        length = max(len(t) for t in token_lists) - prefix + config.max_new_tokens
+        # Inference mode is entered around each computation, never held across a `yield`: generators closed out of
+        # order would restore each other's grad mode.
+        with torch.inference_mode():
+            packed = PackedDecoder(self.model.model, token_lists[0][:prefix], slots, length)
+        waiting = deque(range(len(token_lists)))
+        rows: list[int] = []  # the index of the prompt in each live slot, slots 0..len(rows)-1
+        generated: list[list[int]] = [[] for _ in token_lists]
+        generators = [torch.Generator().manual_seed(s) for s in seeds] if config.temperature > 0 else None
+        tokens = torch.zeros(0, dtype=torch.long, device=packed.device)
+        while rows or waiting:
+            admitted, budget = [], MAX_PREFILL_TOKENS
+            while waiting and len(rows) + len(admitted) < slots and (
+                    not admitted or len(token_lists[waiting[0]]) - prefix <= budget):
+                budget -= len(token_lists[waiting[0]]) - prefix
+                admitted.append(waiting.popleft())
+            rows += admitted
+            with torch.inference_mode():
+                logits = packed.step(tokens, [token_lists[i][prefix:] for i in admitted])
+                tokens = self._next_tokens(logits, config, generators, rows)
+            ended, finished = set(), []
+            for slot, token in enumerate(tokens.tolist()):
+                out = generated[rows[slot]]
+                out.append(token)
+                reason = self._finish_reason(out, config)
+                if reason is not None:
+                    ended.add(slot)
+                    finished.append((rows[slot], out, reason))
+            if finished:
+                with torch.inference_mode():
+                    order = packed.release(ended, len(rows))
+                    tokens = tokens[torch.tensor(order, dtype=torch.long, device=tokens.device)]
+                rows = [rows[s] for s in order]
+                yield finished
+
+    def _finish_reason(self, out: list[int], config: GenerationConfig) -> str | None:
+        if out[-1] in self.eos_ids:
+            return "eos"
+        stop_window = max((len(s) for s in config.stop), default=0) + 2
+        if config.stop and any(s in self.model.tokenizer.decode(out[-stop_window:]) for s in config.stop):
+            return "stop"
+        return "length" if len(out) >= config.max_new_tokens else None
+
+    def _decode_padded(self, token_lists: list[list[int]], config: GenerationConfig,
+                       seeds: list[int]) -> Iterator[list[tuple[int, list[int], str]]]:
+        """Left-padded batches of `batch_size` through transformers' forward; a finished row leaves its batch."""
+        for start in range(0, len(token_lists), self.batch_size):
+            batch = token_lists[start:start + self.batch_size]
+            outputs = self._decode_batch(batch, config, seeds[start:start + self.batch_size])
+            yield [(start + i, tokens, reason) for i, (tokens, reason) in enumerate(outputs)]
+
+    def _decode_batch(self, token_lists: list[list[int]], config: GenerationConfig,
+                      seeds: list[int]) -> list[tuple[list[int], str]]:
+        import torch
+        from transformers import DynamicCache
+
+        model, tokenizer = self.model.model, self.model.tokenizer
+        device = model.device
+        width = max(len(t) for t in token_lists)
+        input_ids = torch.full((len(token_lists), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(token_lists), width), dtype=torch.long)
+        for i, tokens in enumerate(token_lists):
+            input_ids[i, width - len(tokens):] = torch.tensor(tokens)
+            attention[i, width - len(tokens):] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        generated: list[list[int]] = [[] for _ in token_lists]
+        finish = ["length"] * len(token_lists)
+        rows = list(range(len(token_lists)))  # which original row each live batch row is
+        cache = DynamicCache(config=model.config)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds] if config.temperature > 0 else None
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                           past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            next_positions = positions[:, -1:] + 1
+            for _ in range(config.max_new_tokens):
+                tokens = self._next_tokens(logits[:, -1], config, generators, rows)
+                keep = []
+                for j, token in enumerate(tokens.tolist()):
+                    out = generated[rows[j]]
+                    out.append(token)
+                    reason = self._finish_reason(out, config)
+                    if reason is None:
+                        keep.append(j)
+                    else:
+                        finish[rows[j]] = reason
+                if not keep:
+                    break
+                if len(keep) < len(rows):
+                    index = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(index)
+                    attention, tokens, next_positions = attention[index], tokens[index], next_positions[index]
+                    rows = [rows[j] for j in keep]
+                attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+                logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_positions,
+                               past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                next_positions = next_positions + 1
+        return list(zip(generated, finish))
+
+    def logits_along(self, prompts: list[list[int]], continuations: list[list[int]]) -> Iterator:
+        """Teacher-forced: for each (prompt, continuation) pair of token lists, in order, the logits
+        [len(continuation), vocab] that predict each continuation token. The prompts' common prefix is computed
+        once and the pairs are packed without padding (the Llama family); otherwise one forward per pair."""
+        import torch
+
+        if any(not c for c in continuations):
+            raise ValueError("an empty continuation: there is no token to score")
+        if not self.packed:
+            for prompt, continuation in zip(prompts, continuations):
+                with torch.inference_mode():
+                    ids = torch.tensor([prompt + continuation[:-1]], device=self.model.model.device)
+                    logits = self.model.model(ids).logits[0, len(prompt) - 1:]
+                yield logits
+            return
+        prefix = common_prefix(prompts)
+        sizes = [len(p) + len(c) - 1 - prefix for p, c in zip(prompts, continuations)]
+        chunks, budget = [], 0
+        for i, n in enumerate(sizes):
+            if not chunks or budget + n > MAX_PREFILL_TOKENS:
+                chunks.append([])
+                budget = 0
+            chunks[-1].append(i)
+            budget += n
+        with torch.inference_mode():
+            packed = PackedDecoder(self.model.model, prompts[0][:prefix], max(map(len, chunks)), max(sizes))
+        for chunk in chunks:
+            with torch.inference_mode():  # not held across the yield: see _decode_packed
+                logits = packed.step(packed.lengths[:0], [(prompts[i] + continuations[i][:-1])[prefix:] for i in chunk],
+                                     starts=[len(prompts[i]) - prefix - 1 for i in chunk])
+            yield from logits
+
+    @staticmethod
+    def _next_tokens(logits, config: GenerationConfig, generators, rows: list[int]):
+        """Greedy, or a draw from softmax(logits / temperature) with each original row's own generator."""
+        import torch
+
+        if generators is None:
+            return logits.float().argmax(-1)  # bf16 argmax on the CPU is slow
+        probs = torch.softmax(logits.float().cpu() / config.temperature, dim=-1)
+        drawn = [torch.multinomial(probs[j], 1, generator=generators[row]) for j, row in enumerate(rows)]
+        return torch.cat(drawn).to(logits.device)
+
+    def _finish(self, tokens: list[int], reason: str, config: GenerationConfig) -> CachedGeneration:
+        body = tokens[:-1] if reason == "eos" else tokens
+        text = self.model.tokenizer.decode(body, skip_special_tokens=True)
+        cuts = [i for i in (text.find(s) for s in config.stop) if i >= 0]
+        if cuts:
+            text, reason = text[:min(cuts)], "stop"
+        return CachedGeneration(text, len(tokens), reason)
+
+
+class PackedDecoder:
+    """A Llama-shaped model's own modules over a shared prefix, packed prompts and a slot cache.
+
+    The prefix's keys and values are computed once and copied into the first positions of each of `slots` rows,
+    which then hold up to `length` positions of their own. `step` runs one forward pass over the live rows' next
+    tokens (slots 0..B-1) and new prompts packed into the following slots: the linear layers see only real tokens
+    (no padding); the live rows attend over their own slots in two batched matmuls per layer, each new prompt
+    over the prefix and itself.
+    """
+
+    def __init__(self, model, prefix: list[int], slots: int, length: int):
+        import torch
+        from torch.nn.functional import scaled_dot_product_attention
+
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        attention = self.decoder.layers[0].self_attn
+        self.head_dim, self.scaling = attention.head_dim, attention.scaling
+        self.n_kv = model.config.num_key_value_heads
+        weight = self.lm_head.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.prefix = len(prefix)
+        # Keys are kept transposed ([slot, head, dim, position]) so that a decode step's scores are a matmul over a
+        # view, with no copy of the cache. Zeros, not empty: a masked value still gets multiplied by 0 (0 x NaN = NaN).
+        width = self.prefix + length
+        self.keys = [torch.zeros((slots, self.n_kv, self.head_dim, width), dtype=self.dtype, device=self.device)
+                     for _ in self.decoder.layers]
+        self.values = [torch.zeros((slots, self.n_kv, width, self.head_dim), dtype=self.dtype, device=self.device)
+                       for _ in self.decoder.layers]
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=self.device)  # positions after the prefix
+
+        def attend_prefix(layer: int, q, k, v):
+            k, v = k.transpose(0, 1), v.transpose(0, 1)
+            self.keys[layer][:, :, :, :self.prefix] = k.transpose(1, 2)
+            self.values[layer][:, :, :self.prefix] = v
+            out = scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], is_causal=True,
+                                               scale=self.scaling, enable_gqa=True)
+            return out[0].transpose(0, 1).reshape(len(q), -1)
+
+        if prefix:
+            ids = torch.tensor(prefix, dtype=torch.long, device=self.device)
+            self._forward(ids, torch.arange(len(prefix), device=self.device), attend_prefix, None)
+
+    def step(self, tokens, prompts: list[list[int]], starts: list[int] | None = None):
+        """Logits [len(tokens) + len(prompts), vocab]: the next token of each live row, then of each new prompt.
+        With `starts` (teacher forcing, no live rows), the logits of each prompt from its position `start` on."""
+        import torch
+        from torch.nn.functional import scaled_dot_product_attention
+
+        live, device, prefix = len(tokens), self.device, self.prefix
+        arange = lambda n: torch.arange(n, device=device)
+        positions = self.lengths[:live]  # where each live row's token goes
+        rows = arange(live)
+        width = prefix + int(positions.max()) + 1 if live else 0
+        beyond = torch.zeros((live, 1, 1, width), dtype=self.dtype, device=device).masked_fill_(
+            (arange(width)[None] > prefix + positions[:, None])[:, None, None], float("-inf"))  # past each row's end
+        sizes = [len(p) for p in prompts]
+        longest = max(sizes, default=0)
+        segment = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(sizes)] + [arange(0)])
+        offset = torch.cat([arange(n) for n in sizes] + [arange(0)])  # each prompt token's position in its prompt
+        slot = live + segment
+        causal = arange(prefix + longest)[None] <= prefix + arange(longest)[:, None]  # [query, key]
+        ids = torch.cat([tokens, torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=device)])
+
+        def attend(layer: int, q, k, v):
+            keys, values = self.keys[layer], self.values[layer]
+            out = []
+            if live:
+                keys[rows, :, :, prefix + positions] = k[:live]
+                values[rows, :, prefix + positions] = v[:live]
+                # One query per row: two batched matmuls over the row's slot beat the CPU's flash kernel here.
+                grouped = q[:live].view(live, self.n_kv, -1, self.head_dim)  # the query heads of each KV head
+                scores = (grouped @ keys[:live, :, :, :width]) * self.scaling + beyond
+                weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+                out.append((weights @ values[:live, :, :width]).reshape(live, -1))
+            if sizes:
+                keys[slot, :, :, prefix + offset] = k[live:]
+                values[slot, :, prefix + offset] = v[live:]
+                start = live
+                for i, n in enumerate(sizes, start=live):  # one call per prompt: padding them costs more
+                    attended = scaled_dot_product_attention(
+                        q[start:start + n].transpose(0, 1)[None], keys[i, :, :, :prefix + n].transpose(1, 2)[None],
+                        values[i, :, :prefix + n][None], attn_mask=causal[:n, :prefix + n], scale=self.scaling,
+                        enable_gqa=True)
+                    out.append(attended[0].transpose(0, 1).reshape(n, -1))
+                    start += n
+            return torch.cat(out)
+
+        ends = live + torch.tensor(sizes, dtype=torch.long, device=device).cumsum(0)
+        if starts is None:
+            keep = torch.cat([rows, ends - 1])
+        else:
+            keep = torch.cat([torch.arange(end - n + start, end, device=device)
+                              for start, n, end in zip(starts, sizes, ends.tolist())])
+        logits = self._forward(ids, torch.cat([positions, offset]) + prefix, attend, keep)
+        self.lengths[:live] += 1
+        self.lengths[live:live + len(sizes)] = torch.tensor(sizes, dtype=torch.long, device=device)
+        if starts is not None:
+            return list(logits.split([n - start for start, n in zip(starts, sizes)]))
+        return logits
+
+    def release(self, ended: set[int], live: int) -> list[int]:
+        """Free the `ended` slots by moving the last live rows into them; returns the old slot of each new slot."""
+        kept = live - len(ended)
+        holes = [s for s in range(kept) if s in ended]
+        movers = [s for s in range(kept, live) if s not in ended]
+        for hole, mover in zip(holes, movers):
+            end = self.prefix + int(self.lengths[mover])
+            for keys, values in zip(self.keys, self.values):
+                keys[hole, :, :, self.prefix:end] = keys[mover, :, :, self.prefix:end]
+                values[hole, :, self.prefix:end] = values[mover, :, self.prefix:end]
+            self.lengths[hole] = self.lengths[mover]
+        order = list(range(kept))
+        for hole, mover in zip(holes, movers):
+            order[hole] = mover
+        return order
+
+    def _forward(self, ids, positions, attend, keep):
+        """The decoder's layers over one packed sequence, attention delegated to `attend`; logits at `keep`."""
+        from transformers.models.llama.modeling_llama import rotate_half
+
+        x = self.decoder.embed_tokens(ids)
+        cos, sin = self.decoder.rotary_emb(x[None], positions[None])
+        cos, sin = cos[0, :, None], sin[0, :, None]  # [tokens, 1, head_dim]: the same rotation for every head
+        shape = (len(ids), -1, self.head_dim)
+        for i, layer in enumerate(self.decoder.layers):
+            a = layer.self_attn
+            h = layer.input_layernorm(x)
+            q, k, v = a.q_proj(h).view(shape), a.k_proj(h).view(shape), a.v_proj(h).view(shape)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            x = x + a.o_proj(attend(i, q, k, v))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return None if keep is None else self.lm_head(self.decoder.norm(x[keep]))

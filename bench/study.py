@@ -1,0 +1,161 @@
+"""The study: a profile (which seed model, which training task and methods, which suites and how many examples) and
+`bench reproduce`, which runs it. Profiles are data (profiles/NAME.toml), read here; an unknown key or a wrong type
+is an error naming it."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from bench.generation.models import PROMPT_FORMATS
+from bench.store import write_json
+from bench.types import BenchError
+
+METHODS = ("sft", "sdft", "gkd", "onpolicy_sd")  # the trainers of `bench train`
+Command = Callable[[argparse.Namespace, Console], Any]  # a `bench` subcommand
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: str
+    train_task: str
+    suites: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)  # tasks beyond the suites' (suites and tasks as in `bench eval`)
+    dtype: str = "auto"
+    prompt_format: str = "chat"  # or "study": the sdft repository's plain-text Alpaca template (bench eval --help)
+    methods: list[str] = field(default_factory=lambda: ["sft", "sdft"])
+    train_limit: int | None = None
+    limit: int | None = None
+    task_limits: dict[str, int] = field(default_factory=dict)
+    max_new_tokens: dict[str, int] = field(default_factory=dict)  # per-task token caps (`bench eval --max-new-tokens`)
+    batch_size: int = 64
+    sft: dict[str, Any] = field(default_factory=dict)  # SFTConfig keys (checked by the trainer's config reader)
+    gkd: dict[str, Any] = field(default_factory=dict)  # GKDConfig keys over [sft]'s
+    onpolicy_sd: dict[str, Any] = field(default_factory=dict)  # OnPolicySDConfig keys over [sft]'s
+    teacher: str | None = None  # gkd's teacher model (default: the seed model)
+    teacher_adapter: str | None = None  # an adapter on it: a directory, or a method of this study (its checkpoint)
+    judge: str | None = None  # the judge of judged tasks (`bench eval --judge`; default: the local default judge)
+    judge_orders: str = "both"  # or "random" (`bench eval --judge-orders`)
+    training_seeds: list[int] = field(default_factory=list)  # each method trained once per seed (METHOD-sN)
+
+    def train_config(self, method: str) -> dict[str, Any]:
+        """The config keys of a method: [sft]'s, with the method's own table over them."""
+        return {**self.sft, **getattr(self, method, {})} if method in ("gkd", "onpolicy_sd") else self.sft
+
+    def trained_names(self) -> list[tuple[str, int | None, str]]:
+        """(method, training seed, checkpoint and run name) of every fine-tune: `PROFILE-METHOD`, or with `training_seeds`
+        `PROFILE-METHOD-sN` per seed (each method's config trained with seed N)."""
+        return [(m, s, f"{self.name}-{m}" + (f"-s{s}" if s is not None else ""))
+                for m in self.methods for s in (self.training_seeds or [None])]
+
+
+def load_profile(spec: str) -> Profile:
+    """`tiny`, `paper` (profiles/NAME.toml) or a path to a TOML file."""
+    path = Path(spec) if spec.endswith(".toml") else PROFILES_DIR / f"{spec}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.toml")))
+        raise BenchError(f"--profile {spec}: no such profile ({known}, or a .toml file)")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise BenchError(f"{path}: not valid TOML ({e})") from None
+    types = {f.name: f.type for f in fields(Profile) if f.name != "name"}
+    for key, value in values.items():
+        if key not in types:
+            raise BenchError(f"{path}: unknown key {key!r} (keys: {', '.join(types)})")
+        expected = {"str": str, "str | None": str, "int | None": int, "int": int, "list[str]": list, "list[int]": list, "dict[str, int]": dict,
+                    "dict[str, Any]": dict}[types[key]]
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise BenchError(f"{path}: key {key!r} must be {types[key]}, got {type(value).__name__}")
+    for key in ("model", "train_task"):
+        if key not in values:
+            raise BenchError(f"{path}: missing key {key!r}")
+    if values.get("prompt_format", "chat") not in PROMPT_FORMATS:
+        raise BenchError(f"{path}: key 'prompt_format' must be one of {', '.join(PROMPT_FORMATS)}")
+    if not values.get("suites") and not values.get("tasks"):
+        raise BenchError(f"{path}: name the evaluation in 'suites' or 'tasks'")
+    methods = values.get("methods", ["sft", "sdft"])
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise BenchError(f"{path}: key 'methods': unknown method {unknown[0]!r} ({', '.join(METHODS)})")
+    seeds = values.get("training_seeds", [])
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise BenchError(f"{path}: key 'training_seeds' must be a list of distinct whole numbers")
+    if values.get("judge_orders", "both") not in ("both", "random"):
+        raise BenchError(f"{path}: key 'judge_orders' must be both or random")
+    adapter = values.get("teacher_adapter")
+    if "gkd" in methods and adapter in METHODS and (adapter not in methods or
+                                                    methods.index(adapter) > methods.index("gkd")):
+        raise BenchError(f"{path}: key 'teacher_adapter' names method {adapter!r}, which must be trained before gkd "
+                         f"in 'methods'")
+    return Profile(name=path.stem, **values)
+
+
+def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console: Console,
+              commands: dict[str, Command]) -> None:
+    """The study of a profile, stage by stage, through the commands a user runs (`commands`: the CLI's train, eval
+    and compare): train each method, evaluate the seed and every fine-tuned model, compare. Every stage reuses
+    finished work."""
+    common = {"data_dir": data_dir, "results_dir": results_dir}
+    timings: dict[str, float] = {}
+
+    def stage(label: str, command, **values) -> None:
+        console.rule(f"[bold]{profile.name}: {label}")
+        started = time.perf_counter()
+        command(argparse.Namespace(**common, **values), console)
+        timings[label] = round(time.perf_counter() - started, 1)
+
+    checkpoints = Path(results_dir) / "checkpoints"
+    trained = profile.trained_names()
+    for method, seed, name in trained:
+        teacher = {}
+        if method == "gkd":
+            adapter = profile.teacher_adapter
+            suffix = f"-s{seed}" if seed is not None else ""  # the teacher fine-tune of the same training seed
+            teacher = {"teacher": profile.teacher or profile.model,
+                       "teacher_adapter": str(checkpoints / f"{profile.name}-{adapter}{suffix}")
+                       if adapter in profile.methods else adapter}
+        values = profile.train_config(method) | ({"training_seed": seed} if seed is not None else {})
+        stage(f"train {name.removeprefix(profile.name + '-')}", commands["train"], method=method, task=profile.train_task,
+              model=profile.model, limit=profile.train_limit, epochs=None, config=None, config_values=values,
+              name=name, dtype=profile.dtype, prompt_format=profile.prompt_format, **teacher)
+    runs = [f"{profile.name}-seed"] + [name for _, _, name in trained]
+    for run, name in zip(runs, [None, *runs[1:]]):
+        adapter = str(checkpoints / name) if name else None
+        stage(f"eval {run.removeprefix(profile.name + '-')}", commands["eval"], model=profile.model, adapter=adapter,
+              suite=profile.suites, tasks=profile.tasks, limit=profile.limit, task_limits=profile.task_limits,
+              max_new_tokens=profile.max_new_tokens, name=run,
+              batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype,
+              prompt_format=profile.prompt_format, judge=profile.judge, judge_orders=profile.judge_orders)
+    stage("compare", commands["compare"], runs=runs, flips=None, name=profile.name)
+    timings["total"] = round(sum(timings.values()), 1)
+    work = _work_seconds(Path(results_dir), profile.name, runs)
+    write_json(Path(results_dir) / "reports" / profile.name / "stages.json", {**timings, "work": work})
+    console.print("stage seconds: " + json.dumps(timings))
+    console.print("work seconds, when it was done: " + json.dumps(work))
+
+
+def _work_seconds(results_dir: Path, profile: str, runs: list[str]) -> dict[str, dict[str, float]]:
+    """Where each stage's work spent its time when it was done (distillation and training inside `train sdft`,
+    each task inside an `eval`), read from train.json and run.json: a re-run that reuses the work keeps them."""
+    work: dict[str, dict[str, float]] = {}
+    for name in runs[1:]:  # the fine-tunes: checkpoint and run share the name
+        record = json.loads((results_dir / "checkpoints" / name / "train.json").read_text())
+        label = f"train {name.removeprefix(profile + '-')}"
+        work[label] = {"training": record["seconds"]}
+        if "distillation" in record:
+            work[label]["distil"] = record["distillation"]["seconds"]
+        work[label].update(record.get("seconds_by_part", {}))  # the on-policy trainers' parts
+    for run in runs:
+        tasks = json.loads((results_dir / "runs" / run / "run.json").read_text())["timings"]
+        tasks.pop("total", None)
+        work[f"eval {run.removeprefix(profile + '-')}"] = tasks
+    return work

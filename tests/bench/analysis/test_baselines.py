@@ -1,0 +1,97 @@
+"""bench/analysis/baselines.py: a run saved as a committed baseline gates like the run; a re-run's changed predictions
+are listed; a broken baseline is one line naming the file and the key."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.cli import main
+from conftest import write_run
+from test_gate import runs
+
+
+def test_a_committed_baseline_gates_like_the_run_and_only_on_shared_examples(tmp_path, capsys):
+    runs(tmp_path, candidate_lost=12)
+    assert main(["baseline", "save", "base", str(tmp_path / "baseline"), "--results-dir", str(tmp_path)]) == 0
+    saved = sorted(p.name for p in (tmp_path / "baseline").iterdir())
+    assert saved == ["baseline.json", "gsm8k.jsonl", "mmlu.jsonl"]
+    assert main(["gate", "cand", "--baseline", str(tmp_path / "baseline"), "--results-dir", str(tmp_path)]) == 1
+    write_run(tmp_path, "fewer", {"gsm8k": [(f"q{i}", 1.0) for i in range(40)]})
+    capsys.readouterr()
+    assert main(["gate", "fewer", "--baseline", str(tmp_path / "baseline"), "--results-dir", str(tmp_path)]) == 0
+    assert "gsm8k: gated on the 40 examples both scored (60 in the baseline, 40 in the candidate)" in \
+        capsys.readouterr().out
+
+
+def test_a_changed_prediction_is_listed_with_its_id_and_a_diff(tmp_path):
+    """What `bench baseline check` prints when a re-run moved an output."""
+    import shutil
+
+    from bench.analysis.baselines import changed_predictions
+    from bench.store import read_jsonl, write_jsonl
+
+    runs(tmp_path, candidate_lost=0)
+    assert main(["baseline", "save", "base", str(tmp_path / "baseline"), "--results-dir", str(tmp_path)]) == 0
+    fresh = tmp_path / "fresh"
+    for task in ("gsm8k", "mmlu"):
+        rows = read_jsonl(tmp_path / "baseline" / f"{task}.jsonl")
+        rows = [{**r, "output": "the answer is 4"} for r in rows]
+        if task == "gsm8k":
+            rows[3] = {**rows[3], "output": "the answer is 5", "score": 0.0}
+        write_jsonl(fresh / task / "predictions.jsonl", rows)
+    for task in ("gsm8k", "mmlu"):
+        saved = [{**r, "output": "the answer is 4"} for r in read_jsonl(tmp_path / "baseline" / f"{task}.jsonl")]
+        write_jsonl(tmp_path / "baseline" / f"{task}.jsonl", saved)
+    [change] = changed_predictions(tmp_path / "baseline", fresh)
+    assert change.startswith("gsm8k q3: score 1.0 -> 0.0") and "-the answer is 4\n+the answer is 5" in change
+    shutil.rmtree(fresh / "mmlu")
+    assert any("only in the baseline" in c for c in changed_predictions(tmp_path / "baseline", fresh))
+
+
+def saved_baseline(tmp_path):
+    runs(tmp_path, candidate_lost=12)
+    assert main(["baseline", "save", "base", str(tmp_path / "baseline"), "--results-dir", str(tmp_path)]) == 0
+    return tmp_path / "baseline"
+
+
+@pytest.mark.parametrize("key", ["run", "record", "metrics"])
+def test_a_baseline_json_without_a_key_names_the_file_and_the_key(tmp_path, capsys, key):
+    baseline = saved_baseline(tmp_path)
+    saved = json.loads((baseline / "baseline.json").read_text())
+    del saved[key]
+    (baseline / "baseline.json").write_text(json.dumps(saved))
+    assert main(["gate", "cand", "--baseline", str(baseline), "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bench: error: {baseline / 'baseline.json'}: missing key {key!r} (baselines are written by " \
+                  f"`bench baseline save RUN DIR`)\n"
+    assert main(["baseline", "check", str(baseline)]) == 2
+    assert f"missing key {key!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("{not json", "not readable JSON"),
+    ("[]", "expected a JSON object, got list"),
+])
+def test_a_baseline_json_that_is_not_an_object_is_one_line(tmp_path, capsys, broken, message):
+    baseline = saved_baseline(tmp_path)
+    (baseline / "baseline.json").write_text(broken)
+    assert main(["gate", "cand", "--baseline", str(baseline), "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: error: {baseline / 'baseline.json'}: {message}") and err.count("\n") == 1
+
+
+def test_a_baseline_row_without_a_score_names_the_file_and_line(tmp_path, capsys):
+    baseline = saved_baseline(tmp_path)
+    lines = (baseline / "gsm8k.jsonl").read_text().splitlines()
+    lines[2] = json.dumps({"id": "q2", "output": None})
+    (baseline / "gsm8k.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["gate", "cand", "--baseline", str(baseline), "--results-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"bench: error: {baseline / 'gsm8k.jsonl'}, line 3: needs keys 'id' and 'score'\n"
+
+
+def test_a_task_without_its_file_is_named(tmp_path, capsys):
+    baseline = saved_baseline(tmp_path)
+    (baseline / "mmlu.jsonl").unlink()
+    assert main(["gate", "cand", "--baseline", str(baseline), "--results-dir", str(tmp_path)]) == 2
+    assert "task 'mmlu' in 'metrics' has no mmlu.jsonl beside it" in capsys.readouterr().err

@@ -1,0 +1,159 @@
+"""bench/analysis/compare.py: paired deltas, intervals and tests over the same examples; flips; refusals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import write_run
+from bench.cli import main
+from bench.analysis.compare import compare, flips, mcnemar_exact, paired_bootstrap_ci, sign_flip_p
+from bench.store import RunStore
+from bench.types import BenchError
+
+
+def test_mcnemar_exact_p_values():
+    assert mcnemar_exact(0, 6) == pytest.approx(2 * 0.5 ** 6)
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+
+
+def test_sign_flip_p_and_paired_interval():
+    assert sign_flip_p(np.zeros(20)) == 1.0
+    assert sign_flip_p(np.full(30, 0.25)) < 0.001
+    assert sign_flip_p(np.array([0.1, -0.1] * 15)) > 0.5
+    assert sign_flip_p(np.array([0.5, 1.0, 2.0])) == 0.25  # exact: 2 of the 8 sign vectors reach |3.5|
+    assert sign_flip_p(np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])) == pytest.approx(2 / 64)
+    assert paired_bootstrap_ci(np.zeros(10), np.full(10, 0.5)) == (0.5, 0.5)
+
+
+def test_compare_pairs_examples_by_id_whatever_their_order(tmp_path):
+    seed = [(f"q{i}", 1.0 if i < 20 else 0.0) for i in range(40)]
+    tuned = [(f"q{i}", 0.0 if i < 15 else 1.0 if i < 20 else 0.0) for i in range(40)][::-1]  # 15 right->wrong
+    write_run(tmp_path, "seed", {"gsm8k": seed})
+    write_run(tmp_path, "sft", {"gsm8k": tuned})
+    table = compare(tmp_path, ["seed", "sft"]).set_index("run")
+    assert table.loc["seed", "score"] == 0.5 and np.isnan(table.loc["seed", "delta"])
+    row = table.loc["sft"]
+    assert row.delta == pytest.approx(-15 / 40) and row.right_to_wrong == 15 and row.wrong_to_right == 0
+    assert row.test == "McNemar exact" and row.p_value == pytest.approx(2 * 0.5 ** 15) and row.significant
+    assert row.delta_low <= row.delta <= row.delta_high < 0
+    changed = flips(tmp_path, "seed", "sft", "gsm8k")
+    assert sorted(changed["id"]) == sorted(f"q{i}" for i in range(15)) and set(changed["direction"]) == {"right->wrong"}
+
+
+def test_different_examples_missing_runs_and_tasks_are_errors(tmp_path, capsys):
+    write_run(tmp_path, "seed", {"gsm8k": [("a", 1.0), ("b", 0.0)]})
+    write_run(tmp_path, "other", {"gsm8k": [("a", 1.0), ("c", 0.0)]})
+    with pytest.raises(BenchError, match="task gsm8k: runs seed and other scored different examples"):
+        compare(tmp_path, ["seed", "other"])
+    assert main(["compare", "seed", "nope", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no run 'nope'" in err and "other, seed" in err and err.count("\n") == 1
+    write_run(tmp_path, "twice", {"gsm8k": [("a", 1.0), ("a", 0.0)]})
+    with pytest.raises(BenchError, match="task gsm8k: run twice scored example 'a' more than once"):
+        compare(tmp_path, ["seed", "twice"])
+    write_run(tmp_path, "nan", {"gsm8k": [("a", 1.0), ("b", float("nan"))]})
+    with pytest.raises(BenchError, match="task gsm8k: run nan has a score that is not a finite number .example 'b'"):
+        compare(tmp_path, ["seed", "nan"])
+    write_run(tmp_path, "same", {"gsm8k": [("b", 1.0), ("a", 1.0)]})
+    assert main(["compare", "seed", "same", "--results-dir", str(tmp_path), "--flips", "nope"]) == 2
+    assert "--flips nope" in capsys.readouterr().err
+
+
+def test_cli_prints_the_table_and_flips(tmp_path, capsys):
+    write_run(tmp_path, "seed", {"gsm8k": [(f"q{i}", 1.0) for i in range(12)]})
+    write_run(tmp_path, "sdft", {"gsm8k": [(f"q{i}", 0.0) for i in range(12)]})
+    assert main(["compare", "seed", "sdft", "--results-dir", str(tmp_path), "--flips", "gsm8k"]) == 0
+    out = capsys.readouterr().out
+    assert "-100.00*" in out and "12 lost / 0 gained" in out and "12 examples changed" in out and "right->wrong" in out
+
+
+def test_scores_that_are_not_pass_fail_change_down_or_up(tmp_path, capsys):
+    write_run(tmp_path, "seed", {"drift": [(f"i{i}", 0.0) for i in range(8)]})
+    write_run(tmp_path, "sft", {"drift": [(f"i{i}", 0.1 * (i + 1)) for i in range(8)]})
+    row = compare(tmp_path, ["seed", "sft"]).set_index("run").loc["sft"]
+    assert row.test == "paired sign-flip permutation" and (row.right_to_wrong, row.wrong_to_right) == (0, 8)
+    assert set(flips(tmp_path, "seed", "sft", "drift")["direction"]) == {"up"}
+    assert main(["compare", "seed", "sft", "--results-dir", str(tmp_path)]) == 0
+    assert "0 down / 8 up" in capsys.readouterr().out
+
+
+def test_a_method_over_training_seeds_gets_an_interval_over_seeds_and_examples_and_its_seeds(tmp_path, capsys):
+    """Three seeds of one method: the mean delta over seeds, an interval over seeds and examples, each seed's
+    delta and how many agree in sign; a method whose seeds disagree gets a wide interval."""
+    n = 100
+    seed = [(f"q{i}", 1.0 if i < 50 else 0.0) for i in range(n)]
+    write_run(tmp_path, "seed", {"arc": seed})
+    for s, lost in enumerate((10, 12, 8)):  # consistent: every seed loses about 10 points
+        write_run(tmp_path, f"sft-s{s}", {"arc": [(i, 0.0 if k < lost else v) for k, (i, v) in enumerate(seed)]})
+    for s, lost in enumerate((20, 0, -20)):  # inconsistent: one loses 20, one gains 20
+        rows = [(i, 0.0 if k < lost else 1.0 if 50 <= k < 50 - lost else v) for k, (i, v) in enumerate(seed)]
+        write_run(tmp_path, f"sdft-s{s}", {"arc": rows})
+    names = ["seed"] + [f"sft-s{s}" for s in range(3)] + [f"sdft-s{s}" for s in range(3)]
+    table = compare(tmp_path, names).set_index("run")
+    sft, sdft = table.loc["sft (3 seeds)"], table.loc["sdft (3 seeds)"]
+    assert sft.delta == pytest.approx(-0.10) and sft.seed_deltas == pytest.approx([-0.10, -0.12, -0.08])
+    assert sft.seeds_agreeing == 3 and sft.delta_high < 0 and sft.significant
+    assert sdft.delta == pytest.approx(0.0) and sdft.seeds_agreeing == 1 and not sdft.significant
+    assert sdft.delta_high - sdft.delta_low > 2 * (sft.delta_high - sft.delta_low), "the seed spread widens it"
+    assert sdft.detectable > sft.detectable
+    assert main(["compare", *names, "--results-dir", str(tmp_path), "--name", "seeds"]) == 0
+    report = (tmp_path / "reports" / "seeds" / "report.md").read_text()
+    assert "seeds: -10.00, -12.00, -8.00 (3/3 agree in sign)" in report
+    assert report.startswith("## Verdict\n\n- sdft (3 seeds) forgets less on its untrained capabilities than sft (3 seeds)")
+    from bench.analysis.compare import load_run, method_verdicts
+
+    runs = [load_run(tmp_path, name) for name in names]
+    [verdict] = method_verdicts(runs[0], runs[1:], {})
+    assert (verdict["a"], verdict["b"], verdict["seeds_a"]) == ("sft (3 seeds)", "sdft (3 seeds)", 3)
+    assert verdict["forgetting_a"] == pytest.approx(0.10) and verdict["forgetting_b"] == pytest.approx(0.0)
+    assert 0.5 < 1 - verdict["p_a_less_forgetting"] < 1, "sdft's seeds disagree: the order is likely, not certain"
+
+
+def test_two_methods_head_to_head_by_seed_and_for_single_runs(tmp_path, capsys):
+    """SDFT against SFT: over training seeds, paired by seed index; single runs keep the paired exact test,
+    the same numbers `bench compare A B` gives."""
+    from bench.analysis.compare import load_run, method_pairs
+
+    n = 100
+    seed = [(f"q{i}", 1.0 if i < 50 else 0.0) for i in range(n)]
+    write_run(tmp_path, "seed", {"arc": seed})
+    for s, lost in enumerate((10, 12, 8)):
+        write_run(tmp_path, f"sft-s{s}", {"arc": [(i, 0.0 if k < lost else v) for k, (i, v) in enumerate(seed)]})
+    for s, lost in enumerate((20, 0, -20)):
+        rows = [(i, 0.0 if k < lost else 1.0 if 50 <= k < 50 - lost else v) for k, (i, v) in enumerate(seed)]
+        write_run(tmp_path, f"sdft-s{s}", {"arc": rows})
+    names = ["seed", "sdft-s2", "sft-s0", "sft-s1", "sft-s2", "sdft-s0", "sdft-s1"]  # seeds pair by number, not order
+    [row] = method_pairs([load_run(tmp_path, name) for name in names[1:]]).to_dict("records")
+    assert (row["a"], row["b"], row["run"]) == ("sdft (3 seeds)", "sft (3 seeds)", "sft (3 seeds) vs sdft (3 seeds)")
+    assert row["seed_deltas"] == pytest.approx([0.10, -0.12, -0.28]) and row["seeds_agreeing"] == 2
+    assert row["delta"] == pytest.approx(-0.10) and not row["significant"]
+    assert main(["compare", *names, "--results-dir", str(tmp_path), "--name", "h2h"]) == 0
+    assert "head to head" in capsys.readouterr().out
+    md = (tmp_path / "reports" / "h2h" / "report.md").read_text()
+    assert "## Head to head" in md and "| arc | accuracy | 100 | Δ -10.00 [" in md
+    assert md.index("## Against seed") < md.index("## Head to head") < md.index("<details><summary>Each training seed")
+    main_table = md[md.index("## Against seed"):md.index("## Head to head")]
+    assert "sft-s0" not in main_table and "sft (3 seeds)" in main_table, "per-seed columns are folded away"
+    write_run(tmp_path, "a", {"arc": [(i, 1.0 if k < 60 else 0.0) for k, (i, _) in enumerate(seed)]})
+    write_run(tmp_path, "b", {"arc": [(i, 1.0 if k < 45 else 0.0) for k, (i, _) in enumerate(seed)]})
+    [single] = method_pairs([load_run(tmp_path, "a"), load_run(tmp_path, "b")]).to_dict("records")
+    direct = compare(tmp_path, ["a", "b"]).set_index("run").loc["b"]
+    assert (single["delta"], single["p_value"], single["test"]) == (direct.delta, direct.p_value, direct.test)
+    assert single["right_to_wrong"] == 15 and single["wrong_to_right"] == 0
+
+
+def test_runs_generated_with_different_token_caps_are_not_paired(tmp_path):
+    """A shorter cap is a different measurement (an IFEval word count, a truncated program): refused, named."""
+    rows = [(f"q{i}", float(i % 2)) for i in range(10)]
+    for name, cap in (("seed", 1280), ("sft", 512)):
+        store = RunStore(tmp_path, name)
+        identity = {"tasks": {"ifeval": {"n": 10}}}
+        store.begin({"identity": identity})
+        store.write_task("ifeval", [{"id": i, "score": s} for i, s in rows],
+                         {"task": "ifeval", "capability": "instructions", "metric": "prompt_level_strict", "mean": 0.5,
+                          "ci_low": 0.2, "ci_high": 0.8, "n": 10, "generation": {"max_new_tokens": cap}})
+        store.finish({"identity": identity})
+    with pytest.raises(BenchError, match=r"task ifeval: runs seed and sft generated with different settings "
+                                         r"\(\{'max_new_tokens': 1280\} vs \{'max_new_tokens': 512\}\)"):
+        compare(tmp_path, ["seed", "sft"])

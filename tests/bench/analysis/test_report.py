@@ -1,0 +1,208 @@
+"""bench/analysis/report.py: retention and forgetting per capability, and the four report files."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.analysis.report import UNKNOWN, forgetting, trained_capability, write_report
+
+
+def table() -> pd.DataFrame:
+    rows = []
+    for run, scores in {"seed": (0.10, 0.60, 0.40), "sft": (0.30, 0.45, 0.40)}.items():
+        for task, capability, score in zip(("gsm8k", "arc_easy", "winogrande"), ("math", "knowledge", "knowledge"),
+                                           scores):
+            row = {"task": task, "capability": capability, "metric": "acc", "run": run, "n": 100, "score": score,
+                   "ci_low": score - 0.05, "ci_high": score + 0.05}
+            if run == "sft":
+                delta = score - {"gsm8k": 0.10, "arc_easy": 0.60, "winogrande": 0.40}[task]
+                row.update(delta=delta, delta_low=delta - 0.04, delta_high=delta + 0.04, p_value=0.01 if delta else 1.0,
+                           test="McNemar exact", right_to_wrong=5, wrong_to_right=3, significant=bool(delta))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_retention_and_mean_forgetting_leave_out_the_trained_capability():
+    result = forgetting(table(), "seed", {"sft": "math"}).set_index("capability")
+    assert result.loc["math", "trained"] and result.loc["math", "delta"] == pytest.approx(0.20)
+    assert result.loc["knowledge", "retention"] == pytest.approx(0.425 / 0.5)
+    untrained = result.loc["untrained capabilities (mean)"]
+    assert untrained["forgetting"] == pytest.approx(0.075) and untrained["delta"] == pytest.approx(-0.075)
+
+
+def test_report_files(tmp_path):
+    records = {run: {"identity": {"fingerprint": f"{run}-fp", "adapter_sha256": "ab" if run == "sft" else None},
+                     "data": {"gsm8k": {"sha256": "d1", "source": "gsm8k/test.jsonl"}}, "git": {"commit": "c0"}}
+               for run in ("seed", "sft")}
+    out = write_report(tmp_path / "r", table(), "seed", {"sft": "math"}, records)
+    md = (out / "report.md").read_text()
+    assert "| gsm8k | acc | 100 | 10.00 [5.00, 15.00] | 30.00 [25.00, 35.00]<br>Δ +20.00* [+16.00, +24.00]" in md
+    assert "| sft | math (trained) | 10.00 | 30.00 | 3.000 | +20.00 |" in md
+    assert "| sft | untrained capabilities (mean) | 50.00 | 42.50 |  | -7.50 |" in md
+    assert "sft: fingerprint sft-fp, adapter sha256 ab, None, chat prompts, git c0" in md
+    assert len(pd.read_csv(out / "report.csv")) == 6
+    report = json.loads((out / "report.json").read_text())
+    assert report["reference"] == "seed" and report["trained"] == {"sft": "math"}
+    traced = report["provenance"]["sft"]
+    assert traced["fingerprint"] == "sft-fp" and traced["adapter_sha256"] == "ab"
+    assert traced["data_sha256"] == {"gsm8k": "d1"} and traced["git"] == {"commit": "c0"}
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "data:image/png;base64," in html
+
+
+def test_trained_capability_reads_the_adapters_train_json(tmp_path):
+    (tmp_path / "train.json").write_text(json.dumps({"capability": "tooluse"}))
+    assert trained_capability({"model": {"adapter": str(tmp_path)}}) == "tooluse"
+    assert trained_capability({"model": {"adapter": None}}) is None
+    assert trained_capability({"model": {"adapter": str(tmp_path / "elsewhere")}}) == UNKNOWN
+    result = forgetting(table(), "seed", {"sft": UNKNOWN}).set_index("capability")
+    assert result.loc[f"all capabilities (mean; trained: {UNKNOWN})", "forgetting"] == pytest.approx((0.075 - 0.2) / 2)
+
+
+def four_method_table() -> pd.DataFrame:
+    """A seed and three methods: each forgets (ARC) in the order of its drift KL, and gains on math."""
+    rows = []
+    runs = {"seed": (0.10, 0.60, 0.0), "a": (0.30, 0.58, 0.05), "b": (0.32, 0.50, 0.20), "c": (0.25, 0.55, 0.10)}
+    for run, (math, arc, kl) in runs.items():
+        for task, capability, metric, score in (("gsm8k", "math", "acc", math), ("arc_easy", "knowledge", "acc", arc),
+                                                ("drift", "drift", "kl", kl)):
+            ref = runs["seed"][("gsm8k", "arc_easy", "drift").index(task)]
+            rows.append({"task": task, "capability": capability, "metric": metric, "run": run, "n": 50,
+                         "score": score, "ci_low": score, "ci_high": score, "delta": score - ref,
+                         "delta_low": score - ref, "delta_high": score - ref, "p_value": 1.0, "significant": False,
+                         "right_to_wrong": 0, "wrong_to_right": 0, "test": "sign-flip"})
+    return pd.DataFrame(rows)
+
+
+def test_drift_is_set_against_forgetting_and_gain_with_a_rank_correlation(tmp_path):
+    from bench.analysis.report import drift_against_forgetting
+
+    frame = four_method_table()
+    razor, rho = drift_against_forgetting(frame, forgetting(frame, "seed", {r: "math" for r in "abc"}))
+    assert list(razor["run"]) == ["a", "b", "c"] and list(razor["kl"]) == [0.05, 0.20, 0.10]
+    assert list(razor["forgetting"]) == pytest.approx([0.02, 0.10, 0.05])
+    assert list(razor["gain"]) == pytest.approx([0.20, 0.22, 0.15])
+    assert rho == pytest.approx(1.0)  # the same order
+    out = write_report(tmp_path / "r", frame, "seed", {r: "math" for r in "abc"})
+    md = (out / "report.md").read_text()
+    assert "| b | 0.2000 | +10.00 | +22.00 |" in md and "Spearman's rank correlation of KL with mean forgetting" \
+        " over 3 runs: +1.00" in md
+    report = json.loads((out / "report.json").read_text())
+    assert report["drift_vs_forgetting"]["spearman_kl_forgetting"] == pytest.approx(1.0)
+    two = frame[frame["run"].isin(["seed", "a", "b"])]
+    assert drift_against_forgetting(two, forgetting(two, "seed", {"a": "math", "b": "math"}))[1] is None
+
+
+def test_retention_where_the_reference_scores_zero_is_na_with_the_reason(tmp_path):
+    rows = table()
+    rows.loc[(rows["run"] == "seed") & (rows["task"] == "gsm8k"), "score"] = 0.0
+    md = (write_report(tmp_path / "r", rows, "seed", {"sft": "knowledge"}) / "report.md").read_text()
+    assert "| sft | math | 0.00 | 30.00 | n/a (the reference scores 0) |" in md and "nan" not in md
+
+
+def test_html_marks_significant_losses_and_gains_in_colour_and_in_words(tmp_path):
+    html = (write_report(tmp_path / "r", table(), "seed", {"sft": "math"}) / "report.html").read_text()
+    assert "<td class='gain'><b>▲ significant gain</b><br>30.00" in html  # gsm8k +20*
+    assert "<td class='loss'><b>▼ significant loss</b>" in html  # arc_easy's significant drop
+    assert html.count("class='loss'") == html.count("class='gain'") == 1, "winogrande's zero delta is not marked"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("BENCH_REQUIRE_BROWSER"),
+                    reason="no chromium here (Debian: apt-get install chromium; .ci/run installs it)")
+def test_the_html_report_reads_at_a_glance_in_a_real_browser(tmp_path):
+    """A seeded study's report.html in headless chromium at 1400 px: no console or page errors, nothing fails to load,
+    the verdict first, every task a row of the main table, the head to head, a significant loss marked in words,
+    the plot drawn, and nothing wider than the window."""
+    from playwright.sync_api import sync_playwright
+
+    from conftest import write_run
+
+    assert CHROMIUM, "BENCH_REQUIRE_BROWSER is set, but there is no chromium"
+    n, tasks = 60, ("gsm8k", "arc_easy", "humaneval")
+    seed = [(f"q{i}", 1.0 if i < 30 else 0.0) for i in range(n)]
+    write_run(tmp_path, "seed", {task: seed for task in tasks})
+    for s in range(3):
+        for method, lost in (("sft", 12 + s), ("sdft", s)):
+            write_run(tmp_path, f"{method}-s{s}",
+                      {task: [(i, 0.0 if k < lost else v) for k, (i, v) in enumerate(seed)] for task in tasks})
+    names = ["seed", *(f"{m}-s{s}" for m in ("sft", "sdft") for s in range(3))]
+    assert main(["compare", *names, "--results-dir", str(tmp_path), "--name", "study"]) == 0
+    page_file = tmp_path / "reports" / "study" / "report.html"
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("requestfailed", lambda request: problems.append(f"failed to load {request.url}"))
+        page.goto(page_file.as_uri())
+        headings = page.locator("h2").all_inner_texts()
+        verdict = page.locator("h2 + ul").first.inner_text()
+        first_cells = page.locator("table").first.locator("tr td:first-child").all_inner_texts()
+        losses = page.locator("td.loss:visible").all_inner_texts()
+        plot_width = page.evaluate("document.querySelector('img').naturalWidth")
+        page_width = page.evaluate("document.documentElement.scrollWidth")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert problems == []
+    assert headings[:3] == ["Verdict", "Against seed", "Head to head"]
+    assert "sdft (3 seeds) forgets less on its untrained capabilities than sft (3 seeds)" in verdict
+    assert first_cells == list(tasks)
+    assert losses and all(cell.startswith("▼ significant loss") for cell in losses)
+    assert plot_width > 0 and page_width <= 1400, "the page fits a 1400 px window"
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_a_capability_the_reference_scores_0_on_stays_out_of_mean_forgetting_in_report_and_verdict(tmp_path):
+    """At the floor only gains are possible: one lucky GSM8K answer in 8 must not read as 'forgets less'. The
+    report's mean and the verdict's agree on what they average."""
+    from bench.analysis.compare import load_run, method_verdicts
+
+    from conftest import write_run
+
+    arc = [(f"a{i}", 1.0 if i < 50 else 0.0) for i in range(100)]
+    write_run(tmp_path, "seed", {"gsm8k": [(f"g{i}", 0.0) for i in range(8)], "arc": arc})
+    write_run(tmp_path, "lucky", {"gsm8k": [(f"g{i}", float(i == 0)) for i in range(8)],
+                                  "arc": [(i, 0.0 if k < 10 else s) for k, (i, s) in enumerate(arc)]})
+    write_run(tmp_path, "steady", {"gsm8k": [(f"g{i}", 0.0) for i in range(8)],
+                                   "arc": [(i, 0.0 if k < 2 else s) for k, (i, s) in enumerate(arc)]})
+    for run in ("seed", "lucky", "steady"):  # two capabilities: math at the floor, knowledge at 50%
+        for task, capability in (("gsm8k", "math"), ("arc", "knowledge")):
+            path = tmp_path / "runs" / run / task / "metrics.json"
+            path.write_text(json.dumps(json.loads(path.read_text()) | {"capability": capability}))
+    runs = [load_run(tmp_path, name) for name in ("seed", "lucky", "steady")]
+    [verdict] = method_verdicts(runs[0], runs[1:], {})
+    assert verdict["forgetting_a"] == pytest.approx(0.10) and verdict["forgetting_b"] == pytest.approx(0.02)
+    assert main(["compare", "seed", "lucky", "steady", "--results-dir", str(tmp_path), "--name", "floor"]) == 0
+    md = (tmp_path / "reports" / "floor" / "report.md").read_text()
+    assert "| lucky | untrained capabilities (mean; without math: the reference scores 0, nothing to forget) | " \
+           "50.00 | 40.00 |  | -10.00 |" in md
+    assert "steady forgets less on its untrained capabilities than lucky" in md
+
+
+def test_instruction_kinds_table_pools_training_seeds_and_shows_the_cap(tmp_path):
+    def row(run: str, instruction: str, strict: int, total: int) -> dict:
+        return {"task": "ifeval", "instruction": instruction, "run": run, "strict": strict, "loose": strict,
+                "total": total, "max_new_tokens": 512}
+
+    instructions = pd.DataFrame([row("seed", "punctuation:no_comma", 6, 10), row("seed", "startend:quotation", 2, 4),
+                                 row("sft-s0", "punctuation:no_comma", 3, 10), row("sft-s1", "punctuation:no_comma", 5, 10),
+                                 row("sft-s0", "startend:quotation", 2, 4), row("sft-s1", "startend:quotation", 3, 4)])
+    out = write_report(tmp_path / "r", table(), "seed", {"sft": "math"}, None, None, None, instructions)
+    md = (out / "report.md").read_text()
+    assert "## Instruction following by kind" in md
+    assert "| ifeval: instruction | seed | sft |" in md
+    assert "| punctuation:no_comma | 6/10 | 8/20 (-20.0) |" in md  # the seeds pooled: 8 of 20 against 6 of 10
+    assert "| startend:quotation | 2/4 | 5/8 (+12.5) |" in md
+    assert "At most 512 new tokens per prompt (lm-eval's IFEval: 1280)." in md
+    assert len(json.loads((out / "report.json").read_text())["by_instruction"]) == 6

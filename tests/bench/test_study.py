@@ -1,0 +1,168 @@
+"""bench/study.py and `bench reproduce`: profiles are data; the paper profile is the study's; a tiny study runs
+end to end and a second run reuses everything."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import SHARED
+from bench.cli import main
+from bench.study import load_profile
+from bench.types import BenchError
+
+METHODS = SHARED / "docs" / "methods.md"
+
+
+@pytest.mark.skipif(not METHODS.is_file(), reason="needs ../shared/docs/methods.md beside the checkout")
+def test_paper_profile_is_the_studys_configuration_line_by_line():
+    text = METHODS.read_text()
+    training = next(line for line in text.splitlines() if line.startswith("Training (scripts/"))
+    paper = load_profile("paper")
+    assert paper.model.endswith(re.search(r"(Llama-2-7b-chat-hf)", training).group(1))
+    assert f"LoRA rank {paper.sft['rank']}, alpha {paper.sft['alpha']}, dropout {paper.sft['dropout']}" in training
+    assert f"targets {','.join(paper.sft['target_modules'])}" in training
+    assert f"lr {paper.sft['learning_rate']:.0e}".replace("e-0", "e-") in training
+    assert f"{paper.sft['scheduler']}" in training and "bf16" in training and paper.dtype == "bfloat16"
+    assert f"per-device batch {paper.sft['batch_size']} x grad-accum {paper.sft['gradient_accumulation']}" in training
+    assert f"epochs {paper.sft['epochs']} for {paper.train_task}" in training
+    assert paper.train_task == "gsm8k" and paper.limit is None and paper.train_limit is None
+    assert set(paper.suites) == {"math", "safety", "code", "tooluse", "knowledge", "drift", "helpfulness"}
+    assert paper.judge == "alpaca_eval_gpt4"  # the study's annotator
+    assert "Prompt format for training and evaluation: the Alpaca template (section 2), except math" in training
+    assert paper.prompt_format == "study"
+
+
+@pytest.mark.parametrize("name", ["tiny", "paper", "tiny-helpfulness", "tiny-seeds"])
+def test_shipped_profiles_name_known_tasks_and_valid_training(name):
+    from fine_tune import METHODS
+    from fine_tune.common import config_from_dict
+    from tasks import TASKS, select_tasks
+
+    profile = load_profile(name)
+    assert select_tasks(profile.suites, profile.tasks) and profile.train_task in TASKS
+    assert set(profile.task_limits) <= {t.name for t in select_tasks(profile.suites, profile.tasks)}
+    for method in profile.methods:
+        config_from_dict(profile.train_config(method), f"profile {name} [{method}]", METHODS[method].config)
+    assert "gkd" not in profile.methods or profile.teacher  # the tiny study: the seed; the paper: a larger model
+
+
+PROFILE_BASE = 'model = "default"\ntrain_task = "gsm8k"\n'
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('suites = ["math"]\nlimt = 3\n', "unknown key 'limt'"),
+    ('suites = "math"\n', "key 'suites' must be list"),
+    ("", "name the evaluation in 'suites' or 'tasks'"),
+    ('suites = ["math"]\nprompt_format = "alpaca"\n', "key 'prompt_format' must be one of chat, study"),
+    ('suites = ["math"]\nmethods = ["sft", "ppo"]\n', "key 'methods': unknown method 'ppo'"),
+    ('suites = ["math"]\nmethods = ["gkd", "sft"]\nteacher_adapter = "sft"\n',
+     "names method 'sft', which must be trained before gkd"),
+])
+def test_profile_errors_name_the_key(tmp_path, extra, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(PROFILE_BASE + extra)
+    with pytest.raises(BenchError, match=message):
+        load_profile(str(bad))
+
+
+def test_unknown_profile_is_an_error():
+    with pytest.raises(BenchError, match="no such profile"):
+        load_profile("nope")
+
+
+def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, tmp_path):
+    profile = tmp_path / "micro.toml"
+    profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\nprompt_format = "study"\n'
+                       'train_task = "gsm8k"\ntrain_limit = 4\nmethods = ["sft", "sdft", "gkd", "onpolicy_sd"]\n'
+                       f'teacher = "{tiny_model_dir}"\nteacher_adapter = "sft"\n'
+                       'suites = ["math"]\ntasks = ["drift"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
+                       'epochs = 1\n[gkd]\nmax_new_tokens = 8\nlmbda = 1.0\n[onpolicy_sd]\nmax_new_tokens = 8\n'
+                       '[task_limits]\ndrift = 3\n[max_new_tokens]\ngsm8k = 7\n')
+    args = ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    report = tmp_path / "reports" / "micro"
+    table = json.loads((report / "report.json").read_text())
+    assert table["runs"] == ["micro-seed", "micro-sft", "micro-sdft", "micro-gkd", "micro-onpolicy_sd"]
+    assert table["trained"]["micro-sft"] == table["trained"]["micro-onpolicy_sd"] == "math"
+    rows = {(r["task"], r["run"]) for r in table["tasks"]}
+    assert ("drift", "micro-sdft") in rows and ("gsm8k", "micro-sft") in rows and ("multiarith", "micro-seed") in rows
+    for name in table["runs"]:  # the profile's token cap reaches every evaluation, and is recorded
+        run_dir = tmp_path / "runs" / name
+        assert json.loads((run_dir / "gsm8k" / "metrics.json").read_text())["generation"]["max_new_tokens"] == 7
+        assert json.loads((run_dir / "run.json").read_text())["identity"]["tasks"]["gsm8k"]["generation"][
+            "max_new_tokens"] == 7
+        assert json.loads((run_dir / "multiarith" / "metrics.json").read_text())["generation"]["max_new_tokens"] == 512
+    drift_n = {r["n"] for r in table["tasks"] if r["task"] == "drift"}
+    assert drift_n == {3}
+    trained = json.loads((tmp_path / "checkpoints" / "micro-sft" / "train.json").read_text())
+    assert trained["prompt_format"] == trained["identity"]["prompt_format"] == "study"
+    run = tmp_path / "runs" / "micro-sdft"
+    assert json.loads((run / "run.json").read_text())["identity"]["prompt_format"] == "study"
+    drift_prompt = json.loads((run / "drift" / "predictions.jsonl").read_text().splitlines()[0])["prompt"]
+    assert drift_prompt.startswith("Below is an instruction") and "<|im_start|>" not in drift_prompt
+    assert "<|im_start|>" in json.loads((run / "gsm8k" / "predictions.jsonl").read_text().splitlines()[0])["prompt"]
+    stages = json.loads((report / "stages.json").read_text())
+    methods = ("sft", "sdft", "gkd", "onpolicy_sd")
+    assert set(stages) == {*(f"{stage} {m}" for m in methods for stage in ("train", "eval")), "eval seed", "compare",
+                           "total", "work"}
+    assert set(stages["work"]["train sdft"]) == {"distil", "training"}
+    assert set(stages["work"]["train gkd"]) == {"generation", "teacher", "training"}
+    gkd = json.loads((tmp_path / "checkpoints" / "micro-gkd" / "train.json").read_text())
+    assert gkd["teacher"]["adapter"] == str(tmp_path / "checkpoints" / "micro-sft")
+    assert gkd["config"]["max_new_tokens"] == 8 and gkd["config"]["batch_size"] == 2  # [gkd] over [sft]
+    assert set(stages["work"]["eval sft"]) == {"gsm8k", "multiarith", "drift"}
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("already trained") == 4
+    again = json.loads((report / "stages.json").read_text())
+    assert again["work"] == stages["work"], "a re-run that reuses the work keeps where its time went"
+
+
+def test_helpfulness_profile_trains_what_the_tiny_study_trains():
+    """The two CPU profiles read the same fine-tunes: the same seed, data and SFT settings."""
+    tiny, helpfulness = load_profile("tiny"), load_profile("tiny-helpfulness")
+    assert (helpfulness.model, helpfulness.train_task, helpfulness.train_limit, helpfulness.sft) == \
+        (tiny.model, tiny.train_task, tiny.train_limit, tiny.sft)
+    assert helpfulness.tasks == ["alpaca_eval"] and helpfulness.judge is None  # the default local judge
+
+
+def test_a_seeded_study_trains_each_method_per_seed_and_reads_them_together(capsys, tiny_model_dir, fixture_data,
+                                                                             tmp_path):
+    profile = tmp_path / "seeded.toml"
+    profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\ntrain_task = "gsm8k"\ntrain_limit = 4\n'
+                       'methods = ["sft", "gkd"]\ntraining_seeds = [0, 1]\n'
+                       f'teacher = "{tiny_model_dir}"\nteacher_adapter = "sft"\n'
+                       'tasks = ["gsm8k", "drift"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
+                       'epochs = 1\n[gkd]\nmax_new_tokens = 4\n')
+    args = ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    names = ["seeded-sft-s0", "seeded-sft-s1", "seeded-gkd-s0", "seeded-gkd-s1"]
+    for name, seed in zip(names, (0, 1, 0, 1)):
+        trained = json.loads((tmp_path / "checkpoints" / name / "train.json").read_text())
+        assert trained["identity"]["config"]["training_seed"] == seed
+    gkd = json.loads((tmp_path / "checkpoints" / "seeded-gkd-s1" / "train.json").read_text())
+    assert gkd["teacher"]["adapter"] == str(tmp_path / "checkpoints" / "seeded-sft-s1"), "the same seed's SFT teacher"
+    report = json.loads((tmp_path / "reports" / "seeded" / "report.json").read_text())
+    assert report["runs"][:5] == ["seeded-seed", *names]
+    assert "seeded-sft (2 seeds)" in report["runs"] and "seeded-gkd (2 seeds)" in report["runs"]
+    assert {(v["a"], v["b"]) for v in report["verdict"]} == {("seeded-sft (2 seeds)", "seeded-gkd (2 seeds)")}
+    stages = json.loads((tmp_path / "reports" / "seeded" / "stages.json").read_text())
+    assert "train sft-s1" in stages and "eval gkd-s0" in stages
+
+
+def test_seeds_must_be_distinct_whole_numbers(tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text('model = "default"\ntrain_task = "gsm8k"\ntasks = ["gsm8k"]\ntraining_seeds = [0, 0]\n')
+    with pytest.raises(BenchError, match="key 'training_seeds' must be a list of distinct whole numbers"):
+        load_profile(str(profile))
+
+
+def test_the_seeded_tiny_profile_is_the_tiny_study_over_three_seeds():
+    tiny, seeded = load_profile("tiny"), load_profile("tiny-seeds")
+    assert seeded.training_seeds == [0, 1, 2] and seeded.methods == ["sft", "sdft"]
+    assert (seeded.sft, seeded.tasks, seeded.task_limits, seeded.max_new_tokens, seeded.train_limit) == \
+        (tiny.sft, tiny.tasks, tiny.task_limits, tiny.max_new_tokens, tiny.train_limit)
+    assert load_profile("paper").training_seeds == [0, 1, 2]
