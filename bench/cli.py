@@ -198,38 +198,26 @@ def _adapter_prompt_format(adapter: str | None) -> str | None:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
-    import json
-
-    from bench.analysis.compare import (compare_runs, delta_cell, flips, format_cell, instruction_breakdown, load_run,
-                               method_pairs, method_verdicts, per_seed_runs, seed_groups, seeds_label, task_cells,
-                               verdict_lines)
-    from bench.analysis.report import trained_capability, write_report
+    from bench.analysis.compare import build_comparison, flips, load_run
+    from bench.analysis.report import delta_cell, format_cell, ranking_lines, task_cells, verdict_lines, write_report
 
     results_dir = Path(args.results_dir)
-    runs = [load_run(results_dir, name) for name in args.runs]
-    table_rows = compare_runs(runs)
-    pairs = method_pairs(runs[1:])
-    reference = args.runs[0]
-    records = {name: json.loads((results_dir / "runs" / name / "run.json").read_text()) for name in args.runs}
-    trained = {name: trained_capability(records[name]) for name in args.runs[1:]}
-    for stem, members in seed_groups(runs[1:]).items():  # a method over its seeds: trained as its seeds were
-        trained[seeds_label(stem, members)] = trained[members[0].name]
-    verdicts = method_verdicts(runs[0], runs[1:], trained)
-    report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), table_rows, reference,
-                          trained, records, verdicts, pairs, instruction_breakdown(runs))
-    seeds = per_seed_runs(list(table_rows["run"].unique()))
+    comparison = build_comparison([load_run(results_dir, name) for name in args.runs])
+    report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), comparison)
+    reference, rows = comparison.reference, comparison.rows
     against = f"deltas against {reference}, paired over the same examples (* p < 0.05; lost / gained: examples " \
               f"right->wrong / wrong->right)"
     versus = lambda r: format_cell(r, reference, "\n")
     shown = [(f"scores (%; drift: KL in nats) with 95% intervals; {against}", versus,
-              table_rows[~table_rows["run"].isin(seeds)])]
-    if seeds:
-        shown.append((f"each training seed: {against}", versus, table_rows[table_rows["run"].isin(seeds | {reference})]))
-    if not pairs.empty:
+              rows[~rows["run"].isin(comparison.seed_runs)])]
+    if comparison.seed_runs:
+        shown.append((f"each training seed: {against}", versus,
+                      rows[rows["run"].isin(comparison.seed_runs | {reference})]))
+    if not comparison.pairs.empty:
         shown.append(("head to head: B vs A is B minus A, paired over the same examples (and by training seed)",
-                      lambda r: delta_cell(r, "\n"), pairs))
-    for title, cell, rows in shown:
-        columns, body = task_cells(rows, cell)
+                      lambda r: delta_cell(r, "\n"), comparison.pairs))
+    for title, cell, shown_rows in shown:
+        columns, body = task_cells(shown_rows, cell)
         table = Table(title=title)
         table.add_column("task")
         for column in columns:
@@ -237,7 +225,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         for first, cells in body:
             table.add_row(f"{first.task}\n{first.metric} (n={first.n})", *cells)
         console.print(table)
-    for line in verdict_lines(verdicts):
+    for line in ranking_lines(comparison.ranking):
+        console.print(f"ranking: {line}", markup=False, highlight=False)
+    for line in verdict_lines(comparison.verdicts):
         console.print(f"verdict: {line}", markup=False, highlight=False)
     for name in args.runs[1:] if args.flips else ():
         changed = flips(results_dir, reference, name, args.flips)

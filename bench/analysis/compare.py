@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POWER_Z, bootstrap_ci, crossed_means,
-                         detectable_difference)
+from bench.analysis.stats import (BOOTSTRAP_SEED, POWER_Z, crossed_means, detectable_difference, mcnemar_exact,
+                                  paired_bootstrap_ci, sign_flip_p)
 from bench.store import RUN_FILE, read_jsonl
 from bench.types import BenchError
 
@@ -27,49 +27,12 @@ HEAD_TO_HEAD_TEST = "sign test against 50%"
 SEEDED_TEST = "bootstrap over training seeds and examples (crossed)"
 RAW_METRICS = ("kl",)  # shown as they are (nats); every other metric is a fraction, shown in %
 LOWER_IS_BETTER = ("kl",)  # drift: a rise from the reference is the loss
+UNTRAINED_MEAN = "untrained capabilities (mean)"
+UNKNOWN = "unknown (no train.json beside the adapter)"
 
 
 def scale(metric: str) -> float:
     return 1.0 if metric in RAW_METRICS else 100.0
-
-
-def format_cell(row: Any, reference: str, newline: str) -> str:
-    """One run's cell of a comparison table: score [CI]; for a run other than the reference, then its delta_cell."""
-    k = scale(row.metric)
-    cell = f"{k * row.score:.2f} [{k * row.ci_low:.2f}, {k * row.ci_high:.2f}]"
-    return cell + newline + delta_cell(row, newline) if row.run != reference else cell
-
-
-def delta_cell(row: Any, newline: str) -> str:
-    """A paired delta [CI] with its p-value (* below 0.05), then how many examples changed each way (for a score that
-    is not pass/fail, such as drift's KL, "up" and "down" carry no judgement), each training seed's delta, then the
-    smallest delta its n detects at 5% with 80% power."""
-    k = scale(row.metric)
-    cell = (f"Δ {k * row.delta:+.2f}{'*' if row.significant else ''} [{k * row.delta_low:+.2f}, "
-            f"{k * row.delta_high:+.2f}] p={row.p_value:.3g}"
-            f"{newline}{changes(row.right_to_wrong, row.wrong_to_right, row.get('pass_fail') is True)}")
-    if isinstance(row.get("seed_deltas"), list):
-        cell += (f"{newline}seeds: {', '.join(f'{k * d:+.2f}' for d in row.seed_deltas)} "
-                 f"({int(row.seeds_agreeing)}/{len(row.seed_deltas)} agree in sign)")
-    if pd.notna(row.get("detectable")):
-        cell += f"{newline}detectable ±{k * row.detectable:.2f}"
-    return cell
-
-
-def task_cells(rows: pd.DataFrame, cell) -> tuple[list[str], list[tuple[Any, list[str]]]]:
-    """A comparison as a table: its columns (the runs, in order) and per task its first row and one cell per column,
-    `cell(row)` ("" where a column has no row for the task)."""
-    columns = list(rows["run"].unique())
-    body = []
-    for _, group in rows.groupby("task", sort=False):
-        cells = {r.run: cell(r) for _, r in group.iterrows()}
-        body.append((group.iloc[0], [cells.get(column, "") for column in columns]))
-    return columns, body
-
-
-def changes(down: int, up: int, pass_fail: bool) -> str:
-    """How many examples' scores went down and up: lost / gained for pass/fail scores."""
-    return f"{int(down)} lost / {int(up)} gained" if pass_fail else f"{int(down)} down / {int(up)} up"
 
 
 @dataclass(frozen=True)
@@ -106,41 +69,6 @@ def load_run(results_dir: Path, name: str) -> RunScores:
                                             "metric": "win_rate_vs_seed",
                                             "seed_fingerprint": task_metrics["vs_seed"]["seed_fingerprint"]}
     return RunScores(name, record, tasks, metrics)
-
-
-def paired_bootstrap_ci(reference: np.ndarray, other: np.ndarray, level: float = LEVEL,
-                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile interval of mean(other - reference), resampling examples (both runs together)."""
-    return bootstrap_ci(list(other - reference), level, resamples, seed)
-
-
-def mcnemar_exact(right_to_wrong: int, wrong_to_right: int) -> float:
-    """Two-sided exact McNemar p-value: the discordant pairs against Binomial(n, 1/2)."""
-    from scipy.stats import binomtest
-
-    n = right_to_wrong + wrong_to_right
-    return 1.0 if n == 0 else float(binomtest(right_to_wrong, n, 0.5).pvalue)
-
-
-EXACT_SIGN_FLIPS = 16  # up to this many non-zero differences, all 2^n sign vectors are enumerated
-
-
-def sign_flip_p(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> float:
-    """Two-sided paired permutation p-value of mean(differences) = 0 under random sign flips: exact for up to
-    EXACT_SIGN_FLIPS non-zero differences (zeros flip to themselves), else Monte Carlo with the +1 rule."""
-    nonzero = differences[differences != 0]
-    if not len(nonzero):
-        return 1.0
-    observed = abs(nonzero.sum()) - 1e-12
-    if len(nonzero) <= EXACT_SIGN_FLIPS:
-        signs = 1.0 - 2.0 * ((np.arange(2 ** len(nonzero))[:, None] >> np.arange(len(nonzero))) & 1)
-        return float(np.mean(np.abs(signs @ nonzero) >= observed))
-    rng = np.random.default_rng(seed)
-    extreme = 0
-    for start in range(0, resamples, 1000):  # chunks bound memory for large n
-        signs = rng.choice((-1.0, 1.0), size=(min(1000, resamples - start), len(nonzero)))
-        extreme += int(np.sum(np.abs(signs @ nonzero) >= observed))
-    return float((extreme + 1) / (resamples + 1))
 
 
 def is_binary(*scores: np.ndarray) -> bool:
@@ -372,23 +300,37 @@ def flips(results_dir: Path, reference: str, other: str, task: str) -> pd.DataFr
                          "direction": np.where(oth[changed] < ref[changed], down, up)})
 
 
-def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[str, str | None],
-                    resamples: int = 2000, seed: int = BOOTSTRAP_SEED) -> list[dict[str, Any]]:
-    """For each pair of methods (a method: a run, or its runs over training seeds), which forgets less on the
-    capabilities it was not trained for (mean forgetting: minus the mean over those capabilities of the mean delta
-    of their tasks; a capability the reference scores 0 on has nothing to forget and is left out) and which drifts
-    less (the drift task's KL), each with the difference's interval and the probability over a joint bootstrap that
-    the order holds. Every replicate draws the seeds (paired by seed number) and one resample of each task's
-    examples, shared by all methods."""
+@dataclass
+class MethodSummary:
+    """A method's two headline figures over a joint bootstrap: mean forgetting on its untrained capabilities and
+    drift (KL to the reference), each a point estimate and its replicates (the same draws of seeds and examples for
+    every method, so replicates compare across methods), and the tasks each rests on."""
+
+    seeds: int
+    forgetting: float = np.nan
+    forgetting_draws: np.ndarray | float = np.nan
+    forgetting_tasks: list[str] = field(default_factory=list)
+    drift: float = np.nan
+    drift_draws: np.ndarray | float = np.nan
+    drift_tasks: list[str] = field(default_factory=list)
+
+
+def method_summaries(reference: RunScores, runs: list[RunScores], trained: dict[str, str | None],
+                     resamples: int = 2000, seed: int = BOOTSTRAP_SEED) -> dict[str, MethodSummary]:
+    """Per method (a run, or its runs over training seeds): mean forgetting = minus the mean over its untrained
+    capabilities of the mean delta of their tasks (a capability the reference scores 0 on has nothing to forget and is
+    left out), and drift = the drift task's KL. Every replicate draws the seeds (paired by seed number) and one
+    resample of each task's examples, shared by all methods."""
     methods = methods_of(runs)
     tasks = [t for t in reference.tasks if all(t in r.tasks for members in methods.values() for r in members)]
-    if len(methods) < 2 or not tasks:
-        return []
+    if not tasks:
+        return {}
     kinds = {t: reference.metrics[t].get("metric") for t in tasks}
     capability = {t: reference.metrics[t].get("capability") for t in tasks}
     floor = {c for c in capability.values()  # nothing to forget where the reference scores 0 (as in the report)
              if np.mean([reference.tasks[t]["score"].mean() for t in tasks if capability[t] == c]) <= 0}
-    summary: dict[str, dict[str, np.ndarray | float]] = {}
+    drift_tasks = [t for t in tasks if kinds[t] in RAW_METRICS][:1]
+    summaries = {}
     for name, members in methods.items():
         deltas, point = {}, {}
         for t in tasks:
@@ -397,42 +339,173 @@ def method_verdicts(reference: RunScores, runs: list[RunScores], trained: dict[s
             point[t] = float(values.mean())
         untrained = sorted({capability[t] for t in tasks if kinds[t] not in RAW_METRICS} - {trained.get(name)} - floor)
         forget = lambda d: -np.mean([np.mean([d[t] for t in tasks if capability[t] == c and kinds[t] not in RAW_METRICS],
-                                             axis=0) for c in untrained], axis=0) if untrained else np.nan
-        drift_tasks = [t for t in tasks if kinds[t] in RAW_METRICS]
-        summary[name] = {"forgetting": forget(point), "forgetting_draws": forget(deltas),
-                         "drift": point[drift_tasks[0]] if drift_tasks else np.nan,
-                         "drift_draws": deltas[drift_tasks[0]] if drift_tasks else np.nan}
+                                             axis=0) for c in untrained], axis=0)
+        summary = MethodSummary(len(members))
+        if untrained:
+            summary.forgetting, summary.forgetting_draws = float(forget(point)), forget(deltas)
+            summary.forgetting_tasks = [t for t in tasks if capability[t] in untrained and kinds[t] not in RAW_METRICS]
+        if drift_tasks:
+            summary.drift, summary.drift_draws = point[drift_tasks[0]], deltas[drift_tasks[0]]
+            summary.drift_tasks = drift_tasks
+        summaries[name] = summary
+    return summaries
+
+
+def method_verdicts(summaries: dict[str, MethodSummary]) -> list[dict[str, Any]]:
+    """For each pair of methods, which forgets less on the capabilities it was not trained for and which drifts less,
+    each with the difference's interval and the probability over the joint bootstrap that the order holds."""
     verdicts = []
-    names = list(methods)
+    names = list(summaries)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            row = {"a": a, "b": b, "seeds_a": len(methods[a]), "seeds_b": len(methods[b])}
+            sa, sb = summaries[a], summaries[b]
+            row = {"a": a, "b": b, "seeds_a": sa.seeds, "seeds_b": sb.seeds}
             for key in ("forgetting", "drift"):
-                if np.isnan(summary[a][key]) or np.isnan(summary[b][key]):
+                if np.isnan(getattr(sa, key)) or np.isnan(getattr(sb, key)):
                     continue
-                diff = summary[a][f"{key}_draws"] - summary[b][f"{key}_draws"]
-                row |= {f"{key}_a": float(summary[a][key]), f"{key}_b": float(summary[b][key]),
-                        f"{key}_diff": float(summary[a][key] - summary[b][key]),
+                diff = getattr(sa, f"{key}_draws") - getattr(sb, f"{key}_draws")
+                row |= {f"{key}_a": getattr(sa, key), f"{key}_b": getattr(sb, key),
+                        f"{key}_diff": getattr(sa, key) - getattr(sb, key),
                         f"{key}_low": float(np.quantile(diff, 0.025)), f"{key}_high": float(np.quantile(diff, 0.975)),
                         f"p_a_less_{key}": float(np.mean(diff < 0))}
             verdicts.append(row)
     return verdicts
 
 
-def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
-    """The study's verdict in words: per pair, who forgets less and who drifts less, and how sure the bootstrap is."""
-    lines = []
-    for v in verdicts:
-        for key, unit, scale_, verb in (("forgetting", "points", 100.0, "forgets less on its untrained capabilities"),
-                                        ("drift", "nats", 1.0, "drifts less from the reference")):
-            if f"{key}_diff" not in v:
-                continue
-            less, more = (v["a"], v["b"]) if v[f"{key}_diff"] < 0 else (v["b"], v["a"])
-            p = v[f"p_a_less_{key}"] if less == v["a"] else 1 - v[f"p_a_less_{key}"]
-            lines.append(f"{less} {verb} than {more}: {scale_ * v[f'{key}_a']:.2f} ({v['a']}) vs "
-                         f"{scale_ * v[f'{key}_b']:.2f} ({v['b']}) {unit}, difference {scale_ * v[f'{key}_diff']:+.2f} "
-                         f"[{scale_ * v[f'{key}_low']:+.2f}, {scale_ * v[f'{key}_high']:+.2f}]; the order holds in "
-                         f"{100 * p:.0f}% of bootstrap replicates"
-                         + (" (one training seed each: over examples only, not over training runs)"
-                            if v["seeds_a"] == v["seeds_b"] == 1 else ""))
-    return lines
+def method_ranking(summaries: dict[str, MethodSummary], rows: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """The verdict a reader wants first: the methods ordered by mean forgetting (least first) and by drift (least
+    first), each with its interval, the probability over the joint bootstrap that it is the least of all, and what
+    it rests on: its tasks with their n, and the single tasks whose loss against the reference is significant."""
+    ranking: dict[str, list[dict[str, Any]]] = {}
+    for key in ("forgetting", "drift"):
+        names = [n for n, s in summaries.items() if not np.isnan(getattr(s, key))]
+        if not names:
+            continue
+        draws = np.stack([getattr(summaries[n], f"{key}_draws") for n in names])
+        best = np.bincount(np.argmin(draws, axis=0), minlength=len(names)) / draws.shape[1]
+        entries = []
+        for i, name in enumerate(names):
+            s = summaries[name]
+            tasks = getattr(s, f"{key}_tasks")
+            own = rows[(rows["run"] == name) & rows["task"].isin(tasks)]
+            worse = own[own["significant"].fillna(False).astype(bool) &
+                        ((own["delta"] > 0) == own["metric"].isin(LOWER_IS_BETTER))]
+            entries.append({"method": name, "seeds": s.seeds, key: getattr(s, key),
+                            "low": float(np.quantile(getattr(s, f"{key}_draws"), 0.025)),
+                            "high": float(np.quantile(getattr(s, f"{key}_draws"), 0.975)),
+                            "p_least": float(best[i]), "tasks": {t: int(n) for t, n in zip(own["task"], own["n"])},
+                            "significant_losses": list(worse["task"])})
+        ranking[key] = sorted(entries, key=lambda e: e[key])
+    return ranking
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything `bench compare` concludes, computed once from the runs; the console table, report.md, .csv,
+    .json, .html and the gate render or read it and decide nothing themselves."""
+
+    reference: str
+    rows: pd.DataFrame  # per (task, run or method over seeds): score, interval; paired delta, test, significance
+    pairs: pd.DataFrame  # the methods head to head, per task
+    trained: dict[str, str | None]  # per run and method: the capability it was trained for
+    capabilities: pd.DataFrame  # per (run, capability): retention; per run, mean forgetting on the untrained ones
+    drift: pd.DataFrame  # per run: KL from the reference beside forgetting and gain
+    drift_rho: float | None  # Spearman's rank correlation of KL with forgetting over the runs
+    ranking: dict[str, list[dict[str, Any]]]  # the verdict first: methods by forgetting and by drift
+    verdicts: list[dict[str, Any]]  # each pair of methods
+    instructions: pd.DataFrame  # IFEval's per-kind counts per run
+    records: dict[str, dict[str, Any]]  # each run's run.json
+    seed_runs: set[str]  # single training seeds of a method also shown over its seeds
+
+    @property
+    def methods(self) -> list[str]:
+        """The columns a reader compares: the reference's rivals, each method over its seeds once."""
+        return [r for r in self.rows["run"].unique() if r != self.reference and r not in self.seed_runs]
+
+
+def build_comparison(runs: list[RunScores], trained: dict[str, str | None] | None = None) -> Comparison:
+    """The comparison of runs against the first; `trained` defaults to what each run's adapter says."""
+    rows = compare_runs(runs)
+    records = {run.name: run.record for run in runs}
+    trained = dict(trained) if trained is not None else \
+        {run.name: trained_capability(run.record) for run in runs[1:]}
+    for stem, members in seed_groups(runs[1:]).items():  # a method over its seeds: trained as its seeds were
+        trained.setdefault(seeds_label(stem, members), trained.get(members[0].name))
+    capabilities = forgetting(rows, runs[0].name, trained)
+    drift, rho = drift_against_forgetting(rows, capabilities)
+    summaries = method_summaries(runs[0], runs[1:], trained)
+    return Comparison(runs[0].name, rows, method_pairs(runs[1:]), trained, capabilities, drift, rho,
+                      method_ranking(summaries, rows) if len(summaries) >= 2 else {},
+                      method_verdicts(summaries) if len(summaries) >= 2 else [], instruction_breakdown(runs),
+                      records, per_seed_runs(list(rows["run"].unique())))
+
+
+def trained_capability(run_record: dict[str, Any]) -> str | None:
+    """The capability the run's adapter was trained for, from the checkpoint's train.json; None without an
+    adapter, UNKNOWN for an adapter that does not say (then every capability counts as untrained, and the report
+    says so)."""
+    adapter = (run_record.get("model") or {}).get("adapter")
+    if not adapter:
+        return None
+    path = Path(adapter) / "train.json"
+    return (json.loads(path.read_text()).get("capability") if path.is_file() else None) or UNKNOWN
+
+
+def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | None]) -> pd.DataFrame:
+    """One row per (run, capability): both means, the retention ratio, and whether it was trained for; plus one
+    row per run with the means over the capabilities it was not trained for, whose `forgetting` is -delta. A
+    capability the reference scores 0 on has nothing to forget: it stays out of the mean (only gains could move it,
+    and at the floor's few examples one flip would outweigh every real loss), as in method_verdicts."""
+    table = table[~table["metric"].isin(RAW_METRICS)]  # drift is in nats: reported beside, never averaged in
+    means = table.groupby(["run", "capability"], sort=False)["score"].mean()
+    rows = []
+    for run in table["run"].unique():
+        if run == reference:
+            continue
+        untrained, floor = [], []
+        for capability in table["capability"].unique():
+            ref, own = means[(reference, capability)], means[(run, capability)]
+            is_trained = capability == trained.get(run)
+            rows.append({"run": run, "capability": capability, "reference": ref, "score": own,
+                         "retention": own / ref if ref > 0 else float("nan"), "delta": own - ref,
+                         "trained": is_trained})
+            if not is_trained:
+                (untrained if ref > 0 else floor).append((ref, own) if ref > 0 else capability)
+        if not untrained:
+            continue
+        ref, own = (sum(pair[i] for pair in untrained) / len(untrained) for i in (0, 1))
+        label = UNTRAINED_MEAN if trained.get(run) != UNKNOWN else f"all capabilities (mean; trained: {UNKNOWN})"
+        if floor:
+            label = label[:-1] + f"; without {', '.join(floor)}: the reference scores 0, nothing to forget)"
+        rows.append({"run": run, "capability": label, "reference": ref, "score": own,
+                     "delta": own - ref, "trained": False, "forgetting": ref - own})
+    return pd.DataFrame(rows, columns=["run", "capability", "reference", "score", "retention", "delta", "trained",
+                                       "forgetting"])
+
+
+def drift_against_forgetting(table: pd.DataFrame, capabilities: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
+    """Per fine-tuned run: its KL from the reference (the first drift task), its mean forgetting and its gain; and
+    Spearman's rank correlation of KL with forgetting over the runs (three or more): does drift predict what a
+    method forgets (RL's Razor, arXiv 2509.04259)?"""
+    from scipy.stats import spearmanr
+
+    if capabilities.empty:  # only drift was compared: no forgetting to set it against
+        return pd.DataFrame(), None
+    drift = table[table["metric"].isin(RAW_METRICS) & table["run"].isin(capabilities["run"])]
+    if drift.empty:
+        return pd.DataFrame(), None
+    first = drift[drift["task"] == drift["task"].iloc[0]]
+    rows = []
+    for _, r in first.iterrows():
+        own = capabilities[capabilities["run"] == r["run"]]
+        forgot = own["forgetting"].dropna() if "forgetting" in own else []
+        gain = own[own["trained"]]["delta"]
+        rows.append({"run": r["run"], "drift_task": r["task"], "kl": r["score"],
+                     "forgetting": forgot.iloc[0] if len(forgot) else float("nan"),
+                     "gain": gain.iloc[0] if len(gain) else float("nan")})
+    frame = pd.DataFrame(rows)
+    known = frame.dropna(subset=["kl", "forgetting"])
+    rho = None
+    if len(known) >= 3 and known["kl"].nunique() > 1 and known["forgetting"].nunique() > 1:
+        rho = float(spearmanr(known["kl"], known["forgetting"]).statistic)
+    return frame, rho

@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import pandas as pd
 
-from bench.analysis.compare import LOWER_IS_BETTER, RunScores, compare_runs, scale
+from bench.analysis.compare import LOWER_IS_BETTER, RunScores, build_comparison, scale
 from bench.analysis.stats import holm
 from bench.store import RUN_FILE
 from bench.types import BenchError
@@ -134,7 +134,7 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig, tasks: l
     unknown = sorted(set(config.require) - set(baseline.tasks))
     if unknown:
         raise BenchError(f"--require {unknown[0]}: not a task both runs scored ({', '.join(baseline.tasks)})")
-    table = compare_runs([baseline, candidate])
+    table = build_comparison([baseline, candidate]).rows
     rows = table[table["run"] == candidate.name].reset_index(drop=True)
     base_scores = table[table["run"] == baseline.name].set_index("task")["score"]
     rows["baseline_score"] = rows["task"].map(base_scores)

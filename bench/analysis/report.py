@@ -1,39 +1,20 @@
-"""The files of a comparison: report.md, report.csv, report.json and report.html (its table and plots).
-
-Per fine-tuned run it adds what a forgetting study reads first: per capability, the retention ratio (the run's
-mean score over the capability's tasks divided by the reference's) and, over the capabilities it was not
-trained on, the mean forgetting (reference minus run, in score points); and, where its adapter's train.json
-names the capability it was trained for, the gain there.
-"""
+"""Every way a comparison is shown: the console's tables, report.md, report.csv, report.json and report.html (its
+tables and plots). Each renders a Comparison (bench/analysis/compare.py) and decides nothing: which delta is
+significant, what a method forgets and how the methods rank are fields of the comparison; here are only the
+formatting choices (units, digits, order, words, colours)."""
 from __future__ import annotations
 
 import base64
 import io
 import json
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bench.analysis.compare import (LOWER_IS_BETTER, RAW_METRICS, SEEDED, delta_cell, format_cell, per_seed_runs, task_cells,
-                           verdict_lines)
+from bench.analysis.compare import LOWER_IS_BETTER, RAW_METRICS, SEEDED, Comparison, scale
 from bench.store import atomic_write_text, write_json
-
-UNTRAINED_MEAN = "untrained capabilities (mean)"
-UNKNOWN = "unknown (no train.json beside the adapter)"
-
-
-def trained_capability(run_record: dict[str, Any]) -> str | None:
-    """The capability the run's adapter was trained for, from the checkpoint's train.json; None without an
-    adapter, UNKNOWN for an adapter that does not say (then every capability counts as untrained, and the report
-    says so)."""
-    adapter = (run_record.get("model") or {}).get("adapter")
-    if not adapter:
-        return None
-    path = Path(adapter) / "train.json"
-    return (json.loads(path.read_text()).get("capability") if path.is_file() else None) or UNKNOWN
 
 
 def provenance(run_record: dict[str, Any]) -> dict[str, Any]:
@@ -49,70 +30,68 @@ def provenance(run_record: dict[str, Any]) -> dict[str, Any]:
             "finished": run_record.get("finished")}
 
 
-def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | None]) -> pd.DataFrame:
-    """One row per (run, capability): both means, the retention ratio, and whether it was trained for; plus one
-    row per run with the means over the capabilities it was not trained for, whose `forgetting` is -delta. A
-    capability the reference scores 0 on has nothing to forget: it stays out of the mean (only gains could move it,
-    and at the floor's few examples one flip would outweigh every real loss), as in method_verdicts."""
-    table = table[~table["metric"].isin(RAW_METRICS)]  # drift is in nats: reported beside, never averaged in
-    means = table.groupby(["run", "capability"], sort=False)["score"].mean()
-    rows = []
-    for run in table["run"].unique():
-        if run == reference:
-            continue
-        untrained, floor = [], []
-        for capability in table["capability"].unique():
-            ref, own = means[(reference, capability)], means[(run, capability)]
-            is_trained = capability == trained.get(run)
-            rows.append({"run": run, "capability": capability, "reference": ref, "score": own,
-                         "retention": own / ref if ref > 0 else float("nan"), "delta": own - ref,
-                         "trained": is_trained})
-            if not is_trained:
-                (untrained if ref > 0 else floor).append((ref, own) if ref > 0 else capability)
-        if not untrained:
-            continue
-        ref, own = (sum(pair[i] for pair in untrained) / len(untrained) for i in (0, 1))
-        label = UNTRAINED_MEAN if trained.get(run) != UNKNOWN else f"all capabilities (mean; trained: {UNKNOWN})"
-        if floor:
-            label = label[:-1] + f"; without {', '.join(floor)}: the reference scores 0, nothing to forget)"
-        rows.append({"run": run, "capability": label, "reference": ref, "score": own,
-                     "delta": own - ref, "trained": False, "forgetting": ref - own})
-    return pd.DataFrame(rows, columns=["run", "capability", "reference", "score", "retention", "delta", "trained",
-                                       "forgetting"])
+def format_cell(row: Any, reference: str, newline: str) -> str:
+    """One run's cell of a comparison table: score [CI]; for a run other than the reference, then its delta_cell."""
+    k = scale(row.metric)
+    cell = f"{k * row.score:.2f} [{k * row.ci_low:.2f}, {k * row.ci_high:.2f}]"
+    return cell + newline + delta_cell(row, newline) if row.run != reference else cell
 
 
-def drift_against_forgetting(table: pd.DataFrame, capabilities: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
-    """Per fine-tuned run: its KL from the reference (the first drift task), its mean forgetting and its gain; and
-    Spearman's rank correlation of KL with forgetting over the runs (three or more): does drift predict what a
-    method forgets (RL's Razor, arXiv 2509.04259)?"""
-    from scipy.stats import spearmanr
+def delta_cell(row: Any, newline: str) -> str:
+    """A paired delta [CI] with its p-value (* below 0.05), then how many examples changed each way (for a score that
+    is not pass/fail, such as drift's KL, "up" and "down" carry no judgement), each training seed's delta, then the
+    smallest delta its n detects at 5% with 80% power."""
+    k = scale(row.metric)
+    cell = (f"Δ {k * row.delta:+.2f}{'*' if row.significant else ''} [{k * row.delta_low:+.2f}, "
+            f"{k * row.delta_high:+.2f}] p={row.p_value:.3g}"
+            f"{newline}{changes(row.right_to_wrong, row.wrong_to_right, row.get('pass_fail') is True)}")
+    if isinstance(row.get("seed_deltas"), list):
+        cell += (f"{newline}seeds: {', '.join(f'{k * d:+.2f}' for d in row.seed_deltas)} "
+                 f"({int(row.seeds_agreeing)}/{len(row.seed_deltas)} agree in sign)")
+    if pd.notna(row.get("detectable")):
+        cell += f"{newline}detectable ±{k * row.detectable:.2f}"
+    return cell
 
-    if capabilities.empty:  # only drift was compared: no forgetting to set it against
-        return pd.DataFrame(), None
-    drift = table[table["metric"].isin(RAW_METRICS) & table["run"].isin(capabilities["run"])]
-    if drift.empty:
-        return pd.DataFrame(), None
-    first = drift[drift["task"] == drift["task"].iloc[0]]
-    rows = []
-    for _, r in first.iterrows():
-        own = capabilities[capabilities["run"] == r["run"]]
-        forgot = own["forgetting"].dropna() if "forgetting" in own else []
-        gain = own[own["trained"]]["delta"]
-        rows.append({"run": r["run"], "drift_task": r["task"], "kl": r["score"],
-                     "forgetting": forgot.iloc[0] if len(forgot) else float("nan"),
-                     "gain": gain.iloc[0] if len(gain) else float("nan")})
-    frame = pd.DataFrame(rows)
-    known = frame.dropna(subset=["kl", "forgetting"])
-    rho = None
-    if len(known) >= 3 and known["kl"].nunique() > 1 and known["forgetting"].nunique() > 1:
-        rho = float(spearmanr(known["kl"], known["forgetting"]).statistic)
-    return frame, rho
+
+def task_cells(rows: pd.DataFrame, cell) -> tuple[list[str], list[tuple[Any, list[str]]]]:
+    """A comparison as a table: its columns (the runs, in order) and per task its first row and one cell per column,
+    `cell(row)` ("" where a column has no row for the task)."""
+    columns = list(rows["run"].unique())
+    body = []
+    for _, group in rows.groupby("task", sort=False):
+        cells = {r.run: cell(r) for _, r in group.iterrows()}
+        body.append((group.iloc[0], [cells.get(column, "") for column in columns]))
+    return columns, body
+
+
+def changes(down: int, up: int, pass_fail: bool) -> str:
+    """How many examples' scores went down and up: lost / gained for pass/fail scores."""
+    return f"{int(down)} lost / {int(up)} gained" if pass_fail else f"{int(down)} down / {int(up)} up"
+
+
+def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
+    """The study's verdict in words: per pair, who forgets less and who drifts less, and how sure the bootstrap is."""
+    lines = []
+    for v in verdicts:
+        for key, unit, scale_, verb in (("forgetting", "points", 100.0, "forgets less on its untrained capabilities"),
+                                        ("drift", "nats", 1.0, "drifts less from the reference")):
+            if f"{key}_diff" not in v:
+                continue
+            less, more = (v["a"], v["b"]) if v[f"{key}_diff"] < 0 else (v["b"], v["a"])
+            p = v[f"p_a_less_{key}"] if less == v["a"] else 1 - v[f"p_a_less_{key}"]
+            lines.append(f"{less} {verb} than {more}: {scale_ * v[f'{key}_a']:.2f} ({v['a']}) vs "
+                         f"{scale_ * v[f'{key}_b']:.2f} ({v['b']}) {unit}, difference {scale_ * v[f'{key}_diff']:+.2f} "
+                         f"[{scale_ * v[f'{key}_low']:+.2f}, {scale_ * v[f'{key}_high']:+.2f}]; the order holds in "
+                         f"{100 * p:.0f}% of bootstrap replicates"
+                         + (" (one training seed each: over examples only, not over training runs)"
+                            if v["seeds_a"] == v["seeds_b"] == 1 else ""))
+    return lines
 
 
 def task_table(rows: pd.DataFrame, cell) -> list[str]:
     """Rows: tasks; columns: runs (or pairs of methods), each cell `cell(row)`."""
     columns, body = task_cells(rows, cell)
-    return [f"| task | metric | n | " + " | ".join(columns) + " |", "|" + "---|" * (3 + len(columns))] + [
+    return ["| task | metric | n | " + " | ".join(columns) + " |", "|" + "---|" * (3 + len(columns))] + [
         f"| {first.task} | {first.metric} | {first.n} | " + " | ".join(cells) + " |" for first, cells in body]
 
 
@@ -156,50 +135,186 @@ def instruction_table(instructions: pd.DataFrame, reference: str) -> list[str]:
     return lines
 
 
-def markdown(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame, pairs: pd.DataFrame | None = None,
-             instructions: pd.DataFrame | None = None) -> str:
-    """The report's body: every method against the reference, the methods head to head, per capability, drift
-    against forgetting; each training seed's own columns folded away below."""
-    seeds = per_seed_runs(list(table["run"].unique()))
-    main = table[~table["run"].isin(seeds)]
-    against = lambda r: format_cell(r, reference, "<br>")
-    lines = [f"## Against {reference}", "", *task_table(main, against), "",
-             f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals (Wilson for pass/fail "
-             f"scores); Δ against {reference}, paired over the same examples (* p < 0.05: McNemar's exact test for "
-             "pass/fail scores, a sign-flip permutation test otherwise; a method over training seeds: a bootstrap "
-             "over seeds and examples, the examples drawn once for all seeds); lost / gained: examples right->wrong / wrong->right; down / up: "
-             "examples whose score fell / rose; detectable: the smallest Δ these examples (and seeds) detect at 5% "
-             "with 80% power."]
-    if pairs is not None and not pairs.empty:
-        lines += ["", "## Head to head", "", *task_table(pairs, lambda r: delta_cell(r, "<br>")), "",
-                  "B vs A: Δ = B minus A, paired over the same examples (methods over training seeds: paired by seed "
-                  "number, the same bootstrap), tests as above."]
-    lines += ["", "## Capabilities", "", *capability_table(capabilities[~capabilities["run"].isin(seeds)])]
-    if instructions is not None and not instructions.empty:
-        lines += ["", "## Instruction following by kind", "", *instruction_table(instructions, reference)]
-    razor, rho = drift_against_forgetting(table, capabilities)
-    if not razor.empty:
+def ranking_lines(ranking: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The ranking in words, least forgetting and least drift first, each method with its interval, the probability
+    that it is the least of all, and the tasks it rests on."""
+    lines = []
+    for key, unit, k, what in (("forgetting", "points", 100.0, "Forgetting on the untrained capabilities"),
+                               ("drift", "nats", 1.0, "Drift from the reference")):
+        entries = ranking.get(key, [])
+        if not entries:
+            continue
+        ranked = "; ".join(
+            f"{i + 1}. {e['method']} {k * e[key]:.2f} [{k * e['low']:.2f}, {k * e['high']:.2f}] (least in "
+            f"{100 * e['p_least']:.0f}%)" for i, e in enumerate(entries))
+        first = entries[0]
+        rests = ", ".join(f"{task} (n={n})" for task, n in first["tasks"].items())
+        losses = "; ".join(f"{e['method']}: {', '.join(e['significant_losses'])}" for e in entries
+                           if e["significant_losses"])
+        seeds = {e["seeds"] for e in entries}
+        over = "training seeds and examples" if seeds != {1} else "examples only (one training seed each)"
+        lines.append(f"{what} ({unit}, least first): {ranked}. Least-of-all probabilities from one joint bootstrap "
+                     f"over {over}; it rests on {rests}"
+                     + (f"; significant single-task losses against the reference: {losses}" if losses else
+                        "; no single task's loss against the reference is significant") + ".")
+    return lines
+
+
+def _against_caption(reference: str) -> str:
+    return (f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals (Wilson for pass/fail "
+            f"scores); Δ against {reference}, paired over the same examples (* p < 0.05: McNemar's exact test for "
+            "pass/fail scores, a sign-flip permutation test otherwise; a method over training seeds: a bootstrap "
+            "over seeds and examples, the examples drawn once for all seeds); lost / gained: examples right->wrong / wrong->right; down / up: "
+            "examples whose score fell / rose; detectable: the smallest Δ these examples (and seeds) detect at 5% "
+            "with 80% power.")
+
+
+PAIRS_CAPTION = ("B vs A: Δ = B minus A, paired over the same examples (methods over training seeds: paired by seed "
+                 "number, the same bootstrap), tests as above.")
+
+
+def _sections(comparison: Comparison) -> list[tuple[str, Any]]:
+    """The report's body in order, each ("tasks", (rows, cell)) for a table of tasks by runs, or ("md", lines)."""
+    c, reference = comparison, comparison.reference
+    main = c.rows[~c.rows["run"].isin(c.seed_runs)]
+    against = lambda r, newline: format_cell(r, reference, newline)
+    sections: list[tuple[str, Any]] = [("md", [f"## Against {reference}", ""]), ("tasks", (main, against)),
+                                       ("md", ["", _against_caption(reference)])]
+    if not c.pairs.empty:
+        sections += [("md", ["", "## Head to head", ""]), ("tasks", (c.pairs, delta_cell)), ("md", ["", PAIRS_CAPTION])]
+    lines = ["", "## Capabilities", "", *capability_table(c.capabilities[~c.capabilities["run"].isin(c.seed_runs)])]
+    if not c.instructions.empty:
+        lines += ["", "## Instruction following by kind", "", *instruction_table(c.instructions, reference)]
+    if not c.drift.empty:
         lines += ["", "## Drift and forgetting", "",
-                  f"| run | {razor['drift_task'].iloc[0]} KL from {reference} (nats) | mean forgetting (points) | "
+                  f"| run | {c.drift['drift_task'].iloc[0]} KL from {reference} (nats) | mean forgetting (points) | "
                   "gain (points) |", "|---|---|---|---|"]
         lines += [f"| {r.run} | {r.kl:.4f} | {100 * r.forgetting:+.2f} | {100 * r.gain:+.2f} |"
-                  for r in razor.itertuples()]
-        lines += ["", f"Spearman's rank correlation of KL with mean forgetting over {len(razor)} runs: "
-                      + (f"{rho:+.2f}" if rho is not None else "not defined (fewer than 3 runs, or ties)")
+                  for r in c.drift.itertuples()]
+        lines += ["", f"Spearman's rank correlation of KL with mean forgetting over {len(c.drift)} runs: "
+                      + (f"{c.drift_rho:+.2f}" if c.drift_rho is not None else "not defined (fewer than 3 runs, or ties)")
                       + " (does drift from the seed predict forgetting? RL's Razor, arXiv 2509.04259)."]
-    if seeds:
-        lines += ["", "<details><summary>Each training seed</summary>", "",
-                  *task_table(table[table["run"].isin(seeds | {reference})], against), "",
-                  *capability_table(capabilities[capabilities["run"].isin(seeds)]), "", "</details>"]
-    return "\n".join(lines) + "\n"
+    sections.append(("md", lines))
+    if c.seed_runs:
+        sections += [("md", ["", "<details><summary>Each training seed</summary>", ""]),
+                     ("tasks", (c.rows[c.rows["run"].isin(c.seed_runs | {reference})], against)),
+                     ("md", ["", *capability_table(c.capabilities[c.capabilities["run"].isin(c.seed_runs)]), "",
+                             "</details>"])]
+    return sections
 
 
-def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> str:
+def markdown(comparison: Comparison) -> str:
+    """The report's body: every method against the reference, the methods head to head, per capability, drift
+    against forgetting; each training seed's own columns folded away below."""
+    lines: list[str] = []
+    for kind, content in _sections(comparison):
+        if kind == "tasks":
+            rows, cell = content
+            lines += task_table(rows, lambda r: cell(r, "<br>"))
+        else:
+            lines += content
+    return "\n".join(lines[1:] if lines and lines[0] == "" else lines) + "\n"
+
+
+def verdict_markdown(comparison: Comparison) -> str:
+    """The verdict, first in the report: the ranking, then each pair of methods."""
+    ranked, pairs = ranking_lines(comparison.ranking), verdict_lines(comparison.verdicts)
+    if not ranked and not pairs:
+        return ""
+    text = "## Verdict\n\n" + "".join(f"- {line}\n" for line in ranked)
+    if pairs:
+        text += ("\n### Each pair of methods\n\n" if ranked else "") + "".join(f"- {line}\n" for line in pairs)
+    return text + "\n"
+
+
+def provenance_lines(comparison: Comparison) -> str:
+    traced = {name: provenance(record) for name, record in comparison.records.items()}
+    return "".join(
+        f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
+        f"{p['dtype']}, {p['prompt_format']} prompts, git {((p['git'] or {}).get('commit') or 'unknown')[:12]}"
+        f"{' (uncommitted changes)' if (p['git'] or {}).get('dirty') else ''}\n" for name, p in traced.items())
+
+
+def report_json(comparison: Comparison) -> dict[str, Any]:
+    c = comparison
+    records = lambda frame: json.loads(frame.to_json(orient="records"))
+    return {"reference": c.reference, "runs": list(c.rows["run"].unique()), "trained": c.trained,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tasks": records(c.rows),
+            "capabilities": records(c.capabilities), "ranking": c.ranking, "verdict": c.verdicts,
+            "head_to_head": records(c.pairs), "by_instruction": records(c.instructions),
+            "drift_vs_forgetting": {"runs": records(c.drift), "spearman_kl_forgetting": c.drift_rho},
+            "provenance": {name: provenance(record) for name, record in c.records.items()}}
+
+
+def write_report(out_dir: Path, comparison: Comparison) -> Path:
+    """report.md (the verdict first), report.csv (every row), report.json (every figure and each run's provenance)
+    and report.html, each written atomically. Returns the directory."""
+    c = comparison
+    atomic_write_text(out_dir / "report.md", verdict_markdown(c) + markdown(c) + provenance_lines(c))
+    atomic_write_text(out_dir / "report.csv", c.rows.to_csv(index=False))
+    write_json(out_dir / "report.json", report_json(c))
+    atomic_write_text(out_dir / "report.html", html(out_dir.name, c))
+    return out_dir
+
+
+def html(title: str, comparison: Comparison) -> str:
+    """One page: the ranking, the pairs folded, the plot, then the report's tables, a significant loss or gain
+    coloured and marked in words."""
+    c = comparison
+    png = _plot(c)
+    parts = []
+    for kind, content in _sections(c):
+        parts.append(_task_table_html(*content) if kind == "tasks" else _markdown_html("\n".join(content)))
+    ranked, pairs = ranking_lines(c.ranking), verdict_lines(c.verdicts)
+    verdict = ("<h2>Verdict</h2><ul>" + "".join(f"<li>{_escape(line)}</li>" for line in ranked) + "</ul>"
+               if ranked else "")
+    if pairs:
+        verdict += (f"<details{'' if ranked else ' open'}><summary>Each pair of methods</summary><ul>"
+                    + "".join(f"<li>{_escape(line)}</li>" for line in pairs) + "</ul></details>")
+    return ("<!doctype html><meta charset='utf-8'><title>forgetbench report: " + _escape(title) + "</title>"
+            "<style>body{font-family:sans-serif;max-width:1360px;margin:1.5em auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin:0.5em 0}td,th{padding:4px 8px;border-bottom:1px solid #ddd;"
+            "text-align:right;vertical-align:top;font-size:13px}td:first-child,th:first-child{text-align:left}"
+            "td.loss{background:#f8d0c8}td.gain{background:#cfe3f6}img{max-width:100%}p{max-width:1100px}</style>"
+            f"<h1>forgetbench report: {_escape(title)}</h1>"
+            f"<p>reference: {_escape(c.reference)}; methods: {_escape(', '.join(c.methods))}</p>"
+            + verdict + f"<img alt='deltas against {_escape(c.reference)}' src='data:image/png;base64,{png}'>"
+            + "".join(parts) + _markdown_html(provenance_lines(c)))
+
+
+def _task_table_html(rows: pd.DataFrame, cell) -> str:
+    """A table of tasks by runs; a cell whose delta is significant is coloured and says loss or gain in words, for
+    readers who do not see the colour (a rise of drift's KL is a loss)."""
+    columns, body = task_cells(rows, lambda r: r)
+    head = "".join(f"<th>{_escape(h)}</th>" for h in ["task", "metric", "n", *columns])
+    lines = []
+    for first, row_cells in body:
+        tds = [f"<td>{_escape(str(v))}</td>" for v in (first.task, first.metric, first.n)]
+        for r in row_cells:
+            if isinstance(r, str):  # no row for this column
+                tds.append("<td></td>")
+                continue
+            text = _escape(cell(r, "\n")).replace("\n", "<br>")
+            if pd.notna(r.get("significant")) and bool(r.get("significant")) and pd.notna(r.get("delta")):
+                loss = (r["delta"] < 0) != (r["metric"] in LOWER_IS_BETTER)
+                label = "▼ significant loss" if loss else "▲ significant gain"
+                tds.append(f"<td class='{'loss' if loss else 'gain'}'><b>{label}</b><br>{text}</td>")
+            else:
+                tds.append(f"<td>{text}</td>")
+        lines.append("<tr>" + "".join(tds) + "</tr>")
+    return f"<table><tr>{head}</tr>" + "".join(lines) + "</table>"
+
+
+def _plot(comparison: Comparison) -> str:
     """As base64 PNG: across the top, the deltas to the reference with their intervals (for a method over training
     seeds, each seed's delta as a dot); below, gain against forgetting, each drift task's KL, and KL against
     forgetting and gain. One colour per run in every panel, named once in the top legend."""
     import matplotlib
 
+    c, reference = comparison, comparison.reference
+    table = c.rows[~c.rows["run"].isin(c.seed_runs)]
+    capabilities = c.capabilities[~c.capabilities["run"].isin(c.seed_runs)]
+    razor = c.drift[~c.drift["run"].isin(c.seed_runs)] if not c.drift.empty else c.drift
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -208,7 +323,6 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
     tasks, runs = list(others["task"].unique()), list(others["run"].unique())
     colour = {run: f"C{i}" for i, run in enumerate(runs)} | {run: f"C{len(runs) + i}" for i, run in
                                                             enumerate(r for r in drift["run"].unique() if r not in runs)}
-    razor, _ = drift_against_forgetting(table, capabilities)
     below = 1 + drift["task"].nunique() + 2 * (not razor.empty)
     fig = plt.figure(figsize=(12.5, 8))
     grid = fig.add_gridspec(2, below, height_ratios=[1.2, 1])
@@ -259,56 +373,11 @@ def _plot(table: pd.DataFrame, reference: str, capabilities: pd.DataFrame) -> st
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def write_report(out_dir: Path, table: pd.DataFrame, reference: str, trained: dict[str, str | None],
-                 runs: dict[str, dict[str, Any]] | None = None, verdicts: list[dict[str, Any]] | None = None,
-                 pairs: pd.DataFrame | None = None, instructions: pd.DataFrame | None = None) -> Path:
-    """All four files, each written atomically; report.json also carries each run's provenance (from the
-    run.json records in `runs`), the study's verdict (bench.analysis.compare.method_verdicts), which report.md puts first, and
-    the methods head to head (bench.analysis.compare.method_pairs). Returns the directory."""
-    capabilities = forgetting(table, reference, trained)
-    razor, rho = drift_against_forgetting(table, capabilities)
-    traced = {name: provenance(record) for name, record in (runs or {}).items()}
-    said = verdict_lines(verdicts or [])
-    verdict = "## Verdict\n\n" + "".join(f"- {line}\n" for line in said) + "\n" if said else ""
-    body = markdown(table, reference, capabilities, pairs, instructions) + "".join(
-        f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
-        f"{p['dtype']}, {p['prompt_format']} prompts, git {((p['git'] or {}).get('commit') or 'unknown')[:12]}"
-        f"{' (uncommitted changes)' if (p['git'] or {}).get('dirty') else ''}\n" for name, p in traced.items())
-    atomic_write_text(out_dir / "report.md", verdict + body)
-    atomic_write_text(out_dir / "report.csv", table.to_csv(index=False))
-    write_json(out_dir / "report.json", {
-        "reference": reference, "runs": list(table["run"].unique()), "trained": trained,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "tasks": json.loads(table.to_json(orient="records")),
-        "capabilities": json.loads(capabilities.to_json(orient="records")),
-        "verdict": verdicts or [],
-        "head_to_head": json.loads(pairs.to_json(orient="records")) if pairs is not None else [],
-        "by_instruction": json.loads(instructions.to_json(orient="records")) if instructions is not None else [],
-        "drift_vs_forgetting": dict(zip(("runs", "spearman_kl_forgetting"), (
-            json.loads(razor.to_json(orient="records")), rho))),
-        "provenance": traced})
-    seeds = per_seed_runs(list(table["run"].unique()))
-    main = table[~table["run"].isin(seeds)]
-    png = _plot(main, reference, capabilities[~capabilities["run"].isin(seeds)])
-    methods = [r for r in main["run"].unique() if r != reference]
-    html = ("<!doctype html><meta charset='utf-8'><title>forgetbench report: " + _escape(out_dir.name) + "</title>"
-            "<style>body{font-family:sans-serif;max-width:1360px;margin:1.5em auto;padding:0 1em}"
-            "table{border-collapse:collapse;margin:0.5em 0}td,th{padding:4px 8px;border-bottom:1px solid #ddd;"
-            "text-align:right;vertical-align:top;font-size:13px}td:first-child,th:first-child{text-align:left}"
-            "td.loss{background:#f8d0c8}td.gain{background:#cfe3f6}img{max-width:100%}p{max-width:1100px}</style>"
-            f"<h1>forgetbench report: {_escape(out_dir.name)}</h1>"
-            f"<p>reference: {_escape(reference)}; methods: {_escape(', '.join(methods))}</p>"
-            + _markdown_table_html(verdict) + f"<img alt='deltas against {_escape(reference)}' "
-            f"src='data:image/png;base64,{png}'>" + _markdown_table_html(body))
-    atomic_write_text(out_dir / "report.html", html)
-    return out_dir
-
-
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _markdown_table_html(text: str) -> str:
+def _markdown_html(text: str) -> str:
     """Our own markdown as HTML: tables (pipes, one header row), `## ` headings, `- ` lists, paragraphs."""
     html, rows, items = [], [], []
     for line in text.splitlines() + [""]:
@@ -319,8 +388,7 @@ def _markdown_table_html(text: str) -> str:
         if rows:
             head, *body = rows
             html.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
-                        + "".join("<tr>" + "".join(_cell_html(c, r[1] if len(r) > 1 else "") for c in r) + "</tr>"
-                                  for r in body) + "</table>")
+                        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</table>")
             rows = []
         if line.startswith("- "):
             items.append(f"<li>{_escape(line[2:])}</li>")
@@ -333,17 +401,3 @@ def _markdown_table_html(text: str) -> str:
         elif line:
             html.append(f"<h2>{_escape(line[3:])}</h2>" if line.startswith("## ") else f"<p>{_escape(line)}</p>")
     return "".join(html)
-
-
-SIGNIFICANT_DELTA = re.compile(r"Δ ([+-])[0-9.]+\*")
-
-
-def _cell_html(cell: str, metric: str) -> str:
-    """A comparison cell, a significant loss or gain coloured and marked in words and arrows, for readers who do
-    not see the colour (a rise of drift's KL is a loss)."""
-    found = SIGNIFICANT_DELTA.search(cell)
-    if not found:
-        return f"<td>{cell}</td>"
-    loss = (found[1] == "-") != (metric in LOWER_IS_BETTER)
-    label = "▼ significant loss" if loss else "▲ significant gain"
-    return f"<td class='{'loss' if loss else 'gain'}'><b>{label}</b><br>{cell}</td>"

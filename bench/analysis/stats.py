@@ -1,5 +1,6 @@
-"""Confidence intervals for per-example scores: Wilson score intervals for pass/fail means (the percentile bootstrap
-collapses to [0, 0] at 0/n and under-covers at small n), the percentile bootstrap for continuous scores."""
+"""Every interval, test and correction: Wilson score intervals for pass/fail means (the percentile bootstrap collapses
+to [0, 0] at 0/n and under-covers at small n), the percentile bootstrap for continuous scores, the crossed bootstrap
+over training seeds and examples, paired tests (McNemar's exact, sign-flip permutation), power, and Holm."""
 from __future__ import annotations
 
 import numpy as np
@@ -77,6 +78,41 @@ def crossed_means(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed
         s, e = seeds_rng.integers(0, k, size=(size, k)), examples_rng.integers(0, n, size=(size, n))
         means[start:start + size] = values[s[:, :, None], e[:, None, :]].mean(axis=(1, 2))
     return means
+
+
+def paired_bootstrap_ci(reference: np.ndarray, other: np.ndarray, level: float = 0.95,
+                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile interval of mean(other - reference), resampling examples (both runs together)."""
+    return bootstrap_ci(list(other - reference), level, resamples, seed)
+
+
+def mcnemar_exact(right_to_wrong: int, wrong_to_right: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant pairs against Binomial(n, 1/2)."""
+    from scipy.stats import binomtest
+
+    n = right_to_wrong + wrong_to_right
+    return 1.0 if n == 0 else float(binomtest(right_to_wrong, n, 0.5).pvalue)
+
+
+EXACT_SIGN_FLIPS = 16  # up to this many non-zero differences, all 2^n sign vectors are enumerated
+
+
+def sign_flip_p(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> float:
+    """Two-sided paired permutation p-value of mean(differences) = 0 under random sign flips: exact for up to
+    EXACT_SIGN_FLIPS non-zero differences (zeros flip to themselves), else Monte Carlo with the +1 rule."""
+    nonzero = differences[differences != 0]
+    if not len(nonzero):
+        return 1.0
+    observed = abs(nonzero.sum()) - 1e-12
+    if len(nonzero) <= EXACT_SIGN_FLIPS:
+        signs = 1.0 - 2.0 * ((np.arange(2 ** len(nonzero))[:, None] >> np.arange(len(nonzero))) & 1)
+        return float(np.mean(np.abs(signs @ nonzero) >= observed))
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, resamples, 1000):  # chunks bound memory for large n
+        signs = rng.choice((-1.0, 1.0), size=(min(1000, resamples - start), len(nonzero)))
+        extreme += int(np.sum(np.abs(signs @ nonzero) >= observed))
+    return float((extreme + 1) / (resamples + 1))
 
 
 def holm(p_values: list[float]) -> list[float]:

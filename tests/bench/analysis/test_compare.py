@@ -6,7 +6,8 @@ import pytest
 
 from conftest import write_run
 from bench.cli import main
-from bench.analysis.compare import compare, flips, mcnemar_exact, paired_bootstrap_ci, sign_flip_p
+from bench.analysis.compare import compare, flips
+from bench.analysis.stats import mcnemar_exact, paired_bootstrap_ci, sign_flip_p
 from bench.store import RunStore
 from bench.types import BenchError
 
@@ -100,11 +101,21 @@ def test_a_method_over_training_seeds_gets_an_interval_over_seeds_and_examples_a
     assert main(["compare", *names, "--results-dir", str(tmp_path), "--name", "seeds"]) == 0
     report = (tmp_path / "reports" / "seeds" / "report.md").read_text()
     assert "seeds: -10.00, -12.00, -8.00 (3/3 agree in sign)" in report
-    assert report.startswith("## Verdict\n\n- sdft (3 seeds) forgets less on its untrained capabilities than sft (3 seeds)")
-    from bench.analysis.compare import load_run, method_verdicts
+    ranking, pairs = report.split("### Each pair of methods")
+    assert ranking.startswith("## Verdict\n\n- Forgetting on the untrained capabilities (points, least first): "
+                              "1. sdft (3 seeds) ")
+    assert "2. sft (3 seeds) 10.00" in ranking and "significant single-task losses against the reference: sft (3 seeds): " \
+        "arc." in ranking
+    assert pairs.startswith("\n\n- sdft (3 seeds) forgets less on its untrained capabilities than sft (3 seeds)")
+    from bench.analysis.compare import build_comparison, load_run, method_summaries, method_verdicts
 
     runs = [load_run(tmp_path, name) for name in names]
-    [verdict] = method_verdicts(runs[0], runs[1:], {})
+    [verdict] = method_verdicts(method_summaries(runs[0], runs[1:], {}))
+    [first, second] = build_comparison(runs).ranking["forgetting"]
+    p_first = 1 - verdict["p_a_less_forgetting"]  # two methods: least of all is the pair's order
+    assert first["method"] == "sdft (3 seeds)" and first["p_least"] + second["p_least"] == pytest.approx(1.0)
+    assert abs(first["p_least"] - p_first) <= 0.01, "ties in a replicate are the only difference"
+    assert first["tasks"] == second["tasks"] == {"arc": 100} and second["significant_losses"] == ["arc"]
     assert (verdict["a"], verdict["b"], verdict["seeds_a"]) == ("sft (3 seeds)", "sdft (3 seeds)", 3)
     assert verdict["forgetting_a"] == pytest.approx(0.10) and verdict["forgetting_b"] == pytest.approx(0.0)
     assert 0.5 < 1 - verdict["p_a_less_forgetting"] < 1, "sdft's seeds disagree: the order is likely, not certain"

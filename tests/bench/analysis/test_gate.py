@@ -109,7 +109,7 @@ def test_a_crash_is_exit_2_never_1(tmp_path, monkeypatch, capsys):
     import bench.analysis.gate
 
     runs(tmp_path, candidate_lost=12)
-    monkeypatch.setattr(bench.analysis.gate, "compare_runs", lambda runs: 1 / 0)
+    monkeypatch.setattr(bench.analysis.gate, "build_comparison", lambda runs: 1 / 0)
     assert gate(tmp_path) == 2
     assert "bench gate crashed (ZeroDivisionError" in capsys.readouterr().err
 

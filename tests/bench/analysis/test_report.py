@@ -1,4 +1,5 @@
-"""bench/analysis/report.py: retention and forgetting per capability, and the four report files."""
+"""bench/analysis/report.py (and the figures it renders from bench/analysis/compare.py): retention and forgetting per
+capability, drift against forgetting, and the four report files."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,17 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.analysis.report import UNKNOWN, forgetting, trained_capability, write_report
+from bench.analysis.compare import UNKNOWN, Comparison, drift_against_forgetting, forgetting, trained_capability
+from bench.analysis.report import write_report
+
+
+def comparison(rows: pd.DataFrame, reference: str, trained: dict, records: dict | None = None,
+               instructions: pd.DataFrame | None = None) -> Comparison:
+    """A Comparison of given rows (no pairs, no ranking), its capability and drift figures computed as compare does."""
+    capabilities = forgetting(rows, reference, trained)
+    drift, rho = drift_against_forgetting(rows, capabilities)
+    return Comparison(reference, rows, pd.DataFrame(), trained, capabilities, drift, rho, {}, [],
+                      instructions if instructions is not None else pd.DataFrame(), records or {}, set())
 
 
 def table() -> pd.DataFrame:
@@ -39,7 +50,7 @@ def test_report_files(tmp_path):
     records = {run: {"identity": {"fingerprint": f"{run}-fp", "adapter_sha256": "ab" if run == "sft" else None},
                      "data": {"gsm8k": {"sha256": "d1", "source": "gsm8k/test.jsonl"}}, "git": {"commit": "c0"}}
                for run in ("seed", "sft")}
-    out = write_report(tmp_path / "r", table(), "seed", {"sft": "math"}, records)
+    out = write_report(tmp_path / "r", comparison(table(), "seed", {"sft": "math"}, records))
     md = (out / "report.md").read_text()
     assert "| gsm8k | acc | 100 | 10.00 [5.00, 15.00] | 30.00 [25.00, 35.00]<br>Δ +20.00* [+16.00, +24.00]" in md
     assert "| sft | math (trained) | 10.00 | 30.00 | 3.000 | +20.00 |" in md
@@ -80,15 +91,13 @@ def four_method_table() -> pd.DataFrame:
 
 
 def test_drift_is_set_against_forgetting_and_gain_with_a_rank_correlation(tmp_path):
-    from bench.analysis.report import drift_against_forgetting
-
     frame = four_method_table()
     razor, rho = drift_against_forgetting(frame, forgetting(frame, "seed", {r: "math" for r in "abc"}))
     assert list(razor["run"]) == ["a", "b", "c"] and list(razor["kl"]) == [0.05, 0.20, 0.10]
     assert list(razor["forgetting"]) == pytest.approx([0.02, 0.10, 0.05])
     assert list(razor["gain"]) == pytest.approx([0.20, 0.22, 0.15])
     assert rho == pytest.approx(1.0)  # the same order
-    out = write_report(tmp_path / "r", frame, "seed", {r: "math" for r in "abc"})
+    out = write_report(tmp_path / "r", comparison(frame, "seed", {r: "math" for r in "abc"}))
     md = (out / "report.md").read_text()
     assert "| b | 0.2000 | +10.00 | +22.00 |" in md and "Spearman's rank correlation of KL with mean forgetting" \
         " over 3 runs: +1.00" in md
@@ -101,12 +110,12 @@ def test_drift_is_set_against_forgetting_and_gain_with_a_rank_correlation(tmp_pa
 def test_retention_where_the_reference_scores_zero_is_na_with_the_reason(tmp_path):
     rows = table()
     rows.loc[(rows["run"] == "seed") & (rows["task"] == "gsm8k"), "score"] = 0.0
-    md = (write_report(tmp_path / "r", rows, "seed", {"sft": "knowledge"}) / "report.md").read_text()
+    md = (write_report(tmp_path / "r", comparison(rows, "seed", {"sft": "knowledge"})) / "report.md").read_text()
     assert "| sft | math | 0.00 | 30.00 | n/a (the reference scores 0) |" in md and "nan" not in md
 
 
 def test_html_marks_significant_losses_and_gains_in_colour_and_in_words(tmp_path):
-    html = (write_report(tmp_path / "r", table(), "seed", {"sft": "math"}) / "report.html").read_text()
+    html = (write_report(tmp_path / "r", comparison(table(), "seed", {"sft": "math"})) / "report.html").read_text()
     assert "<td class='gain'><b>▲ significant gain</b><br>30.00" in html  # gsm8k +20*
     assert "<td class='loss'><b>▼ significant loss</b>" in html  # arc_easy's significant drop
     assert html.count("class='loss'") == html.count("class='gain'") == 1, "winogrande's zero delta is not marked"
@@ -166,7 +175,7 @@ def test_the_html_report_reads_at_a_glance_in_a_real_browser(tmp_path):
 def test_a_capability_the_reference_scores_0_on_stays_out_of_mean_forgetting_in_report_and_verdict(tmp_path):
     """At the floor only gains are possible: one lucky GSM8K answer in 8 must not read as 'forgets less'. The
     report's mean and the verdict's agree on what they average."""
-    from bench.analysis.compare import load_run, method_verdicts
+    from bench.analysis.compare import load_run, method_summaries, method_verdicts
 
     from conftest import write_run
 
@@ -181,7 +190,7 @@ def test_a_capability_the_reference_scores_0_on_stays_out_of_mean_forgetting_in_
             path = tmp_path / "runs" / run / task / "metrics.json"
             path.write_text(json.dumps(json.loads(path.read_text()) | {"capability": capability}))
     runs = [load_run(tmp_path, name) for name in ("seed", "lucky", "steady")]
-    [verdict] = method_verdicts(runs[0], runs[1:], {})
+    [verdict] = method_verdicts(method_summaries(runs[0], runs[1:], {}))
     assert verdict["forgetting_a"] == pytest.approx(0.10) and verdict["forgetting_b"] == pytest.approx(0.02)
     assert main(["compare", "seed", "lucky", "steady", "--results-dir", str(tmp_path), "--name", "floor"]) == 0
     md = (tmp_path / "reports" / "floor" / "report.md").read_text()
@@ -198,7 +207,7 @@ def test_instruction_kinds_table_pools_training_seeds_and_shows_the_cap(tmp_path
     instructions = pd.DataFrame([row("seed", "punctuation:no_comma", 6, 10), row("seed", "startend:quotation", 2, 4),
                                  row("sft-s0", "punctuation:no_comma", 3, 10), row("sft-s1", "punctuation:no_comma", 5, 10),
                                  row("sft-s0", "startend:quotation", 2, 4), row("sft-s1", "startend:quotation", 3, 4)])
-    out = write_report(tmp_path / "r", table(), "seed", {"sft": "math"}, None, None, None, instructions)
+    out = write_report(tmp_path / "r", comparison(table(), "seed", {"sft": "math"}, None, instructions))
     md = (out / "report.md").read_text()
     assert "## Instruction following by kind" in md
     assert "| ifeval: instruction | seed | sft |" in md

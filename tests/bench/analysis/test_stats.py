@@ -65,6 +65,26 @@ def test_detectable_difference_at_80_percent_power():
     assert detectable_difference(spread, False) == pytest.approx(2.8016 * np.std(spread, ddof=1) / 10, rel=1e-3)
 
 
+def test_the_detectable_difference_has_80_percent_power_by_exact_enumeration():
+    """Not the formula against itself: McNemar's exact test's power at the detectable Δ, enumerated over the number
+    of discordant examples and their split, is about 80%; and the floor is the smallest k all one way that the exact
+    test calls significant."""
+    import numpy as np
+    from scipy.stats import binom, binomtest
+
+    from bench.analysis.stats import detectable_difference, mcnemar_exact
+
+    n, share = 200, 0.1
+    delta = detectable_difference(np.array([-1.0] * 10 + [1.0] * 10 + [0.0] * 180), True)
+    lose = (share - delta) / (2 * share)  # a discordant example goes right->wrong with this probability
+    rejects = {k: np.array([mcnemar_exact(r, k - r) < 0.05 for r in range(k + 1)]) for k in range(n + 1)}
+    power = sum(binom.pmf(k, n, share) * np.sum(binom.pmf(np.arange(k + 1), k, lose)[rejects[k]])
+                for k in range(n + 1))
+    assert 0.72 < power < 0.88, power
+    floor = next(k for k in range(1, 20) if binomtest(0, k, 0.5).pvalue < 0.05)
+    assert detectable_difference(np.zeros(60), True) == pytest.approx(floor / 60)
+
+
 def test_the_seed_and_example_bootstrap_draws_examples_once_for_all_seeds():
     """Three training seeds that all lose the same 2 of 48 examples: the examples, not the seeds, carry the effect,
     so the interval must reach 0 (both examples missed by a resample: (46/48)^48 = 13%), as the paired bootstrap

@@ -59,10 +59,37 @@ def test_prompts_are_alpaca_evals_template_with_the_outputs_in_both_places(tmp_p
     assert given.index("Blue.") < given.index("Red.") and swapped.index("Red.") < swapped.index("Blue.")
 
 
-def test_one_random_order_is_alpaca_evals_own(tmp_path):
-    """orders=random: one judgment per pair, in alpaca_eval's seeded order, mapped back to the second output."""
-    prefs = fake_judge(tmp_path, PrefersShown("M", 0.9), "random").preferences(INSTRUCTIONS, FIRST, SECOND)
-    assert all(len(p.orders) == 1 and p.second in (pytest.approx(0.9), pytest.approx(0.1)) for p in prefs)
+class PrefersText(PrefersShown):
+    """A judge without position bias: it answers the identifier of whichever shown output is `text`."""
+
+    def __init__(self, texts: list[str], p: float = 0.9):
+        super().__init__("M", p)
+        self.texts, self.swapped = texts, 0
+
+    def __call__(self, prompts, **kwargs):
+        answers = {"completions": [], "completions_all": []}
+        for prompt in prompts:
+            first = prompt.index('"model_identifier": "m"')
+            second = prompt.index('"model_identifier": "M"')
+            wanted = next(prompt.index(f'"""{text}"""', first) for text in self.texts if f'"""{text}"""' in prompt)
+            self.identifier = "M" if wanted > second else "m"
+            self.swapped += self.identifier == "m"
+            one = super().__call__([prompt])
+            for key in answers:
+                answers[key] += one[key]
+        return answers
+
+
+def test_one_random_order_is_alpaca_evals_own_and_mapped_back_to_the_second_output(tmp_path):
+    """orders=random: one judgment per pair, in alpaca_eval's seeded order. A judge that always prefers the second
+    list's output, wherever it is shown, must read as preferring it on every pair: an order not mapped back would
+    read 0.1 on each pair alpaca_eval swapped."""
+    instructions = [f"Say {i}." for i in range(12)]
+    first, second = [f"no {i}" for i in range(12)], [f"yes {i}" for i in range(12)]
+    judge = PrefersText(second)
+    prefs = fake_judge(tmp_path, judge, "random").preferences(instructions, first, second)
+    assert 0 < judge.swapped < 12, "the seeded order swaps some pairs and not others"
+    assert all(len(p.orders) == 1 for p in prefs) and [p.second for p in prefs] == pytest.approx([0.9] * 12)
 
 
 def test_judgments_are_cached_so_a_killed_run_rejudges_only_what_is_missing(tmp_path):

@@ -61,8 +61,14 @@ def test_knowledge_run_records_a_hub_only_task_as_skipped(capsys, tiny_model_dir
     cache = list((tmp_path / "cache" / "lm_eval").glob("*.db"))
     assert cache, "lm-eval's request cache is where a killed run resumes from"
 
-    code, _, err = bench(capsys, *args)  # a finished run is reused
+    import bench.execution.runner
+
+    record = (run / "run.json").read_bytes()
+    monkeypatch.setattr(bench.execution.runner, "evaluate_harness_task",
+                        lambda *a, **k: pytest.fail("a finished run was recomputed"))
+    code, _, err = bench(capsys, *args)  # a finished run is reused: nothing runs, nothing is rewritten
     assert code == 0, err
+    assert (run / "run.json").read_bytes() == record
 
 
 def test_knowledge_bad_input_is_one_line(capsys, tiny_model_dir, fixture_data, tmp_path):
