@@ -6,7 +6,7 @@ DATA ?=
 PROFILE ?= tiny
 DATA_ARG := $(if $(DATA),--data-dir $(DATA),)
 
-.PHONY: install judge test reproduce baseline benchmark clean
+.PHONY: install judge test test-fast docs reproduce baseline benchmark clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,14 @@ $(VENV)/.judge-installed: $(VENV)/.installed
 
 test: install
 	$(BIN)/python -m pytest -q --durations=10
+
+# The tests without those marked slow (over about 10 s each here): the quick loop while editing.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The guide (docs/, mkdocs.yml) as a site in site/; strict, so a broken page or link is an error (make test checks it).
+docs: install
+	$(BIN)/mkdocs build --strict
 
 # The study of profiles/$(PROFILE).toml: train SFT and SDFT, evaluate seed and both, compare (results/reports/).
 # Every stage reuses finished work, so a second run only re-reads; a killed run resumes.

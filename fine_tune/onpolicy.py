@@ -256,20 +256,7 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
             generated = sum(len(s.completion) for group in micro_sequences for s in group if s.source != "dataset")
             model.train()
             torch.manual_seed(config.training_seed * 1_000_003 + step)  # dropout
-            loss_sum, kl_sum = 0.0, 0.0
-            for sequences in micro_sequences:
-                t = time.perf_counter()
-                teacher = method.teacher_logits(sequences).float()
-                seconds["teacher"] += time.perf_counter() - t
-                t = time.perf_counter()
-                with autocast:
-                    logits = student_logits(student, sequences)
-                per_token = method.divergence(logits, teacher)
-                (per_token.sum() / n_tokens).backward()
-                loss_sum += float(per_token.detach().sum())
-                with torch.no_grad():
-                    kl_sum += float(kl(torch.log_softmax(teacher, -1), torch.log_softmax(logits.float(), -1)).sum())
-                seconds["training"] += time.perf_counter() - t
+            loss_sum, kl_sum = loss_step(student, method, micro_sequences, n_tokens, autocast, seconds)
             t = time.perf_counter()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
@@ -290,7 +277,36 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
             progress.update(bar, advance=1, rate=f"loss {loss_sum / n_tokens:.4f}")
     return {"steps": len(steps), "resumed": done > 0, "resumed_from_step": done,
             "final_loss": last_logged_loss(log_path), "seconds": round(time.perf_counter() - started, 2),
-            "seconds_by_part": {k: round(v, 2) for k, v in seconds.items()},
+            **throughput(totals, seconds)}
+
+
+def loss_step(student: Student, method: Method, micro_sequences: list[list[Sequence]], n_tokens: int, autocast,
+              seconds: dict[str, float]) -> tuple[float, float]:
+    """Gradients of one optimizer step: per micro-batch the teacher's logits (no gradient), the student's, the
+    divergence summed over tokens and divided by the step's completion tokens. Returns the summed loss and
+    KL(teacher || student), for the log."""
+    import torch
+
+    loss_sum, kl_sum = 0.0, 0.0
+    for sequences in micro_sequences:
+        t = time.perf_counter()
+        teacher = method.teacher_logits(sequences).float()
+        seconds["teacher"] += time.perf_counter() - t
+        t = time.perf_counter()
+        with autocast:
+            logits = student_logits(student, sequences)
+        per_token = method.divergence(logits, teacher)
+        (per_token.sum() / n_tokens).backward()
+        loss_sum += float(per_token.detach().sum())
+        with torch.no_grad():
+            kl_sum += float(kl(torch.log_softmax(teacher, -1), torch.log_softmax(logits.float(), -1)).sum())
+        seconds["training"] += time.perf_counter() - t
+    return loss_sum, kl_sum
+
+
+def throughput(totals: Counter, seconds: dict[str, float]) -> dict[str, Any]:
+    """The train.json fields on where the time and tokens went."""
+    return {"seconds_by_part": {k: round(v, 2) for k, v in seconds.items()},
             "fraction_on_policy": round(totals["on_policy_micro_batches"] / totals["micro_batches"], 4)
             if totals["micro_batches"] else None,
             "tokens_this_run": dict(totals), "peak_memory_mb": peak_memory_mb(),

@@ -20,7 +20,8 @@ from bench.types import BenchError
 from fine_tune.common import LoRA, Optimization, TrainJob, base_record
 from fine_tune.data import TrainExample
 from fine_tune.divergence import DIVERGENCES, divergence
-from fine_tune.onpolicy import Method, Sequence, check_fits, load_student, sample, save_student, train_on_policy
+from fine_tune.onpolicy import Method, Sequence, Student, check_fits, load_student, sample, save_student, \
+    train_on_policy
 
 DEMONSTRATION = ("{instruction}\n\nThis is an example of a correct response:\n{reference}\n\n"
                  "Now write a response of your own.")
@@ -77,16 +78,7 @@ def train_onpolicy_sd(job: TrainJob, config: OnPolicySDConfig) -> dict[str, Any]
     for ex in examples:
         check_fits(ex, prompts[ex.id], config, "student")
         check_fits(ex, teacher_prompts[ex.id], config, "teacher")
-    pairs = []
-    if config.teacher_kind == "ema":
-        student.add_adapter("ema", replace(student.model.peft_config["default"], inference_mode=True))
-        params = dict(student.model.named_parameters())
-        pairs = [(params[name.replace(".default.", ".ema.")], p) for name, p in params.items() if ".default." in name]
-        with torch.no_grad():
-            for ema, live in pairs:
-                ema.copy_(live)
-                ema.requires_grad_(False)
-    teacher_engine = student.engine("teacher")  # the inference model: its adapter state at call time decides
+    pairs = add_ema_teacher(student) if config.teacher_kind == "ema" else []
     identity = f"onpolicy_sd:{opt.training_seed}:{student.weights_sha256[:16]}"
 
     def completions(micro: list[list[TrainExample]], step: int, rng) -> list[list[Sequence]]:
@@ -97,19 +89,55 @@ def train_onpolicy_sd(job: TrainJob, config: OnPolicySDConfig) -> dict[str, Any]
             sequence.completion = ids
         return groups
 
+    def after_step() -> None:
+        with torch.no_grad():
+            for ema, live in pairs:
+                ema.lerp_(live, config.ema_rate)
+
+    method = Method("onpolicy_sd", completions, teacher(student, config.teacher_kind, pairs),
+                    lambda s, t: divergence(config.divergence, s, t, k=config.topk), after_step)
+    result = train_on_policy(student, method, job.task, examples, opt, job.out_dir)
+    save_student(student, job.out_dir)
+    return {**base_record(job, config, student.model_dir, student.weights_sha256, student.dtype),
+            "trained_examples": len(examples),
+            "teacher": {"kind": config.teacher_kind, "ema_rate": config.ema_rate, "prompt": DEMONSTRATION},
+            "divergence": config.divergence, "temperature": config.temperature, **result}
+
+
+def add_ema_teacher(student: Student) -> list[tuple[Any, Any]]:
+    """A second adapter, `ema`, starting as the student's and never trained by gradient; (ema, live) parameter pairs."""
+    import torch
+
+    student.add_adapter("ema", replace(student.model.peft_config["default"], inference_mode=True))
+    params = dict(student.model.named_parameters())
+    pairs = [(params[name.replace(".default.", ".ema.")], p) for name, p in params.items() if ".default." in name]
+    with torch.no_grad():
+        for ema, live in pairs:
+            ema.copy_(live)
+            ema.requires_grad_(False)
+    return pairs
+
+
+def teacher(student: Student, kind: str, pairs: list[tuple[Any, Any]]):
+    """The teacher's logits along sequences (its own prompts, the student's completions), from the inference model
+    with the kind's adapter state: `base` no adapter, `ema` the EMA adapter, `live` the student's."""
+    import torch
+
+    engine = student.engine("teacher")  # the inference model: its adapter state at call time decides
+
     def along(sequences: list[Sequence]):
-        return torch.cat(list(teacher_engine.logits_along([s.teacher_prompt for s in sequences],
-                                                          [s.completion for s in sequences])))
+        return torch.cat(list(engine.logits_along([s.teacher_prompt for s in sequences],
+                                                  [s.completion for s in sequences])))
 
     def teacher_logits(sequences: list[Sequence]):
         model = student.inference
         training = model.training
         model.eval()  # no dropout in the teacher (the inference model is the training one in float32)
         try:
-            if config.teacher_kind == "base":
+            if kind == "base":
                 with model.disable_adapter():
                     return along(sequences)
-            if config.teacher_kind == "ema":
+            if kind == "ema":
                 model.base_model.set_adapter("ema")
                 try:
                     return along(sequences)
@@ -121,16 +149,4 @@ def train_onpolicy_sd(job: TrainJob, config: OnPolicySDConfig) -> dict[str, Any]
         finally:
             model.train(training)
 
-    def after_step() -> None:
-        with torch.no_grad():
-            for ema, live in pairs:
-                ema.lerp_(live, config.ema_rate)
-
-    method = Method("onpolicy_sd", completions, teacher_logits,
-                    lambda s, t: divergence(config.divergence, s, t, k=config.topk), after_step)
-    result = train_on_policy(student, method, job.task, examples, opt, job.out_dir)
-    save_student(student, job.out_dir)
-    return {**base_record(job, config, student.model_dir, student.weights_sha256, student.dtype),
-            "trained_examples": len(examples),
-            "teacher": {"kind": config.teacher_kind, "ema_rate": config.ema_rate, "prompt": DEMONSTRATION},
-            "divergence": config.divergence, "temperature": config.temperature, **result}
+    return teacher_logits

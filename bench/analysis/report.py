@@ -305,6 +305,28 @@ def _task_table_html(rows: pd.DataFrame, cell) -> str:
     return f"<table><tr>{head}</tr>" + "".join(lines) + "</table>"
 
 
+def _delta_bars(bars, others: pd.DataFrame, tasks: list[str], runs: list[str], colour: dict[str, str],
+                reference: str) -> None:
+    """The top panel: per task, each run's delta to the reference with its interval; a method over training seeds
+    adds each seed's delta as a dot."""
+    width = 0.8 / max(len(runs), 1)
+    for i, run in enumerate(runs):
+        rows = others[others["run"] == run].set_index("task").loc[tasks]
+        x = [t + i * width for t in range(len(tasks))]
+        low, high = 100 * (rows["delta"] - rows["delta_low"]), 100 * (rows["delta_high"] - rows["delta"])
+        bars.bar(x, 100 * rows["delta"], width, yerr=[low, high], capsize=3, label=run, color=colour[run])
+        for xi, seeds in zip(x, rows["seed_deltas"] if "seed_deltas" in rows else ()):
+            if isinstance(seeds, list):  # a method over training seeds: each seed's delta, as a dot
+                bars.scatter([xi] * len(seeds), [100 * d for d in seeds], color="black", s=12, zorder=3,
+                             label="one training seed" if "one training seed" not in
+                             bars.get_legend_handles_labels()[1] else None)
+    bars.axhline(0, color="black", linewidth=0.8)
+    bars.set_xticks([t + width * (len(runs) - 1) / 2 for t in range(len(tasks))], tasks)
+    bars.set_ylabel(f"Δ vs {reference}\n(points, 95% paired CI)")
+    if runs:
+        bars.legend(fontsize="small", loc="best")
+
+
 def _plot(comparison: Comparison) -> str:
     """As base64 PNG: across the top, the deltas to the reference with their intervals (for a method over training
     seeds, each seed's delta as a dot); below, gain against forgetting, each drift task's KL, and KL against
@@ -328,22 +350,7 @@ def _plot(comparison: Comparison) -> str:
     grid = fig.add_gridspec(2, below, height_ratios=[1.2, 1])
     bars = fig.add_subplot(grid[0, :])
     scatter, *small = (fig.add_subplot(grid[1, i]) for i in range(below))
-    width = 0.8 / max(len(runs), 1)
-    for i, run in enumerate(runs):
-        rows = others[others["run"] == run].set_index("task").loc[tasks]
-        x = [t + i * width for t in range(len(tasks))]
-        low, high = 100 * (rows["delta"] - rows["delta_low"]), 100 * (rows["delta_high"] - rows["delta"])
-        bars.bar(x, 100 * rows["delta"], width, yerr=[low, high], capsize=3, label=run, color=colour[run])
-        for xi, seeds in zip(x, rows["seed_deltas"] if "seed_deltas" in rows else ()):
-            if isinstance(seeds, list):  # a method over training seeds: each seed's delta, as a dot
-                bars.scatter([xi] * len(seeds), [100 * d for d in seeds], color="black", s=12, zorder=3,
-                             label="one training seed" if "one training seed" not in
-                             bars.get_legend_handles_labels()[1] else None)
-    bars.axhline(0, color="black", linewidth=0.8)
-    bars.set_xticks([t + width * (len(runs) - 1) / 2 for t in range(len(tasks))], tasks)
-    bars.set_ylabel(f"Δ vs {reference}\n(points, 95% paired CI)")
-    if runs:
-        bars.legend(fontsize="small", loc="best")
+    _delta_bars(bars, others, tasks, runs, colour, reference)
     for run in runs:
         rows = capabilities[capabilities["run"] == run]
         trained, forgot = rows[rows["trained"]], rows["forgetting"].dropna() if "forgetting" in rows else []

@@ -33,7 +33,7 @@ from bench.types import BenchError
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)  # alpaca_eval 0.6.6
 
 LOCAL_PREFIX = "local:"
-DEFAULT_JUDGE = "local:qwen2.5-coder-1.5b-instruct"  # chosen by measurement: README, "Helpfulness"
+DEFAULT_JUDGE = "local:qwen2.5-coder-1.5b-instruct"  # chosen by measurement: docs/helpfulness.md
 LOCAL_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"  # the template and parser a local judge runs with
 ORDERS = ("both", "random")  # both: each pair judged twice, swapped; random: alpaca_eval's one seeded random order
 JUDGE_CHUNK = 8  # pairs per annotator call: what a killed run can lose

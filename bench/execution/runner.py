@@ -81,25 +81,11 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
     }
 
 
-def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
-             store: RunStore, limit: int | None, sandbox: Sandbox | None = None, samples: int = 1,
-             harness: Harness | None = None, seed: tuple[LoadedModel, Engine] | None = None,
-             judge: Judge | None = None) -> dict[str, dict[str, Any]]:
-    """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox, knowledge tasks a
-    harness, drift the seed model (the evaluated model without its adapter) with its engine, judged tasks a judge
-    (and the seed, for the head-to-head of a fine-tuned model)."""
-    if sandbox is None and any(getattr(t, "program", None) for t in tasks):
-        raise ValueError("code tasks need a sandbox")
-    if harness is None and any(isinstance(t, HarnessTask) for t in tasks):
-        raise ValueError("knowledge tasks need a harness")
-    if seed is None and any(getattr(t, "drift", False) for t in tasks):
-        raise ValueError("drift needs the seed model")
-    if judge is None and any(getattr(t, "judged", False) for t in tasks):
-        raise ValueError("judged tasks need a judge")
-    identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness, seed and seed[0], judge)
-    if store.finished_with(identity):
-        return {t.name: _read_metrics(store, t.name) for t in tasks}
-    record = {
+def run_record(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
+               store: RunStore, identity: dict[str, Any], sandbox: Sandbox | None, harness: Harness | None,
+               judge: Judge | None) -> dict[str, Any]:
+    """run.json as a run begins: its identity and everything that traces its numbers."""
+    return {
         "name": store.name,
         "identity": identity,
         "model": {"spec": model.spec, "path": str(model.path), "adapter": model.adapter, "device": model.device},
@@ -118,6 +104,27 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "timings": {},
     }
+
+
+def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
+             store: RunStore, limit: int | None, sandbox: Sandbox | None = None, samples: int = 1,
+             harness: Harness | None = None, seed: tuple[LoadedModel, Engine] | None = None,
+             judge: Judge | None = None) -> dict[str, dict[str, Any]]:
+    """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox, knowledge tasks a
+    harness, drift the seed model (the evaluated model without its adapter) with its engine, judged tasks a judge
+    (and the seed, for the head-to-head of a fine-tuned model)."""
+    if sandbox is None and any(getattr(t, "program", None) for t in tasks):
+        raise ValueError("code tasks need a sandbox")
+    if harness is None and any(isinstance(t, HarnessTask) for t in tasks):
+        raise ValueError("knowledge tasks need a harness")
+    if seed is None and any(getattr(t, "drift", False) for t in tasks):
+        raise ValueError("drift needs the seed model")
+    if judge is None and any(getattr(t, "judged", False) for t in tasks):
+        raise ValueError("judged tasks need a judge")
+    identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness, seed and seed[0], judge)
+    if store.finished_with(identity):
+        return {t.name: _read_metrics(store, t.name) for t in tasks}
+    record = run_record(model, engine, tasks, data, store, identity, sandbox, harness, judge)
     store.begin(record)
     results = {}
     with progress_bar() as progress:

@@ -13,7 +13,7 @@ program, receives a per-run secret token on stdin and writes it to a private pip
 and its tests ran to the end without an exception, then leaves with `os._exit` (no atexit hook runs). A
 program that exits early, prints a fake marker or fakes its exit status has no token and does not pass.
 
-What it does not protect against (README, "The sandbox"): kernel exploits, code written to attack this
+What it does not protect against (docs/sandbox.md): kernel exploits, code written to attack this
 harness specifically (it runs in the harness's own interpreter, so it could dig the token out of the
 harness's frames), `__eq__` tricks that make a wrong answer compare equal to the expected one, and, on
 platforms without namespaces, the network and detached processes. A container or VM is the stronger choice

@@ -88,6 +88,10 @@ def test_gkd_lowers_the_students_kl_to_the_teacher(capsys, tiny_model_dir, sft_t
     assert after < 0.8 * before, (before, after)
 
     record = json.loads((out_dir / "train.json").read_text())
+    # Pinned (tiny model and teacher, seeded samples; the log rounds to 6 decimals): a change someone must mean.
+    assert [float(r["loss"]) for r in csv.DictReader((out_dir / "train_log.csv").open())][:2] == pytest.approx(
+        [0.003157, 0.001729], abs=2e-6)
+    assert record["final_loss"] == pytest.approx(0.000124, abs=2e-6)
     assert record["method"] == "gkd" and record["steps"] == 16 and record["fraction_on_policy"] == 1.0
     assert record["teacher"]["adapter"] == str(sft_teacher) and len(record["teacher"]["adapter_sha256"]) == 64
     assert (record["lmbda"], record["beta"], record["temperature"], record["loss_temperature"]) == (1.0, 0.5, 0.9, 1.0)

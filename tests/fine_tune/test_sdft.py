@@ -62,6 +62,7 @@ def test_train_sdft_writes_distilled_data_and_an_adapter(capsys, tiny_model_dir,
     checkpoint = tmp_path / "checkpoints" / "sdft-gsm8k"
     rows = [json.loads(line) for line in (checkpoint / "distilled.jsonl").open()]
     record = json.loads((checkpoint / "train.json").read_text())
+    assert record["final_loss"] == pytest.approx(5.997512, rel=1e-4)  # pinned: tiny model, fixture data, seed 42
     assert len(rows) == 4 and all(r["accepted"] is (r["reason"] is None) for r in rows)
     assert record["distillation"]["examples"] == 4 and record["distillation"]["accepted"] == sum(r["accepted"] for r in rows)
     assert record["identity"]["method"] == record["method"] == "sdft" and (checkpoint / "adapter_model.safetensors").is_file()

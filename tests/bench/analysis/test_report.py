@@ -128,7 +128,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
                     reason="no chromium here (Debian: apt-get install chromium; .ci/run installs it)")
 def test_the_html_report_reads_at_a_glance_in_a_real_browser(tmp_path):
     """A seeded study's report.html in headless chromium at 1400 px: no console or page errors, nothing fails to load,
-    the verdict first, every task a row of the main table, the head to head, a significant loss marked in words,
+    the ranking first and the pairs folded, every task a row of the main table, the head to head, a significant loss marked in words,
     the plot drawn, and nothing wider than the window."""
     from playwright.sync_api import sync_playwright
 
@@ -157,6 +157,8 @@ def test_the_html_report_reads_at_a_glance_in_a_real_browser(tmp_path):
         page.goto(page_file.as_uri())
         headings = page.locator("h2").all_inner_texts()
         verdict = page.locator("h2 + ul").first.inner_text()
+        pairs_folded = page.locator("details").first.evaluate("d => !d.open && d.querySelector('summary').textContent")
+        pairs = page.locator("details").first.text_content()
         first_cells = page.locator("table").first.locator("tr td:first-child").all_inner_texts()
         losses = page.locator("td.loss:visible").all_inner_texts()
         plot_width = page.evaluate("document.querySelector('img').naturalWidth")
@@ -165,7 +167,9 @@ def test_the_html_report_reads_at_a_glance_in_a_real_browser(tmp_path):
         browser.close()
     assert problems == []
     assert headings[:3] == ["Verdict", "Against seed", "Head to head"]
-    assert "sdft (3 seeds) forgets less on its untrained capabilities than sft (3 seeds)" in verdict
+    assert verdict.startswith("Forgetting on the untrained capabilities (points, least first): 1. sdft (3 seeds)")
+    assert pairs_folded == "Each pair of methods", "the ranking first, each pair of methods folded below it"
+    assert "sdft (3 seeds) forgets less on its untrained capabilities than sft (3 seeds)" in pairs
     assert first_cells == list(tasks)
     assert losses and all(cell.startswith("▼ significant loss") for cell in losses)
     assert plot_width > 0 and page_width <= 1400, "the page fits a 1400 px window"

@@ -79,3 +79,36 @@ def test_drift_task_through_eval_and_compare(capsys, tiny_model_dir, fixture_dat
     capsys.readouterr()
     assert main(["compare", "seed", "tuned", "--results-dir", str(tmp_path / "results")]) == 0
     assert "drift" in capsys.readouterr().out
+
+
+def test_kl_and_nll_equal_an_independent_computation(tiny_model_dir, tmp_path):
+    """Against plain transformers and peft, one forward per sequence: NLL is the model's cross-entropy on the
+    response tokens (as `labels` computes it) and KL is torch's kl_div of the two next-token distributions."""
+    import torch
+    import torch.nn.functional as F
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import make_adapter
+
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
+    seed = load_model(str(tiny_model_dir), dtype="float32")
+    tuned = load_model(str(tiny_model_dir), str(adapter), "float32")
+    prompt, response = "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n", "Blue, like the sea."
+    [(nll, kl, n)] = drift_scores(Engine(seed), Engine(tuned), [(prompt, response, True)])
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.tensor([prompt_ids + response_ids])
+    labels = torch.tensor([[-100] * len(prompt_ids) + response_ids])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        seed_logits = base(ids).logits[0, len(prompt_ids) - 1:-1]
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
+        out = peft(ids, labels=labels)
+        tuned_logits = out.logits[0, len(prompt_ids) - 1:-1]
+    expected_kl = F.kl_div(F.log_softmax(tuned_logits, -1), F.log_softmax(seed_logits, -1), log_target=True,
+                           reduction="none").sum(-1).mean()
+    assert n == len(response_ids)
+    assert nll == pytest.approx(float(out.loss), abs=1e-5) and kl == pytest.approx(float(expected_kl), abs=1e-6)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, build_tiny_model
 from bench.generation.cache import Cache
 from bench.generation.engine import Engine, PackedDecoder, common_prefix
 from bench.generation.models import load_model
@@ -26,9 +26,12 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(str(tiny_model_dir), dtype="float32")
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request, tiny_model_dir, tmp_path_factory):
+    """Every engine test on both families the harness ships: Llama (SmolLM2) and Qwen2 (Qwen2.5)."""
+    if request.param == "llama":
+        return load_model(str(tiny_model_dir), dtype="float32")
+    return load_model(str(build_tiny_model(tmp_path_factory.mktemp("qwen2"), architecture="qwen2")), dtype="float32")
 
 
 def prompts_for(model, questions=QUESTIONS):

@@ -112,3 +112,24 @@ def test_a_shipped_model_whose_assembly_has_another_sha256_is_refused(monkeypatc
     with pytest.raises(BenchError, match=r"the assembled GGUF has sha256 .* not the pinned 0000000000000000"):
         models.resolve_model_dir("judge-x")
     assert not (tmp_path / "cache" / "models" / "judge-x").exists(), "nothing half-made is left to look complete"
+
+
+def test_auto_dtype_is_bf16_exactly_where_the_cpu_has_it(monkeypatch):
+    """Read from /proc/cpuinfo here, independently: avx512_bf16 or amx_bf16 in the flags means bfloat16."""
+    from pathlib import Path
+
+    import torch
+
+    from bench.generation.models import resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), []) if Path("/proc/cpuinfo").is_file() else []
+    native = bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    assert resolve_dtype("auto") == ("bfloat16" if native else "float32")
+    assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
+    monkeypatch.setattr("bench.generation.models.cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("auto") == "float32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_dtype("auto") == "float16"
