@@ -158,6 +158,7 @@ def test_a_bf16_run_samples_from_a_copy_synchronised_every_step(tiny_model_dir):
     assert student.engine("step-1").model.model is student.inference
 
 
+@pytest.mark.slow  # over 10 s here: left out by make test-fast
 def test_sigkill_mid_training_then_rerun_resumes_to_the_same_adapter(tiny_model_dir, sft_teacher, fixture_data,
                                                                      tmp_path):
     from safetensors.torch import load_file

@@ -109,6 +109,7 @@ def test_train_bad_input_is_one_line(capsys, tiny_model_dir, fixture_data, tmp_p
     assert exit_.value.code == 2 and "invalid choice: 'ppo'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over 10 s here: left out by make test-fast
 def test_sigkill_mid_training_then_rerun_resumes_to_the_same_adapter(tiny_model_dir, fixture_data, tmp_path):
     """kill -9 after a Trainer checkpoint, re-run: training resumes there, logs each step once, and ends with the
     adapter an uninterrupted training gives."""

@@ -19,6 +19,7 @@ def bench(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.slow  # over 10 s here: left out by make test-fast
 def test_lm_eval_command_line_gives_the_same_answers(capsys, tiny_model_dir, fixture_data, tmp_path):
     configs, out_dir = tmp_path / "configs", tmp_path / "lm_eval_out"
     configs.mkdir()
@@ -61,10 +62,10 @@ def test_knowledge_run_records_a_hub_only_task_as_skipped(capsys, tiny_model_dir
     cache = list((tmp_path / "cache" / "lm_eval").glob("*.db"))
     assert cache, "lm-eval's request cache is where a killed run resumes from"
 
-    import bench.execution.runner
+    from bench.execution import runner
 
     record = (run / "run.json").read_bytes()
-    monkeypatch.setattr(bench.execution.runner, "evaluate_harness_task",
+    monkeypatch.setattr(runner, "evaluate_harness_task",
                         lambda *a, **k: pytest.fail("a finished run was recomputed"))
     code, _, err = bench(capsys, *args)  # a finished run is reused: nothing runs, nothing is rewritten
     assert code == 0, err

@@ -195,6 +195,7 @@ def _cached_rows(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # over 10 s here: left out by make test-fast
 def test_sigkill_then_rerun_gives_the_same_results(tiny_model_dir, fixture_data, tmp_path):
     """kill -9 mid-run, re-run: the remaining examples are generated and every number equals an uninterrupted run."""
     args = [str(tiny_model_dir), "--tasks", "gsm8k", "--data-dir", str(fixture_data), "--batch-size", "1",
