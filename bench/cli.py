@@ -209,10 +209,10 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
               f"right->wrong / wrong->right)"
     versus = lambda r: format_cell(r, reference, "\n")
     shown = [(f"scores (%; drift: KL in nats) with 95% intervals; {against}", versus,
-              rows[~rows["run"].isin(comparison.seed_runs)])]
-    if comparison.seed_runs:
+              rows[~rows["run"].isin(comparison.training_seed_runs)])]
+    if comparison.training_seed_runs:
         shown.append((f"each training seed: {against}", versus,
-                      rows[rows["run"].isin(comparison.seed_runs | {reference})]))
+                      rows[rows["run"].isin(comparison.training_seed_runs | {reference})]))
     if not comparison.pairs.empty:
         shown.append(("head to head: B vs A is B minus A, paired over the same examples (and by training seed)",
                       lambda r: delta_cell(r, "\n"), comparison.pairs))

@@ -132,8 +132,8 @@ def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
         rows += [paired_row(reference, run, task) for run in runs[1:]]
     for task in tasks:
         rows += head_to_head_rows(reference, runs[1:], task)
-    for stem, members in seed_groups(runs[1:]).items():
-        rows += [seeded_row([reference], seeds_label(stem, members), members, task) for task in tasks]
+    for stem, members in training_seed_groups(runs[1:]).items():
+        rows += [seeded_row([reference], training_seeds_label(stem, members), members, task) for task in tasks]
     return pd.DataFrame(rows)
 
 
@@ -165,43 +165,43 @@ def instruction_breakdown(runs: list[RunScores]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["task", "instruction", "run", "strict", "loose", "total", "max_new_tokens"])
 
 
-SEEDED = re.compile(r"^(?P<stem>.+)-s(?P<seed>\d+)$")  # a fine-tune's run per training seed: METHOD-sN
+TRAINING_SEED_RUN = re.compile(r"^(?P<stem>.+)-s(?P<seed>\d+)$")  # a fine-tune's run per training seed: METHOD-sN
 
 
-def seeds_label(stem: str, members: list[RunScores]) -> str:
+def training_seeds_label(stem: str, members: list[RunScores]) -> str:
     """The name of a method over its training seeds, in tables, reports and verdicts."""
     return f"{stem} ({len(members)} seeds)"
 
 
-def seed_groups(runs: list[RunScores]) -> dict[str, list[RunScores]]:
+def training_seed_groups(runs: list[RunScores]) -> dict[str, list[RunScores]]:
     """Runs named STEM-sN for two or more N: one method trained with several training seeds."""
     groups: dict[str, list[RunScores]] = {}
     for run in runs:
-        if match := SEEDED.match(run.name):
+        if match := TRAINING_SEED_RUN.match(run.name):
             groups.setdefault(match["stem"], []).append(run)
-    return {stem: sorted(members, key=seed_number) for stem, members in groups.items() if len(members) >= 2}
+    return {stem: sorted(members, key=training_seed_number) for stem, members in groups.items() if len(members) >= 2}
 
 
-def seed_number(run: RunScores) -> int:
-    return int(SEEDED.match(run.name)["seed"])
+def training_seed_number(run: RunScores) -> int:
+    return int(TRAINING_SEED_RUN.match(run.name)["seed"])
 
 
 def methods_of(runs: list[RunScores]) -> dict[str, list[RunScores]]:
     """The methods among runs: each method over its training seeds, then each run that is not one of them."""
-    groups = seed_groups(runs)
+    groups = training_seed_groups(runs)
     grouped = {r.name for members in groups.values() for r in members}
-    return {seeds_label(stem, members): members for stem, members in groups.items()} | \
+    return {training_seeds_label(stem, members): members for stem, members in groups.items()} | \
         {r.name: [r] for r in runs if r.name not in grouped}
 
 
-def per_seed_runs(names: list[str]) -> set[str]:
+def single_training_seed_runs(names: list[str]) -> set[str]:
     """The names among a comparison's columns that are one training seed of a method also shown over its seeds."""
     labels = set(names)
     members = {}
     for name in names:
-        if match := SEEDED.match(name):
+        if match := TRAINING_SEED_RUN.match(name):
             members.setdefault(match["stem"], []).append(name)
-    return {name for stem, group in members.items() if seeds_label(stem, group) in labels for name in group}
+    return {name for stem, group in members.items() if training_seeds_label(stem, group) in labels for name in group}
 
 
 def method_pairs(runs: list[RunScores]) -> pd.DataFrame:
@@ -213,7 +213,7 @@ def method_pairs(runs: list[RunScores]) -> pd.DataFrame:
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             first, second = methods[a], methods[b]
-            if len(first) > 1 and len(second) > 1 and [*map(seed_number, first)] != [*map(seed_number, second)]:
+            if len(first) > 1 and len(second) > 1 and [*map(training_seed_number, first)] != [*map(training_seed_number, second)]:
                 continue  # trained with other seeds: nothing to pair seed by seed
             tasks = [t for t in first[0].tasks if not t.endswith(HEAD_TO_HEAD)
                      and all(t in r.tasks for r in first + second)]
@@ -316,7 +316,7 @@ class MethodSummary:
 
 
 def method_summaries(reference: RunScores, runs: list[RunScores], trained: dict[str, str | None],
-                     resamples: int = 2000, seed: int = BOOTSTRAP_SEED) -> dict[str, MethodSummary]:
+                     resamples: int = 2000, rng_seed: int = BOOTSTRAP_SEED) -> dict[str, MethodSummary]:
     """Per method (a run, or its runs over training seeds): mean forgetting = minus the mean over its untrained
     capabilities of the mean delta of their tasks (a capability the reference scores 0 on has nothing to forget and is
     left out), and drift = the drift task's KL. Every replicate draws the seeds (paired by seed number) and one
@@ -335,7 +335,7 @@ def method_summaries(reference: RunScores, runs: list[RunScores], trained: dict[
         deltas, point = {}, {}
         for t in tasks:
             values = np.stack([other - ref for ref, other, _ in (aligned(reference, r, t) for r in members)])
-            deltas[t] = crossed_means(values, resamples, seed, examples_seed=seed + 1 + tasks.index(t))
+            deltas[t] = crossed_means(values, resamples, rng_seed, examples_rng_seed=rng_seed + 1 + tasks.index(t))
             point[t] = float(values.mean())
         untrained = sorted({capability[t] for t in tasks if kinds[t] not in RAW_METRICS} - {trained.get(name)} - floor)
         forget = lambda d: -np.mean([np.mean([d[t] for t in tasks if capability[t] == c and kinds[t] not in RAW_METRICS],
@@ -415,12 +415,12 @@ class Comparison:
     verdicts: list[dict[str, Any]]  # each pair of methods
     instructions: pd.DataFrame  # IFEval's per-kind counts per run
     records: dict[str, dict[str, Any]]  # each run's run.json
-    seed_runs: set[str]  # single training seeds of a method also shown over its seeds
+    training_seed_runs: set[str]  # single training seeds of a method also shown over its seeds
 
     @property
     def methods(self) -> list[str]:
         """The columns a reader compares: the reference's rivals, each method over its seeds once."""
-        return [r for r in self.rows["run"].unique() if r != self.reference and r not in self.seed_runs]
+        return [r for r in self.rows["run"].unique() if r != self.reference and r not in self.training_seed_runs]
 
 
 def build_comparison(runs: list[RunScores], trained: dict[str, str | None] | None = None) -> Comparison:
@@ -429,15 +429,15 @@ def build_comparison(runs: list[RunScores], trained: dict[str, str | None] | Non
     records = {run.name: run.record for run in runs}
     trained = dict(trained) if trained is not None else \
         {run.name: trained_capability(run.record) for run in runs[1:]}
-    for stem, members in seed_groups(runs[1:]).items():  # a method over its seeds: trained as its seeds were
-        trained.setdefault(seeds_label(stem, members), trained.get(members[0].name))
+    for stem, members in training_seed_groups(runs[1:]).items():  # a method over its seeds: trained as its seeds were
+        trained.setdefault(training_seeds_label(stem, members), trained.get(members[0].name))
     capabilities = forgetting(rows, runs[0].name, trained)
     drift, rho = drift_against_forgetting(rows, capabilities)
     summaries = method_summaries(runs[0], runs[1:], trained)
     return Comparison(runs[0].name, rows, method_pairs(runs[1:]), trained, capabilities, drift, rho,
                       method_ranking(summaries, rows) if len(summaries) >= 2 else {},
                       method_verdicts(summaries) if len(summaries) >= 2 else [], instruction_breakdown(runs),
-                      records, per_seed_runs(list(rows["run"].unique())))
+                      records, single_training_seed_runs(list(rows["run"].unique())))
 
 
 def trained_capability(run_record: dict[str, Any]) -> str | None:

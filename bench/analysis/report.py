@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.analysis.compare import LOWER_IS_BETTER, RAW_METRICS, SEEDED, Comparison, scale
+from bench.analysis.compare import LOWER_IS_BETTER, RAW_METRICS, TRAINING_SEED_RUN, Comparison, scale
 from bench.store import atomic_write_text, write_json
 
 
@@ -110,7 +110,7 @@ def instruction_table(instructions: pd.DataFrame, reference: str) -> list[str]:
     points; a method over training seeds pools its seeds (METHOD-sN under METHOD)."""
     lines = []
     for task, rows in instructions.groupby("task", sort=False):
-        rows = rows.assign(run=[r if r == reference or SEEDED.match(r) is None else SEEDED.match(r)["stem"]
+        rows = rows.assign(run=[r if r == reference or TRAINING_SEED_RUN.match(r) is None else TRAINING_SEED_RUN.match(r)["stem"]
                                 for r in rows["run"]])
         counts = rows.groupby(["instruction", "run"], sort=False)[["strict", "total"]].sum()
         runs = [reference] + [r for r in dict.fromkeys(rows["run"]) if r != reference]
@@ -176,13 +176,13 @@ PAIRS_CAPTION = ("B vs A: Δ = B minus A, paired over the same examples (methods
 def _sections(comparison: Comparison) -> list[tuple[str, Any]]:
     """The report's body in order, each ("tasks", (rows, cell)) for a table of tasks by runs, or ("md", lines)."""
     c, reference = comparison, comparison.reference
-    main = c.rows[~c.rows["run"].isin(c.seed_runs)]
+    main = c.rows[~c.rows["run"].isin(c.training_seed_runs)]
     against = lambda r, newline: format_cell(r, reference, newline)
     sections: list[tuple[str, Any]] = [("md", [f"## Against {reference}", ""]), ("tasks", (main, against)),
                                        ("md", ["", _against_caption(reference)])]
     if not c.pairs.empty:
         sections += [("md", ["", "## Head to head", ""]), ("tasks", (c.pairs, delta_cell)), ("md", ["", PAIRS_CAPTION])]
-    lines = ["", "## Capabilities", "", *capability_table(c.capabilities[~c.capabilities["run"].isin(c.seed_runs)])]
+    lines = ["", "## Capabilities", "", *capability_table(c.capabilities[~c.capabilities["run"].isin(c.training_seed_runs)])]
     if not c.instructions.empty:
         lines += ["", "## Instruction following by kind", "", *instruction_table(c.instructions, reference)]
     if not c.drift.empty:
@@ -195,10 +195,10 @@ def _sections(comparison: Comparison) -> list[tuple[str, Any]]:
                       + (f"{c.drift_rho:+.2f}" if c.drift_rho is not None else "not defined (fewer than 3 runs, or ties)")
                       + " (does drift from the seed predict forgetting? RL's Razor, arXiv 2509.04259)."]
     sections.append(("md", lines))
-    if c.seed_runs:
+    if c.training_seed_runs:
         sections += [("md", ["", "<details><summary>Each training seed</summary>", ""]),
-                     ("tasks", (c.rows[c.rows["run"].isin(c.seed_runs | {reference})], against)),
-                     ("md", ["", *capability_table(c.capabilities[c.capabilities["run"].isin(c.seed_runs)]), "",
+                     ("tasks", (c.rows[c.rows["run"].isin(c.training_seed_runs | {reference})], against)),
+                     ("md", ["", *capability_table(c.capabilities[c.capabilities["run"].isin(c.training_seed_runs)]), "",
                              "</details>"])]
     return sections
 
@@ -334,9 +334,9 @@ def _plot(comparison: Comparison) -> str:
     import matplotlib
 
     c, reference = comparison, comparison.reference
-    table = c.rows[~c.rows["run"].isin(c.seed_runs)]
-    capabilities = c.capabilities[~c.capabilities["run"].isin(c.seed_runs)]
-    razor = c.drift[~c.drift["run"].isin(c.seed_runs)] if not c.drift.empty else c.drift
+    table = c.rows[~c.rows["run"].isin(c.training_seed_runs)]
+    capabilities = c.capabilities[~c.capabilities["run"].isin(c.training_seed_runs)]
+    razor = c.drift[~c.drift["run"].isin(c.training_seed_runs)] if not c.drift.empty else c.drift
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -11,12 +11,12 @@ POWER_Z = 1.959964 + 0.841621  # two-sided 5% and 80% power
 
 
 def bootstrap_ci(values: list[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
-                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+                 rng_seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean; seeded, so the same scores always give the same interval."""
     if not values:
         raise ValueError("no values to bootstrap")
     scores = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng_seed)
     means = np.empty(resamples)
     for start in range(0, resamples, 1000):  # chunks bound memory for large n
         stop = min(start + 1000, resamples)
@@ -62,15 +62,16 @@ def detectable_difference(differences: np.ndarray, pass_fail: bool, alpha: float
     return z * float(np.std(differences, ddof=1)) / np.sqrt(n)
 
 
-def crossed_means(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                  examples_seed: int | None = None) -> np.ndarray:
+def crossed_means(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, rng_seed: int = BOOTSTRAP_SEED,
+                  examples_rng_seed: int | None = None) -> np.ndarray:
     """Bootstrap means of scores of several training seeds on the same examples (`values`: [seeds, examples]): each
     replicate resamples the seeds and, once for all of them, the examples. Seeds and examples are crossed, not nested
     (every seed was scored on the same examples), so an effect carried by a few examples stays as uncertain as those
-    few examples make it, however many seeds agree. Seeds are drawn from `seed` and examples from `examples_seed`
-    (default seed + 1), each alone: quantities with the same seeds, or the same examples, share those draws."""
-    seeds_rng = np.random.default_rng(seed)
-    examples_rng = np.random.default_rng(seed + 1 if examples_seed is None else examples_seed)
+    few examples make it, however many seeds agree. Training seeds are drawn from `rng_seed` and examples from
+    `examples_rng_seed` (default rng_seed + 1), each alone: quantities with the same seeds, or the same examples,
+    share those draws."""
+    seeds_rng = np.random.default_rng(rng_seed)
+    examples_rng = np.random.default_rng(rng_seed + 1 if examples_rng_seed is None else examples_rng_seed)
     k, n = values.shape
     means = np.empty(resamples)
     for start in range(0, resamples, 500):  # chunks bound memory
@@ -81,9 +82,9 @@ def crossed_means(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed
 
 
 def paired_bootstrap_ci(reference: np.ndarray, other: np.ndarray, level: float = 0.95,
-                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+                        resamples: int = BOOTSTRAP_RESAMPLES, rng_seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
     """Percentile interval of mean(other - reference), resampling examples (both runs together)."""
-    return bootstrap_ci(list(other - reference), level, resamples, seed)
+    return bootstrap_ci(list(other - reference), level, resamples, rng_seed)
 
 
 def mcnemar_exact(right_to_wrong: int, wrong_to_right: int) -> float:
@@ -97,7 +98,7 @@ def mcnemar_exact(right_to_wrong: int, wrong_to_right: int) -> float:
 EXACT_SIGN_FLIPS = 16  # up to this many non-zero differences, all 2^n sign vectors are enumerated
 
 
-def sign_flip_p(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> float:
+def sign_flip_p(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, rng_seed: int = BOOTSTRAP_SEED) -> float:
     """Two-sided paired permutation p-value of mean(differences) = 0 under random sign flips: exact for up to
     EXACT_SIGN_FLIPS non-zero differences (zeros flip to themselves), else Monte Carlo with the +1 rule."""
     nonzero = differences[differences != 0]
@@ -107,7 +108,7 @@ def sign_flip_p(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, s
     if len(nonzero) <= EXACT_SIGN_FLIPS:
         signs = 1.0 - 2.0 * ((np.arange(2 ** len(nonzero))[:, None] >> np.arange(len(nonzero))) & 1)
         return float(np.mean(np.abs(signs @ nonzero) >= observed))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng_seed)
     extreme = 0
     for start in range(0, resamples, 1000):  # chunks bound memory for large n
         signs = rng.choice((-1.0, 1.0), size=(min(1000, resamples - start), len(nonzero)))
