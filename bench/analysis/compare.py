@@ -394,7 +394,7 @@ def method_ranking(summaries: dict[str, MethodSummary], rows: pd.DataFrame) -> d
                             "low": float(np.quantile(getattr(s, f"{key}_draws"), 0.025)),
                             "high": float(np.quantile(getattr(s, f"{key}_draws"), 0.975)),
                             "p_least": float(best[i]), "tasks": {t: int(n) for t, n in zip(own["task"], own["n"])},
-                            "significant_losses": list(worse["task"])})
+                            "significant_losses": list(worse["task"]) if key == "forgetting" else []})
         ranking[key] = sorted(entries, key=lambda e: e[key])
     return ranking
 
