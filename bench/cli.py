@@ -342,7 +342,8 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
 
     from bench.analysis.compare import load_run
     from bench.analysis.baselines import load_baseline
-    from bench.analysis.gate import GateConfig, gate, is_run_dir, junit, load_gate_config, markdown, verdict_json
+    from bench.analysis.gate import GateConfig, gate, is_run_dir, load_gate_config
+    from bench.analysis.report import gate_json, gate_junit, gate_markdown
     from bench.store import atomic_write_text, write_json
 
     results_dir = Path(args.results_dir)
@@ -354,13 +355,13 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
     baseline = load_run(results_dir, args.baseline) if is_run_dir(results_dir, args.baseline) or \
         not Path(args.baseline).is_dir() else load_baseline(Path(args.baseline))
     verdict = gate(baseline, load_run(results_dir, args.candidate), config, args.tasks or None)
-    text = markdown(verdict)
+    text = gate_markdown(verdict)
     if args.markdown:
         atomic_write_text(Path(args.markdown), text)
     if args.json:
-        write_json(Path(args.json), verdict_json(verdict))
+        write_json(Path(args.json), gate_json(verdict))
     if args.junit:
-        atomic_write_text(Path(args.junit), junit(verdict))
+        atomic_write_text(Path(args.junit), gate_junit(verdict))
     if summary := os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(summary, "a", encoding="utf-8") as f:
             f.write(text + "\n")

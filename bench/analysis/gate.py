@@ -1,4 +1,4 @@
-"""`bench gate`: a regression verdict on paired statistics, for CI.
+"""`bench gate`: a regression verdict on paired statistics, for CI (rendered as markdown, JUnit and JSON by report.py).
 
 A gated task fails when its drop from the baseline is larger than the drop allowed for it AND the paired test says
 the drop is real: p below alpha after a Holm correction across the gated tasks (McNemar's exact test for pass/fail
@@ -10,12 +10,9 @@ Exit codes: 0 no regression, 1 a regression, 2 a usage or data error (or any cra
 """
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 import pandas as pd
 
@@ -24,8 +21,6 @@ from bench.analysis.stats import holm
 from bench.store import RUN_FILE
 from bench.types import BenchError
 
-MARKDOWN_LIMIT = 65_536  # a pull-request comment; GitHub's step summary allows 1 MiB
-FLIPS_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -167,54 +162,6 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig, tasks: l
 
 def metrics_of(rows: pd.DataFrame, task: str) -> str:
     return rows.loc[rows["task"] == task, "metric"].iloc[0]
-
-
-def markdown(verdict: Verdict) -> str:
-    """Verdict first, then one row per task; long flip lists are cut with a count, to fit a PR comment."""
-    rows, config = verdict.rows, verdict.config
-    failed = rows[rows["verdict"] == "fail"]
-    head = (f"## forgetbench gate: {'FAIL' if verdict.failed else 'PASS'}: {verdict.candidate} against "
-            f"{verdict.baseline}\n\n" + (f"{len(failed)} of {len(rows)} tasks regressed: {', '.join(failed['task'])}."
-                                         if verdict.failed else f"No regression in {len(rows)} tasks.")
-            + f" Alpha {config.alpha:g} (Holm across the tasks); a task fails when its drop exceeds its allowed drop "
-              f"and the paired test says it is real.\n")
-    lines = [head, "| task | n | baseline | candidate | Δ [95% CI] | p (Holm) | allowed drop | detectable drop | "
-                   "changed (down / up) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for _, r in rows.iterrows():
-        k = scale(r.metric)
-        power = f"{r.detectable_drop:.2f}" + (" (underpowered)" if r.underpowered else "")
-        lines.append(f"| {r.task} | {int(r.n)} | {k * r.baseline_score:.2f} | {k * r.score:.2f} | "
-                     f"{k * r.delta:+.2f} [{k * r.delta_low:+.2f}, {k * r.delta_high:+.2f}] | {r.p_value:.3g} "
-                     f"({r.p_holm:.3g}) | {r.allowed_drop:g} | {power} | {int(r.right_to_wrong)} / "
-                     f"{int(r.wrong_to_right)} | {'**FAIL**: ' + r.reasons if r.verdict == 'fail' else 'pass'} |")
-    lines += [""] + [f"- {note}" for note in verdict.notes]
-    for task, ids in verdict.worse.items():
-        shown = ", ".join(ids[:FLIPS_SHOWN]) + (f", and {len(ids) - FLIPS_SHOWN} more" if len(ids) > FLIPS_SHOWN else "")
-        lines.append(f"- {task}: examples that got worse: {shown}")
-    text = "\n".join(lines) + "\n"
-    return text if len(text) < MARKDOWN_LIMIT else text[:MARKDOWN_LIMIT - 200] + "\n\n(cut to fit a comment)\n"
-
-
-def junit(verdict: Verdict) -> str:
-    """One testcase per task; a regression is a <failure> carrying the delta and its interval."""
-    cases = []
-    for _, r in verdict.rows.iterrows():
-        k = scale(r.metric)
-        body = ""
-        if r.verdict == "fail":
-            message = (f"{r.task}: delta {k * r.delta:+.2f} [{k * r.delta_low:+.2f}, {k * r.delta_high:+.2f}], "
-                       f"p_holm={r.p_holm:.3g}: {r.reasons}")
-            body = f"<failure message={quoteattr(message)}>{escape(message)}</failure>"
-        cases.append(f"<testcase classname=\"forgetbench.gate\" name={quoteattr(r.task)}>{body}</testcase>")
-    failures = int((verdict.rows["verdict"] == "fail").sum())
-    return (f"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<testsuite name={quoteattr('forgetbench gate ' + verdict.candidate)}"
-            f" tests=\"{len(cases)}\" failures=\"{failures}\">\n" + "\n".join(cases) + "\n</testsuite>\n")
-
-
-def verdict_json(verdict: Verdict) -> dict[str, Any]:
-    return {"verdict": "fail" if verdict.failed else "pass", "candidate": verdict.candidate,
-            "baseline": verdict.baseline, "alpha": verdict.config.alpha, "notes": verdict.notes,
-            "tasks": json.loads(verdict.rows.to_json(orient="records"))}
 
 
 def is_run_dir(results_dir: Path, name: str) -> bool:

@@ -117,11 +117,12 @@ def test_a_crash_is_exit_2_never_1(tmp_path, monkeypatch, capsys):
 def test_long_flip_lists_are_cut_to_fit_a_comment():
     import pandas as pd
 
-    from bench.analysis.gate import GateConfig, Verdict, markdown
+    from bench.analysis.gate import GateConfig, Verdict
+    from bench.analysis.report import gate_markdown
 
     rows = pd.DataFrame([{"task": "t", "n": 10, "baseline_score": 1.0, "score": 0.0, "metric": "accuracy",
                           "delta": -1.0, "delta_low": -1.0, "delta_high": -1.0, "p_value": 0.001, "p_holm": 0.001,
                           "allowed_drop": 0.0, "detectable_drop": 60.0, "underpowered": False,
                           "right_to_wrong": 10, "wrong_to_right": 0, "verdict": "fail", "reasons": "drop"}])
-    text = markdown(Verdict(rows, True, [], GateConfig(), "c", "b", {"t": [f"id{i}" for i in range(5000)]}))
+    text = gate_markdown(Verdict(rows, True, [], GateConfig(), "c", "b", {"t": [f"id{i}" for i in range(5000)]}))
     assert "and 4980 more" in text and len(text) < 65_536
