@@ -10,8 +10,10 @@ as the reverse KL(S || T), where the mixture formula itself would vanish.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a divergence is computed: `bench` starts without it
+    import torch
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "topk_jsd")  # on-policy self-distillation's choices
 
@@ -24,12 +26,16 @@ def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
 def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float,
                     temperature: float = 1.0) -> torch.Tensor:
     """JSD_beta(teacher || student) per token, both distributions at `temperature`."""
+    import torch.nn.functional as F
+
     student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     return jsd_from_log_probs(student, teacher, beta)
 
 
 def jsd_from_log_probs(student: torch.Tensor, teacher: torch.Tensor, beta: float) -> torch.Tensor:
+    import torch
+
     if beta == 0:
         return kl(teacher, student)
     if beta == 1:
@@ -42,6 +48,9 @@ def topk_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: f
              temperature: float = 1.0) -> torch.Tensor:
     """JSD_beta on the student's top-k tokens, both distributions renormalised over them: TRL SDFTTrainer's
     `topk_logits` mode without the tail bucket (its default)."""
+    import torch
+    import torch.nn.functional as F
+
     student = student_logits.float() / temperature
     teacher = teacher_logits.float() / temperature
     top_student, index = torch.topk(student, k=min(k, student.shape[-1]), dim=-1)
