@@ -433,7 +433,8 @@ def build_comparison(runs: list[RunScores], trained: dict[str, str | None] | Non
         trained.setdefault(training_seeds_label(stem, members), trained.get(members[0].name))
     capabilities = forgetting(rows, runs[0].name, trained)
     drift, rho = drift_against_forgetting(rows, capabilities)
-    summaries = method_summaries(runs[0], runs[1:], trained)
+    # A ranking needs two methods; one candidate against its baseline (the gate) skips the bootstrap.
+    summaries = method_summaries(runs[0], runs[1:], trained) if len(methods_of(runs[1:])) >= 2 else {}
     return Comparison(runs[0].name, rows, method_pairs(runs[1:]), trained, capabilities, drift, rho,
                       method_ranking(summaries, rows) if len(summaries) >= 2 else {},
                       method_verdicts(summaries) if len(summaries) >= 2 else [], instruction_breakdown(runs),
