@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -173,17 +174,17 @@ def _metrics_table(title: str, metrics: dict[str, dict[str, Any]]) -> Table:
 def _judge(args: argparse.Namespace, cache):
     """The judge of judged tasks, checked before any generation: a local model that loads, or an API that answers."""
     from bench.generation.engine import Engine
-    from bench.evaluation.judge import DEFAULT_JUDGE, LOCAL_PREFIX, Judge
+    from bench.evaluation.judge import DEFAULT_JUDGE, local_model_spec, Judge
     from bench.generation.models import load_model
 
     spec = getattr(args, "judge", None) or DEFAULT_JUDGE
     orders = getattr(args, "judge_orders", None) or "both"
-    if not spec.startswith(LOCAL_PREFIX):
+    if local_model_spec(spec) is None:
         judge = Judge(spec, orders, cache=cache)
         judge.check()
         return judge
     try:
-        model = load_model(spec.removeprefix(LOCAL_PREFIX), None, args.dtype)
+        model = load_model(local_model_spec(spec), None, args.dtype)
     except BenchError as e:
         raise BenchError(f"--judge {spec}: {e}") from None
     return Judge(spec, orders, model, Engine(model, None, batch_size=args.batch_size), cache)
@@ -334,6 +335,47 @@ def cmd_judge(args: argparse.Namespace, console: Console) -> None:
                   f"{100 * summary['mean']:.2f} [{100 * summary['ci_low']:.2f}, {100 * summary['ci_high']:.2f}] "
                   f"(n={summary['n']}; judge {judge.spec}, verdict flips with the order on "
                   f"{100 * summary['order'].get('flip_rate', float('nan')):.1f}% of pairs)")
+
+
+def cmd_judge_agreement(args: argparse.Namespace, console: Console) -> None:
+    """A judge against the reference judge's verdicts on the same pairs, beside the baselines; stored as a run."""
+    import resource
+    from datetime import datetime, timezone
+
+    from bench.analysis.report import agreement_markdown
+    from bench.evaluation.agreement import TASK, measure, pairs_sha256, read_pairs
+    from bench.execution.runner import git_commit, package_versions
+    from bench.generation.cache import Cache
+    from bench.generation.engine import progress_bar
+
+    pairs = read_pairs(Path(args.pairs), args.max_chars, args.limit)
+    if not pairs:
+        raise BenchError(f"--pairs {args.pairs}: no pair left (--max-chars {args.max_chars})")
+    results_dir = Path(args.results_dir)
+    judge = _judge(args, Cache(results_dir / "cache" / "generations.sqlite"))
+    identity = {"judge": judge.identity(), "pairs_sha256": pairs_sha256(pairs), "pairs": len(pairs),
+                "max_chars": args.max_chars, "limit": args.limit}
+    store = RunStore(results_dir, args.name or f"agreement-{judge.key()[:8]}-{identity['pairs_sha256'][:8]}")
+    store.check_writable()
+    if not store.finished_with(identity):
+        record = {"name": store.name, "identity": identity, "pairs_source": str(args.pairs),
+                  "packages": package_versions(), "git": git_commit(), "command": sys.argv,
+                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        store.begin(record)
+        started = time.perf_counter()
+        with progress_bar() as progress:
+            preferences = judge.preferences([p.instruction for p in pairs], [p.output_1 for p in pairs],
+                                            [p.output_2 for p in pairs], progress, "judge agreement")
+        rows = [{"id": pair.id, "reference_preference": pair.preference, "score": pref.second,
+                 "orders": pref.orders, "failed": pref.failed, "seconds": pref.seconds,
+                 "chars": [len(pair.output_1), len(pair.output_2)]} for pair, pref in zip(pairs, preferences)]
+        store.write_task(TASK, rows, {"task": TASK, "judge": judge.identity(), "readings": measure(pairs, preferences),
+                                      "judge_failures": sum(p.failed for p in preferences)})
+        store.finish({**record, "timings": {"total": time.perf_counter() - started},
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    metrics = json.loads((store.dir / TASK / "metrics.json").read_text())
+    print(agreement_markdown(metrics["readings"], f"{judge.spec} against {args.pairs} ({len(pairs)} pairs; "
+                                                  f"{store.dir})"))
 
 
 def cmd_gate(args: argparse.Namespace, console: Console) -> int:
@@ -534,7 +576,24 @@ def _reproduce_parser(commands) -> None:
 
 
 def _judge_parser(commands) -> None:
-    jd = commands.add_parser("judge", help="judge alpaca_eval model outputs made elsewhere against the references")
+    jd = commands.add_parser("judge", help="judge model outputs made elsewhere (outputs), or measure a judge "
+                                           "(agreement)")
+    jd_commands = jd.add_subparsers(dest="judge_command", required=True, parser_class=_Parser)
+    ag = jd_commands.add_parser("agreement", help="a judge's agreement with a reference judge's verdicts, beside "
+                                                  "the baselines (the longer output, the reference, position one)")
+    ag.add_argument("--pairs", required=True, help="a .jsonl of {instruction, output_1, output_2, preference in [1, 2]}"
+                                                   " or a directory of them (the mirror's alpaca_eval_judgments)")
+    ag.add_argument("--judge", help="as for bench eval (default: the local default judge)")
+    ag.add_argument("--judge-orders", choices=("both",), default="both", help=argparse.SUPPRESS)
+    ag.add_argument("--limit", type=_positive_int, help="the first N pairs (after --max-chars)")
+    ag.add_argument("--max-chars", type=_positive_int, help="only pairs whose two outputs are both shorter")
+    ag.add_argument("--name", help="the run's name (default: agreement-JUDGE-PAIRS, from their hashes)")
+    ag.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
+    ag.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"))
+    ag.add_argument("--batch-size", type=_positive_int, default=64)
+    ag.set_defaults(func=cmd_judge_agreement)
+    jd = jd_commands.add_parser("outputs", help="judge alpaca_eval model outputs made elsewhere against the "
+                                                "references (also `bench judge FILE`)")
     jd.add_argument("model_outputs", help="alpaca_eval's model_outputs.json: a list of {instruction, output, generator}")
     jd.add_argument("--reference-outputs", help="another model_outputs.json of the same instructions, to judge head "
                                                 "to head (default: the mirror's text-davinci-003 references)")
@@ -599,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["judge"] and len(argv) > 1 and argv[1] not in ("agreement", "outputs", "-h", "--help"):
+        argv.insert(1, "outputs")  # `bench judge FILE`, as before there were two
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
     try:

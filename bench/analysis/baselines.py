@@ -13,6 +13,10 @@ from bench.store import read_jsonl, write_json, write_jsonl
 from bench.types import BenchError
 
 BASELINE_FILE = "baseline.json"
+# Float scores that differ by less than this are the same prediction: the local judge's probabilities differ by
+# 7e-7 between a CPU with avx512_bf16 and one without (0.44491266 vs 0.44491335), every other score not at all;
+# the gate reads points to two decimals, 1e-4 of a fraction.
+SCORE_TOLERANCE = 1e-5
 
 
 def save_baseline(results_dir: Path, run: RunScores, out_dir: Path) -> Path:
@@ -62,9 +66,17 @@ def rerun_argv(saved: dict[str, Any], results_dir: Path, data_dir: str | None) -
     return argv + (["--data-dir", data_dir] if data_dir else [])
 
 
+def same_score(saved: float, fresh: float) -> bool:
+    """Equal, or a float within SCORE_TOLERANCE on the same side of 0.5 (a judge's verdict stays the verdict)."""
+    if saved == fresh:
+        return True
+    return abs(saved - fresh) <= SCORE_TOLERANCE and (saved - 0.5) * (fresh - 0.5) > 0
+
+
 def changed_predictions(baseline: Path, fresh: Path) -> list[str]:
     """Every example whose output or score differs between a baseline directory and a fresh run directory, each
-    with its id and a short diff of the outputs."""
+    with its id and a short diff of the outputs. Texts and pass/fail scores compare exactly, float scores within
+    SCORE_TOLERANCE, so the baseline checks on every kind of CPU."""
     import difflib
 
     saved, changes = read_baseline(baseline / BASELINE_FILE), []
@@ -78,7 +90,7 @@ def changed_predictions(baseline: Path, fresh: Path) -> list[str]:
             a, b = old.get(example), new.get(example)
             if a is None or b is None:
                 changes.append(f"{task} {example}: only in the {'fresh run' if a is None else 'baseline'}")
-            elif a["output"] != b.get("output") or a["score"] != b["score"]:
+            elif a["output"] != b.get("output") or not same_score(a["score"], b["score"]):
                 diff = "\n".join(list(difflib.unified_diff((a["output"] or "").splitlines(),
                                                             (b.get("output") or "").splitlines(),
                                                             "baseline", "fresh", lineterm="", n=1))[:12])

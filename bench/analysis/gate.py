@@ -3,8 +3,8 @@
 A gated task fails when its drop from the baseline is larger than the drop allowed for it AND the paired test says
 the drop is real: p below alpha after a Holm correction across the gated tasks (McNemar's exact test for pass/fail
 scores, the paired sign-flip permutation test otherwise: `bench compare`'s statistics). A floor (`require`) also
-fails a candidate scoring below it. Each task gets a power note: the smallest drop its n detects at 5% with 80% power
-(bench/analysis/stats.py), so a pass on a small slice is not read as "no regression".
+fails a candidate scoring below it. Each task gets a power note: the smallest drop its n detects at the gate's alpha
+with 80% power (bench/analysis/stats.py), so a pass on a small slice is not read as "no regression".
 
 Exit codes: 0 no regression, 1 a regression, 2 a usage or data error (or any crash: never read as a regression).
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis.compare import LOWER_IS_BETTER, RunScores, build_comparison, scale
-from bench.analysis.stats import holm
+from bench.analysis.compare import LOWER_IS_BETTER, RunScores, aligned, build_comparison, is_binary, scale
+from bench.analysis.stats import detectable_difference, holm
 from bench.store import RUN_FILE
 from bench.types import BenchError
 
@@ -140,7 +140,8 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig, tasks: l
         lower_is_better = r.metric in LOWER_IS_BETTER
         drop = k * (r.delta if lower_is_better else -r.delta)
         allowed = config.allowed_drop(r.task, r.capability)
-        floor = k * r.detectable  # bench compare's: at 5% with 80% power, from the paired differences' spread
+        base, cand, _ = aligned(baseline, candidate, r.task)
+        floor = k * detectable_difference(cand - base, is_binary(base, cand), alpha=config.alpha)
         underpowered = allowed > 0 and floor > allowed  # only an allowance can be out of reach
         reasons = []
         if drop > allowed and r.p_holm < config.alpha:

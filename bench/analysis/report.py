@@ -427,7 +427,8 @@ def gate_markdown(verdict: Verdict) -> str:
             f"{verdict.baseline}\n\n" + (f"{len(failed)} of {len(rows)} tasks regressed: {', '.join(failed['task'])}."
                                          if verdict.failed else f"No regression in {len(rows)} tasks.")
             + f" Alpha {config.alpha:g} (Holm across the tasks); a task fails when its drop exceeds its allowed drop "
-              f"and the paired test says it is real.\n")
+              f"and the paired test says it is real; detectable drop: the smallest drop these examples show at alpha "
+              f"{config.alpha:g} with 80% power.\n")
     lines = [head, "| task | n | baseline | candidate | Δ [95% CI] | p (Holm) | allowed drop | detectable drop | "
                    "changed (down / up) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in rows.iterrows():
@@ -465,3 +466,27 @@ def gate_json(verdict: Verdict) -> dict[str, Any]:
     return {"verdict": "fail" if verdict.failed else "pass", "candidate": verdict.candidate,
             "baseline": verdict.baseline, "alpha": verdict.config.alpha, "notes": verdict.notes,
             "tasks": json.loads(verdict.rows.to_json(orient="records"))}
+
+
+def agreement_markdown(readings: dict[str, dict[str, Any]], title: str) -> str:
+    """`bench judge agreement`'s table: each reading of the judge and each baseline on the same pairs."""
+    from bench.evaluation.agreement import PUBLISHED_HUMAN_AGREEMENT
+
+    number = lambda v, f="{:.1f}": "-" if v is None else f.format(v)
+    lines = [f"Judge agreement: {title}", "",
+             "| judge or baseline | agreement % [95% CI] | minus the longer output [95% CI] | position consistency % | "
+             "first shown wins % (clear-cut) | ρ with length difference | s per judgment |", "|---|---|---|---|---|---|---|"]
+    for name, m in readings.items():
+        if "agreement" not in m:
+            lines.append(f"| {name} | | | | | {number(m.get('length_spearman'), '{:.2f}')} | |")
+            continue
+        first = m["first_position_clear_cut"]
+        lines.append(f"| {name} | {100 * m['agreement']:.1f} [{100 * m['ci_low']:.1f}, {100 * m['ci_high']:.1f}] | "
+                     f"{100 * m['minus_longer']:+.1f} [{100 * m['minus_longer_low']:+.1f}, "
+                     f"{100 * m['minus_longer_high']:+.1f}] | {100 * m['position_consistency']:.1f} | "
+                     f"{number(None if first is None else 100 * first)} | {number(m['length_spearman'], '{:.2f}')} | "
+                     f"{number(m['seconds_per_judgment'], '{:.2f}')} |")
+    lines += ["", "Agreement: with the reference judge's binary verdict on the pairs it decided (a judge's tie counts "
+              "half, alpaca_eval's rule). For context, not the same measurement, alpaca_eval's published agreement "
+              "with humans: " + ", ".join(f"{k} {v}%" for k, v in PUBLISHED_HUMAN_AGREEMENT.items()) + "."]
+    return "\n".join(lines)

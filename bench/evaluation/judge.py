@@ -33,11 +33,25 @@ from bench.types import BenchError
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)  # alpaca_eval 0.6.6
 
 LOCAL_PREFIX = "local:"
+POINTWISE_PREFIX = "pointwise:"  # a local model scoring each output alone
+POINTWISE_PROMPT = ("Here is an instruction and a response to it.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+                    "{output}\n\nIs the response a helpful, correct and complete answer to the instruction? Answer Yes "
+                    "or No.")
 DEFAULT_JUDGE = "local:qwen2.5-coder-1.5b-instruct"  # chosen by measurement: docs/helpfulness.md
 LOCAL_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"  # the template and parser a local judge runs with
 ORDERS = ("both", "random")  # both: each pair judged twice, swapped; random: alpaca_eval's one seeded random order
 JUDGE_CHUNK = 8  # pairs per annotator call: what a killed run can lose
 API_TIMEOUT_S = 10
+
+
+def local_model_spec(spec: str) -> str | None:
+    """The model spec of a local judge (`local:MODEL`, `pointwise:MODEL`); None for an API judge."""
+    for prefix in (LOCAL_PREFIX, POINTWISE_PREFIX):
+        if spec.startswith(prefix):
+            if not spec.removeprefix(prefix):
+                raise BenchError(f"--judge {spec}: name the model after {prefix!r}")
+            return spec.removeprefix(prefix)
+    return None
 
 
 def annotator_config(name: str) -> Path:
@@ -75,6 +89,7 @@ class Preference:
     second: float
     orders: tuple[float, ...]  # per judged order, the preference for the second output (as given, then swapped)
     failed: bool = False  # no order parsed: the pair counts as a tie
+    seconds: float = 0.0  # the judge's time on the pair, all orders (as measured when first judged: cached with it)
 
     @property
     def flipped(self) -> bool:
@@ -145,15 +160,50 @@ class CachedCompletions:
         return {name: [done[k].get(name) for k in keys] for name in names}
 
 
+class PointwiseScores:
+    """A local model's log-odds of "Yes" over "No" as the next token, asked whether one output answers its
+    instruction well: each output scored alone, so no output is ever shown first."""
+
+    def __init__(self, model, engine):
+        self.model, self.engine = model, engine
+        self.ids = [model.tokenizer(answer, add_special_tokens=False)["input_ids"][0] for answer in ("Yes", "No")]
+        if self.ids[0] == self.ids[1]:  # the first tokens decide (one token each in the Qwen2.5 and SmolLM2 vocabularies)
+            raise BenchError(f"judge {model.spec}: 'Yes' and 'No' begin with the same token")
+
+    def __call__(self, prompts: list[str], **_: Any) -> dict[str, list]:
+        import torch
+
+        started = time.perf_counter()
+        tokenizer = self.model.tokenizer
+        encoded = [tokenizer(self.model.render([{"role": "user", "content": p}]), add_special_tokens=False)["input_ids"]
+                   for p in prompts]
+        log_odds = []
+        for logits in self.engine.logits_along(encoded, [[0]] * len(encoded)):
+            logp = torch.log_softmax(logits[-1].float(), dim=-1)
+            log_odds.append(float(logp[self.ids[0]] - logp[self.ids[1]]))
+        seconds = (time.perf_counter() - started) / max(len(prompts), 1)
+        return {"log_odds": log_odds, "time_per_example": [seconds] * len(prompts)}
+
+
 class Judge:
-    """One judge: an alpaca_eval annotator config, its completion function (ours for a local model), the orders."""
+    """One judge: an alpaca_eval annotator config, its completion function (ours for a local model), the orders;
+    or, `pointwise:MODEL`, a local model scoring each output alone (POINTWISE_PROMPT), compared across the pair."""
 
     def __init__(self, spec: str, orders: str = "both", local_model=None, local_engine=None, cache: Cache | None = None):
         if orders not in ORDERS:
             raise BenchError(f"--judge-orders {orders}: choose from {', '.join(ORDERS)}")
         self.spec, self.orders, self.cache = spec, orders, cache
         self.local = local_model
-        self.config = annotator_config(LOCAL_ANNOTATOR if spec.startswith(LOCAL_PREFIX) else spec)
+        local = spec.startswith((LOCAL_PREFIX, POINTWISE_PREFIX))
+        if local_model is None and local:
+            raise ValueError("a local judge needs its model")
+        self.pointwise, self.completions = None, None
+        if spec.startswith(POINTWISE_PREFIX):
+            self.config, self.name, self.settings = None, "pointwise_yes_no", {}
+            self.template_sha256 = _sha256(POINTWISE_PROMPT)
+            self.pointwise = PointwiseScores(local_model, local_engine)
+            return
+        self.config = annotator_config(LOCAL_ANNOTATOR if local else spec)
         self.name, settings = _single_config(self.config)
         base = self.config.parents[1]
         template = settings["prompt_template"]
@@ -161,15 +211,16 @@ class Judge:
         self.template_sha256 = _sha256(template_path.read_text()) if template_path.is_file() else _sha256(template)
         self.settings = settings
         self.completions = LocalCompletions(local_model, local_engine) if local_model is not None else None
-        if local_model is None and spec.startswith(LOCAL_PREFIX):
-            raise ValueError("a local judge needs its model")
 
     def identity(self) -> dict[str, Any]:
         """What decides a judgment: part of the identity of every run it judges."""
         identity = {"spec": self.spec, "annotator": self.name, "template_sha256": self.template_sha256,
                     "parser": self.settings.get("fn_completion_parser"),
                     "parser_kwargs": self.settings.get("completion_parser_kwargs", {}), "orders": self.orders}
-        if self.local is not None:
+        if self.pointwise is not None:
+            identity |= {"fingerprint": self.local.fingerprint, "completion": "bench.evaluation.judge.PointwiseScores",
+                         "parser": "logistic of the difference in log-odds of Yes over No", "orders": "none"}
+        elif self.local is not None:
             identity |= {"fingerprint": self.local.fingerprint, "completion": "bench.evaluation.judge.LocalCompletions"}
         else:
             identity |= {"completion": self.settings.get("fn_completions"),
@@ -183,6 +234,18 @@ class Judge:
         """Before any generation: an API judge needs a key and an endpoint that answers (one line if not)."""
         if self.local is None and self.settings.get("fn_completions") == "openai_completions":
             check_openai_endpoint(self.spec, self.settings.get("completions_kwargs", {}).get("model_name"))
+
+    def _pointwise_preferences(self, instructions: list[str], first: list[str], second: list[str]) -> list[Preference]:
+        """The logistic of the second output's log-odds minus the first's: alike in either order by construction."""
+        prompts = [POINTWISE_PROMPT.format(instruction=i, output=o) for i, o in zip(instructions * 2, first + second)]
+        scored = CachedCompletions(self.pointwise, self.cache, self.key())(prompts)
+        log_odds, seconds = scored["log_odds"], scored["time_per_example"]
+        out = []
+        for i in range(len(instructions)):
+            j = i + len(instructions)
+            p = 1 / (1 + math.exp(log_odds[i] - log_odds[j]))
+            out.append(Preference(p, (p, p), seconds=seconds[i] + seconds[j]))
+        return out
 
     def _annotator(self):
         from alpaca_eval.annotators import PairwiseAnnotator
@@ -199,34 +262,41 @@ class Judge:
         import logging
 
         logging.getLogger().setLevel(logging.WARNING)  # alpaca_eval sets INFO at import: one line per batch
-        annotator = self._annotator()
+        annotator = self._annotator() if self.pointwise is None else None
         bar = progress.add_task(label, total=len(instructions), rate="") if progress else None
         out, started = [], time.perf_counter()
         for start in range(0, len(instructions), JUDGE_CHUNK):
             chunk = slice(start, start + JUDGE_CHUNK)
-            given = _annotate(annotator, instructions[chunk], first[chunk], second[chunk])
-            swapped = [None if p is None else 1 - p for p in
-                       _annotate(annotator, instructions[chunk], second[chunk], first[chunk])] \
-                if self.orders == "both" else [None] * len(given)
-            for forward, backward in zip(given, swapped):
-                orders = tuple(p for p in (forward, backward) if p is not None)
-                out.append(Preference(sum(orders) / len(orders) if orders else 0.5, orders, failed=not orders))
+            if self.pointwise is not None:
+                out += self._pointwise_preferences(instructions[chunk], first[chunk], second[chunk])
+            else:
+                given = _annotate(annotator, instructions[chunk], first[chunk], second[chunk])
+                swapped = [(None if p is None else 1 - p, t) for p, t in
+                           _annotate(annotator, instructions[chunk], second[chunk], first[chunk])] \
+                    if self.orders == "both" else [(None, 0.0)] * len(given)
+                for (forward, t1), (backward, t2) in zip(given, swapped):
+                    orders = tuple(p for p in (forward, backward) if p is not None)
+                    out.append(Preference(sum(orders) / len(orders) if orders else 0.5, orders, not orders, t1 + t2))
             if progress is not None:
                 done = min(start + JUDGE_CHUNK, len(instructions))
                 progress.update(bar, completed=done, rate=f"{(time.perf_counter() - started) / done:.2f} s/pair")
         return out
 
 
-def _annotate(annotator, instructions: list[str], outputs_1: list[str], outputs_2: list[str]) -> list[float | None]:
-    """alpaca_eval's preferences (1: output_1 better, 2: output_2 better) as the probability that output_2 is better."""
+def _annotate(annotator, instructions: list[str], outputs_1: list[str],
+              outputs_2: list[str]) -> list[tuple[float | None, float]]:
+    """alpaca_eval's preferences (1: output_1 better, 2: output_2 better) as the probability that output_2 is better,
+    each with the seconds its judgment took."""
     import pandas as pd
 
     frame = lambda outputs, name: pd.DataFrame({"instruction": instructions, "output": outputs, "generator": name})
     annotated = annotator.annotate_head2head(outputs_1=frame(outputs_1, "output_1"),
                                              outputs_2=frame(outputs_2, "output_2"), is_ordered=True)
-    found = {(row["instruction"], row["output_1"], row["output_2"]): row["preference"] for row in annotated}
-    values = [found.get(key) for key in zip(instructions, outputs_1, outputs_2)]  # in our order, whatever order it returns
-    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) - 1 for v in values]
+    found = {(row["instruction"], row["output_1"], row["output_2"]): row for row in annotated}
+    rows = [found.get(key, {}) for key in zip(instructions, outputs_1, outputs_2)]  # in our order, whatever its order
+    values = [(row.get("preference"), row.get("preference_time_per_example") or 0.0) for row in rows]
+    return [(None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v) - 1, float(t))
+            for v, t in values]
 
 
 def read_model_outputs(path: Path) -> list[dict[str, str]]:

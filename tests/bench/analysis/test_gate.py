@@ -126,3 +126,18 @@ def test_long_flip_lists_are_cut_to_fit_a_comment():
                           "right_to_wrong": 10, "wrong_to_right": 0, "verdict": "fail", "reasons": "drop"}])
     text = gate_markdown(Verdict(rows, True, [], GateConfig(), "c", "b", {"t": [f"id{i}" for i in range(5000)]}))
     assert "and 4980 more" in text and len(text) < 65_536
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_the_power_floor_is_computed_at_the_gates_alpha(tmp_path, alpha):
+    """Nothing changed on 120 pass/fail examples: the detectable drop is the exact floor, the fewest discordant
+    examples, all one way, that McNemar's exact test rejects at the gate's own alpha (6 at 5%, 8 at 1%)."""
+    from bench.analysis.stats import mcnemar_exact
+
+    runs(tmp_path, candidate_lost=0, n=120)
+    out = tmp_path / "gate.json"
+    assert gate(tmp_path, "--alpha", str(alpha), f"--json={out}") == 0
+    fewest = next(k for k in range(1, 121) if mcnemar_exact(k, 0) < alpha)
+    floors = {t["task"]: t["detectable_drop"] for t in json.loads(out.read_text())["tasks"]}
+    assert floors == {"gsm8k": pytest.approx(100 * fewest / 120), "mmlu": pytest.approx(100 * fewest / 120)}
+    assert fewest == {0.05: 6, 0.01: 8}[alpha]
