@@ -584,7 +584,6 @@ def _judge_parser(commands) -> None:
     ag.add_argument("--pairs", required=True, help="a .jsonl of {instruction, output_1, output_2, preference in [1, 2]}"
                                                    " or a directory of them (the mirror's alpaca_eval_judgments)")
     ag.add_argument("--judge", help="as for bench eval (default: the local default judge)")
-    ag.add_argument("--judge-orders", choices=("both",), default="both", help=argparse.SUPPRESS)
     ag.add_argument("--limit", type=_positive_int, help="the first N pairs (after --max-chars)")
     ag.add_argument("--max-chars", type=_positive_int, help="only pairs whose two outputs are both shorter")
     ag.add_argument("--name", help="the run's name (default: agreement-JUDGE-PAIRS, from their hashes)")

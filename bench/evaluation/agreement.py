@@ -121,8 +121,6 @@ def agreement_metrics(pairs: list[ReferencePair], second: list[float], orders: l
     """Agreement with the reference (interval over pairs) and its paired difference from the longer output's,
     position consistency, the first position's share on clear-cut pairs, the correlation with the length
     difference, and seconds per judgment."""
-    from scipy.stats import spearmanr
-
     from bench.analysis.stats import mean_ci, paired_bootstrap_ci
 
     decided = [i for i, p in enumerate(pairs) if p.preference != 1.5]
@@ -134,8 +132,7 @@ def agreement_metrics(pairs: list[ReferencePair], second: list[float], orders: l
     diff_low, diff_high = paired_bootstrap_ci(agree_longer, agree)
     clear = [i for i, p in enumerate(pairs) if not CLEAR_CUT[0] <= p.preference <= CLEAR_CUT[1]]
     first_shown = [1 - orders[i][0] for i in clear] + [orders[i][1] for i in clear]
-    lengths = [len(p.output_2) - len(p.output_1) for p in pairs]
-    rho = spearmanr(second, lengths).statistic if len(set(second)) > 1 else float("nan")
+    rho = length_correlation(second, pairs) if len(set(second)) > 1 else float("nan")
     judged = [s for s in (seconds or []) if s > 0]
     return {"n": len(decided), "agreement": float(agree.mean()), "ci_low": low, "ci_high": high, "ci_method": method,
             "minus_longer": float(agree.mean() - agree_longer.mean()), "minus_longer_low": diff_low,
@@ -152,16 +149,17 @@ def measure(pairs: list[ReferencePair], preferences: list[Preference]) -> dict[s
     longer = [p.second for p in baselines(pairs)["longer output"]]
     seconds = [p.seconds for p in preferences]
     rows = {f"judge: {name}": agreement_metrics(pairs, second, orders, longer, seconds)
-            for name, (second, orders) in readings(preferences).items() if preferences}
+            for name, (second, orders) in readings(preferences).items()} if preferences else {}
     for name, given in baselines(pairs).items():
         rows[name] = agreement_metrics(pairs, [p.second for p in given], [p.orders for p in given], longer)
     reference = [p.second for p in pairs]
     rows["reference judge"] = {"win_rate_second": float(np.mean([verdict(s) for s in reference])),
-                                          "length_spearman": float(_spearman(reference, pairs))}
+                               "length_spearman": float(length_correlation(reference, pairs))}
     return rows
 
 
-def _spearman(values: list[float], pairs: list[ReferencePair]) -> float:
+def length_correlation(values: list[float], pairs: list[ReferencePair]) -> float:
+    """Spearman's rho of preferences for the second output with its length minus the first's (characters)."""
     from scipy.stats import spearmanr
 
     return spearmanr(values, [len(p.output_2) - len(p.output_1) for p in pairs]).statistic

@@ -25,7 +25,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bench.generation.cache import Cache, cache_key
 from bench.types import BenchError
@@ -97,6 +97,16 @@ class Preference:
         return len(self.orders) == 2 and (self.orders[0] - 0.5) * (self.orders[1] - 0.5) < 0
 
 
+def next_token_log_probs(model, engine, conversations: list[list[dict[str, str]]]) -> Iterator:
+    """For each conversation, rendered through the model's chat template, the log-probabilities of the next token."""
+    import torch
+
+    tokenizer = model.tokenizer
+    encoded = [tokenizer(model.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+    for logits in engine.logits_along(encoded, [[0]] * len(encoded)):
+        yield torch.log_softmax(logits[-1].float(), dim=-1)
+
+
 class LocalCompletions:
     """alpaca_eval's completion function for a local model: a ChatML prompt in, one token's log-probabilities out."""
 
@@ -111,16 +121,12 @@ class LocalCompletions:
             self.identifiers[identifier] = ids[0]
 
     def __call__(self, prompts: list[str], **_: Any) -> dict[str, list]:
-        import torch
         from alpaca_eval.utils import prompt_to_chatml
 
         started = time.perf_counter()
         tokenizer = self.model.tokenizer
-        encoded = [tokenizer(self.model.render(prompt_to_chatml(p)), add_special_tokens=False)["input_ids"]
-                   for p in prompts]
         completions, texts = [], []
-        for logits in self.engine.logits_along(encoded, [[0]] * len(encoded)):
-            logp = torch.log_softmax(logits[-1].float(), dim=-1)
+        for logp in next_token_log_probs(self.model, self.engine, [prompt_to_chatml(p) for p in prompts]):
             values, ids = logp.topk(self.top)
             top = {int(i): float(v) for v, i in zip(values, ids)}
             listed = [{"token": tokenizer.decode([i]), "logprob": v} for i, v in top.items()
@@ -171,16 +177,9 @@ class PointwiseScores:
             raise BenchError(f"judge {model.spec}: 'Yes' and 'No' begin with the same token")
 
     def __call__(self, prompts: list[str], **_: Any) -> dict[str, list]:
-        import torch
-
         started = time.perf_counter()
-        tokenizer = self.model.tokenizer
-        encoded = [tokenizer(self.model.render([{"role": "user", "content": p}]), add_special_tokens=False)["input_ids"]
-                   for p in prompts]
-        log_odds = []
-        for logits in self.engine.logits_along(encoded, [[0]] * len(encoded)):
-            logp = torch.log_softmax(logits[-1].float(), dim=-1)
-            log_odds.append(float(logp[self.ids[0]] - logp[self.ids[1]]))
+        log_odds = [float(logp[self.ids[0]] - logp[self.ids[1]]) for logp in
+                    next_token_log_probs(self.model, self.engine, [[{"role": "user", "content": p}] for p in prompts])]
         seconds = (time.perf_counter() - started) / max(len(prompts), 1)
         return {"log_odds": log_odds, "time_per_example": [seconds] * len(prompts)}
 
