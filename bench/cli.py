@@ -120,9 +120,15 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     if any(isinstance(t, Task) and (t.drift or t.judged) for t in tasks):
         seed_model = model if args.adapter is None else load_model(args.model, None, args.dtype, prompt_format)
         seed = (seed_model, engine if seed_model is model else Engine(seed_model, cache, batch_size=args.batch_size))
-    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples, harness, seed, judge)
+    metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples, harness, seed, judge,
+                       _judge_pairs(args, data_dir) if judge else None)
     title = f"run {store.name}: {model.spec} ({model.dtype}, fingerprint {model.fingerprint})"
     console.print(_metrics_table(title, metrics))
+    from bench.analysis.compare import judge_agreements
+    from bench.analysis.report import judge_lines
+
+    for line in judge_lines(judge_agreements([metrics])) if judge else ():
+        console.print(f"judge: {line}", markup=False, highlight=False)
     console.print(f"results: {store.dir}  ({time.perf_counter() - started:.1f} s)")
 
 
@@ -190,6 +196,21 @@ def _judge(args: argparse.Namespace, cache):
     return Judge(spec, orders, model, Engine(model, None, batch_size=args.batch_size), cache)
 
 
+def _judge_pairs(args: argparse.Namespace, data_dir: Path | None) -> Path | None:
+    """Where a judge without an agreement run gets one measured: --judge-pairs, or the mirror's balanced set."""
+    from bench.evaluation.agreement import BALANCED_SET
+
+    option = getattr(args, "judge_pairs", None)
+    if option == "none":
+        return None
+    if option is not None:
+        if not Path(option).is_file():
+            raise BenchError(f"--judge-pairs {option}: no such file")
+        return Path(option)
+    default = data_dir / BALANCED_SET if data_dir is not None else None
+    return default if default is not None and default.is_file() else None
+
+
 def _adapter_prompt_format(adapter: str | None) -> str | None:
     """The prompt format an adapter was trained with, from its train.json (None where there is none)."""
     import json
@@ -200,7 +221,8 @@ def _adapter_prompt_format(adapter: str | None) -> str | None:
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     from bench.analysis.compare import build_comparison, flips, load_run
-    from bench.analysis.report import delta_cell, format_cell, ranking_lines, task_cells, verdict_lines, write_report
+    from bench.analysis.report import (delta_cell, format_cell, judge_label, judge_lines, ranking_lines, task_cells,
+                                       verdict_lines, write_report)
 
     results_dir = Path(args.results_dir)
     comparison = build_comparison([load_run(results_dir, name) for name in args.runs])
@@ -224,8 +246,11 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         for column in columns:
             table.add_column(column, justify="right")
         for first, cells in body:
-            table.add_row(f"{first.task}\n{first.metric} (n={first.n})", *cells)
+            judge = f"\n{judge_label(comparison.judges[first.task])}" if first.task in comparison.judges else ""
+            table.add_row(f"{first.task}\n{first.metric} (n={first.n}){judge}", *cells)
         console.print(table)
+    for line in judge_lines(comparison.judges):
+        console.print(f"judge: {line}", markup=False, highlight=False)
     for line in ranking_lines(comparison.ranking):
         console.print(f"ranking: {line}", markup=False, highlight=False)
     for line in verdict_lines(comparison.verdicts):
@@ -339,41 +364,20 @@ def cmd_judge(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_judge_agreement(args: argparse.Namespace, console: Console) -> None:
     """A judge against the reference judge's verdicts on the same pairs, beside the baselines; stored as a run."""
-    import resource
-    from datetime import datetime, timezone
-
     from bench.analysis.report import agreement_markdown
-    from bench.evaluation.agreement import TASK, measure, pairs_sha256, read_pairs
-    from bench.execution.runner import git_commit, package_versions
+    from bench.evaluation.agreement import read_pairs
+    from bench.execution.runner import agreement_identity, agreement_run_name, evaluate_agreement
     from bench.generation.cache import Cache
-    from bench.generation.engine import progress_bar
 
     pairs = read_pairs(Path(args.pairs), args.max_chars, args.limit)
     if not pairs:
         raise BenchError(f"--pairs {args.pairs}: no pair left (--max-chars {args.max_chars})")
     results_dir = Path(args.results_dir)
     judge = _judge(args, Cache(results_dir / "cache" / "generations.sqlite"))
-    identity = {"judge": judge.identity(), "pairs_sha256": pairs_sha256(pairs), "pairs": len(pairs),
-                "max_chars": args.max_chars, "limit": args.limit}
-    store = RunStore(results_dir, args.name or f"agreement-{judge.key()[:8]}-{identity['pairs_sha256'][:8]}")
+    identity = agreement_identity(judge, pairs, args.max_chars, args.limit)
+    store = RunStore(results_dir, args.name or agreement_run_name(identity, judge))
     store.check_writable()
-    if not store.finished_with(identity):
-        record = {"name": store.name, "identity": identity, "pairs_source": str(args.pairs),
-                  "packages": package_versions(), "git": git_commit(), "command": sys.argv,
-                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        store.begin(record)
-        started = time.perf_counter()
-        with progress_bar() as progress:
-            preferences = judge.preferences([p.instruction for p in pairs], [p.output_1 for p in pairs],
-                                            [p.output_2 for p in pairs], progress, "judge agreement")
-        rows = [{"id": pair.id, "reference_preference": pair.preference, "score": pref.second,
-                 "orders": pref.orders, "failed": pref.failed, "seconds": pref.seconds,
-                 "chars": [len(pair.output_1), len(pair.output_2)]} for pair, pref in zip(pairs, preferences)]
-        store.write_task(TASK, rows, {"task": TASK, "judge": judge.identity(), "readings": measure(pairs, preferences),
-                                      "judge_failures": sum(p.failed for p in preferences)})
-        store.finish({**record, "timings": {"total": time.perf_counter() - started},
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-    metrics = json.loads((store.dir / TASK / "metrics.json").read_text())
+    metrics = evaluate_agreement(judge, pairs, store, identity, str(args.pairs))
     print(agreement_markdown(metrics["readings"], f"{judge.spec} against {args.pairs} ({len(pairs)} pairs; "
                                                   f"{store.dir})"))
 
@@ -516,9 +520,14 @@ def _eval_parser(commands) -> None:
     ev.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                     help="auto: bfloat16 where the hardware has it, else float32")
     ev.add_argument("--judge", help="judged tasks (alpaca_eval): local:MODEL (default: local:"
-                    f"{JUDGE_HELP}) runs a model here; or an alpaca_eval annotator config (alpaca_eval_gpt4, the "
+                    f"{JUDGE_HELP}) runs a model here with alpaca_eval's prompt, short:MODEL with a short prompt, "
+                    "pointwise:MODEL scores each output alone; or an alpaca_eval annotator config (alpaca_eval_gpt4, the "
                     "study's; weighted_alpaca_eval_gpt4_turbo; a configs.yaml) through the OpenAI API or an "
                     "OpenAI-compatible endpoint (OPENAI_CLIENT_CONFIG_PATH or OPENAI_API_BASE)")
+    ev.add_argument("--judge-pairs", help="pairs a reference judge decided (bench judge agreement's format), to measure "
+                    "the judge's agreement on where the results directory has no agreement run of it: the first "
+                    "100 with both outputs under 1,500 characters (default: the mirror's balanced set; none: do not "
+                    "measure, the judge is then reported not informative)")
     ev.add_argument("--judge-orders", choices=("both", "random"), default="both",
                     help="both (default): every pair judged in both orders and averaged; random: alpaca_eval's one "
                          "seeded random order (half the judge's cost)")

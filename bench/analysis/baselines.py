@@ -62,7 +62,8 @@ def rerun_argv(saved: dict[str, Any], results_dir: Path, data_dir: str | None) -
         argv += ["--adapter", record["model"]["adapter"]]
     judge = next((identity["tasks"][t]["judge"] for t in tasks if "judge" in identity["tasks"][t]), None)
     if judge:
-        argv += ["--judge", judge["spec"], "--judge-orders", judge["orders"]]
+        # The check compares predictions; the judge's agreement (a run of its own) is not re-measured.
+        argv += ["--judge", judge["spec"], "--judge-orders", judge["orders"], "--judge-pairs", "none"]
     return argv + (["--data-dir", data_dir] if data_dir else [])
 
 

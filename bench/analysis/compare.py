@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench.analysis.stats import (BOOTSTRAP_SEED, POWER_Z, crossed_means, detectable_difference, mcnemar_exact,
                                   paired_bootstrap_ci, sign_flip_p)
+from bench.evaluation.agreement import why_not_informative
 from bench.store import RUN_FILE, read_jsonl
 from bench.types import BenchError
 
@@ -67,7 +68,9 @@ def load_run(results_dir: Path, name: str) -> RunScores:
                                                        "output": [r["seed_output"] for r in rows]})
             metrics[task + HEAD_TO_HEAD] = {**task_metrics["others"]["vs_seed"], "capability": task_metrics["capability"],
                                             "metric": "win_rate_vs_seed",
-                                            "seed_fingerprint": task_metrics["vs_seed"]["seed_fingerprint"]}
+                                            "seed_fingerprint": task_metrics["vs_seed"]["seed_fingerprint"],
+                                            **{k: task_metrics[k] for k in ("judge", "judge_agreement")
+                                               if k in task_metrics}}
     return RunScores(name, record, tasks, metrics)
 
 
@@ -316,11 +319,13 @@ class MethodSummary:
 
 
 def method_summaries(reference: RunScores, runs: list[RunScores], trained: dict[str, str | None],
-                     resamples: int = 2000, rng_seed: int = BOOTSTRAP_SEED) -> dict[str, MethodSummary]:
+                     resamples: int = 2000, rng_seed: int = BOOTSTRAP_SEED,
+                     uninformed: set[str] = frozenset()) -> dict[str, MethodSummary]:
     """Per method (a run, or its runs over training seeds): mean forgetting = minus the mean over its untrained
-    capabilities of the mean delta of their tasks (a capability the reference scores 0 on has nothing to forget and is
-    left out), and drift = the drift task's KL. Every replicate draws the seeds (paired by seed number) and one
-    resample of each task's examples, shared by all methods."""
+    capabilities of the mean delta of their tasks (a capability the reference scores 0 on has nothing to forget, and
+    one measured only by a judge that does not inform, are left out), and drift = the drift task's KL. Every
+    replicate draws the seeds (paired by seed number) and one resample of each task's examples, shared by all
+    methods."""
     methods = methods_of(runs)
     tasks = [t for t in reference.tasks if all(t in r.tasks for members in methods.values() for r in members)]
     if not tasks:
@@ -337,7 +342,8 @@ def method_summaries(reference: RunScores, runs: list[RunScores], trained: dict[
             values = np.stack([other - ref for ref, other, _ in (aligned(reference, r, t) for r in members)])
             deltas[t] = crossed_means(values, resamples, rng_seed, examples_rng_seed=rng_seed + 1 + tasks.index(t))
             point[t] = float(values.mean())
-        untrained = sorted({capability[t] for t in tasks if kinds[t] not in RAW_METRICS} - {trained.get(name)} - floor)
+        untrained = sorted({capability[t] for t in tasks if kinds[t] not in RAW_METRICS} - {trained.get(name)} - floor
+                           - uninformed)
         forget = lambda d: -np.mean([np.mean([d[t] for t in tasks if capability[t] == c and kinds[t] not in RAW_METRICS],
                                              axis=0) for c in untrained], axis=0)
         summary = MethodSummary(len(members))
@@ -416,6 +422,8 @@ class Comparison:
     instructions: pd.DataFrame  # IFEval's per-kind counts per run
     records: dict[str, dict[str, Any]]  # each run's run.json
     training_seed_runs: set[str]  # single training seeds of a method also shown over its seeds
+    judges: dict[str, dict[str, Any]] = field(default_factory=dict)  # per judged task: its judge's agreement, and
+    # `not_informative`, the reason its win rates say nothing (None where they do)
 
     @property
     def methods(self) -> list[str]:
@@ -431,14 +439,36 @@ def build_comparison(runs: list[RunScores], trained: dict[str, str | None] | Non
         {run.name: trained_capability(run.record) for run in runs[1:]}
     for stem, members in training_seed_groups(runs[1:]).items():  # a method over its seeds: trained as its seeds were
         trained.setdefault(training_seeds_label(stem, members), trained.get(members[0].name))
-    capabilities = forgetting(rows, runs[0].name, trained)
+    judges = judge_agreements([run.metrics for run in runs])
+    uninformed = uninformed_capabilities(rows, judges)
+    capabilities = forgetting(rows, runs[0].name, trained, uninformed)
     drift, rho = drift_against_forgetting(rows, capabilities)
     # A ranking needs two methods; one candidate against its baseline (the gate) skips the bootstrap.
-    summaries = method_summaries(runs[0], runs[1:], trained) if len(methods_of(runs[1:])) >= 2 else {}
+    summaries = method_summaries(runs[0], runs[1:], trained, uninformed=uninformed) \
+        if len(methods_of(runs[1:])) >= 2 else {}
     return Comparison(runs[0].name, rows, method_pairs(runs[1:]), trained, capabilities, drift, rho,
                       method_ranking(summaries, rows) if len(summaries) >= 2 else {},
                       method_verdicts(summaries) if len(summaries) >= 2 else [], instruction_breakdown(runs),
-                      records, single_training_seed_runs(list(rows["run"].unique())))
+                      records, single_training_seed_runs(list(rows["run"].unique())), judges)
+
+
+def judge_agreements(runs_metrics: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per judged task of the runs' metrics, its judge's agreement as the latest run carries it (the runs share one
+    judge: compare_runs checks), and why its win rates do not inform, if they do not."""
+    judges = {}
+    for task in dict.fromkeys(t for metrics in runs_metrics for t, m in metrics.items() if "judge" in m):
+        carried = [metrics[task]["judge_agreement"] for metrics in reversed(runs_metrics)
+                   if metrics.get(task, {}).get("judge_agreement") is not None]
+        agreement = carried[0] if carried else None
+        judges[task] = {"agreement": agreement, "not_informative": why_not_informative(agreement)}
+    return judges
+
+
+def uninformed_capabilities(rows: pd.DataFrame, judges: dict[str, dict[str, Any]]) -> set[str]:
+    """Capabilities every task of which is judged by a judge that does not inform: left out of mean forgetting."""
+    by_capability = rows.groupby("capability", sort=False)["task"].agg(set)
+    return {c for c, tasks in by_capability.items()
+            if all(t in judges and judges[t]["not_informative"] for t in tasks)}
 
 
 def trained_capability(run_record: dict[str, Any]) -> str | None:
@@ -452,11 +482,13 @@ def trained_capability(run_record: dict[str, Any]) -> str | None:
     return (json.loads(path.read_text()).get("capability") if path.is_file() else None) or UNKNOWN
 
 
-def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | None]) -> pd.DataFrame:
+def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | None],
+               uninformed: set[str] = frozenset()) -> pd.DataFrame:
     """One row per (run, capability): both means, the retention ratio, and whether it was trained for; plus one
     row per run with the means over the capabilities it was not trained for, whose `forgetting` is -delta. A
     capability the reference scores 0 on has nothing to forget: it stays out of the mean (only gains could move it,
-    and at the floor's few examples one flip would outweigh every real loss), as in method_verdicts."""
+    and at the floor's few examples one flip would outweigh every real loss), as in method_verdicts; so does one
+    measured only by a judge that does not inform (`uninformed`)."""
     table = table[~table["metric"].isin(RAW_METRICS)]  # drift is in nats: reported beside, never averaged in
     means = table.groupby(["run", "capability"], sort=False)["score"].mean()
     rows = []
@@ -470,7 +502,7 @@ def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | Non
             rows.append({"run": run, "capability": capability, "reference": ref, "score": own,
                          "retention": own / ref if ref > 0 else float("nan"), "delta": own - ref,
                          "trained": is_trained})
-            if not is_trained:
+            if not is_trained and capability not in uninformed:
                 (untrained if ref > 0 else floor).append((ref, own) if ref > 0 else capability)
         if not untrained:
             continue
@@ -478,6 +510,9 @@ def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | Non
         label = UNTRAINED_MEAN if trained.get(run) != UNKNOWN else f"all capabilities (mean; trained: {UNKNOWN})"
         if floor:
             label = label[:-1] + f"; without {', '.join(floor)}: the reference scores 0, nothing to forget)"
+        left_out = sorted(uninformed - {trained.get(run)})
+        if left_out:
+            label = label[:-1] + f"; without {', '.join(left_out)}: its judge does not inform)"
         rows.append({"run": run, "capability": label, "reference": ref, "score": own,
                      "delta": own - ref, "trained": False, "forgetting": ref - own})
     return pd.DataFrame(rows, columns=["run", "capability", "reference", "score", "retention", "delta", "trained",

@@ -21,6 +21,7 @@ from bench.analysis.stats import detectable_difference, holm
 from bench.store import RUN_FILE
 from bench.types import BenchError
 
+NOT_GATED = "not gated"  # a judged task whose judge does not beat the longer output: passed, with the reason
 
 
 @dataclass(frozen=True)
@@ -129,13 +130,22 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig, tasks: l
     unknown = sorted(set(config.require) - set(baseline.tasks))
     if unknown:
         raise BenchError(f"--require {unknown[0]}: not a task both runs scored ({', '.join(baseline.tasks)})")
-    table = build_comparison([baseline, candidate]).rows
+    comparison = build_comparison([baseline, candidate])
+    table = comparison.rows
     rows = table[table["run"] == candidate.name].reset_index(drop=True)
     base_scores = table[table["run"] == baseline.name].set_index("task")["score"]
     rows["baseline_score"] = rows["task"].map(base_scores)
-    rows["p_holm"] = holm(rows["p_value"].tolist())
+    not_gated = {task: why for task, judge in comparison.judges.items() if (why := judge["not_informative"])}
+    gated = ~rows["task"].isin(not_gated)
+    rows["p_holm"] = float("nan")  # Holm over the gated tasks only
+    rows.loc[gated, "p_holm"] = holm(rows.loc[gated, "p_value"].tolist())
     verdicts = []
     for _, r in rows.iterrows():
+        if r.task in not_gated:  # never failed on a judge no better than the longer output
+            verdicts.append({"drop": float("nan"), "allowed_drop": config.allowed_drop(r.task, r.capability),
+                             "detectable_drop": float("nan"), "underpowered": False, "verdict": NOT_GATED,
+                             "reasons": not_gated[r.task]})
+            continue
         k = scale(r.metric)
         lower_is_better = r.metric in LOWER_IS_BETTER
         drop = k * (r.delta if lower_is_better else -r.delta)

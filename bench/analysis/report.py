@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pandas as pd
 
 from bench.analysis.compare import LOWER_IS_BETTER, RAW_METRICS, TRAINING_SEED_RUN, Comparison, scale
-from bench.analysis.gate import Verdict
+from bench.analysis.gate import NOT_GATED, Verdict
 from bench.store import atomic_write_text, write_json
 
 
@@ -163,6 +163,39 @@ def ranking_lines(ranking: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def judge_label(judge: dict[str, Any]) -> str:
+    """Beside a judged task's cells: its judge's agreement with AlpacaEval 2's judge, the longer output's, and
+    whether its win rates inform."""
+    agreement = judge["agreement"]
+    if agreement is None or agreement.get("run") is None:
+        return "judge agreement unmeasured: not informative"
+    said = (f"judge agrees {100 * agreement['agreement']:.1f}% [{100 * agreement['ci_low']:.1f}, "
+            f"{100 * agreement['ci_high']:.1f}], longer output {100 * agreement['longer_output']:.1f}%")
+    return said + ("; not informative" if judge["not_informative"] else "")
+
+
+def judge_lines(judges: dict[str, dict[str, Any]]) -> list[str]:
+    """Each judged task's judge in words: why its win rates do or do not inform."""
+    lines = []
+    for task, judge in judges.items():
+        agreement = judge["agreement"]
+        if judge["not_informative"]:
+            lines.append(f"{task}: not informative: {judge['not_informative']}. Its rows are shown, left out of mean "
+                         f"forgetting and the ranking, and not gated; judge with an API judge (docs/helpfulness.md).")
+        else:
+            lines.append(f"{task}: the judge agrees with AlpacaEval 2's judge on {100 * agreement['agreement']:.1f}% "
+                         f"[{100 * agreement['ci_low']:.1f}, {100 * agreement['ci_high']:.1f}] of {agreement['n']} "
+                         f"pairs, above the longer output's {100 * agreement['longer_output']:.1f}% (difference "
+                         f"{100 * agreement['minus_longer']:+.1f} [{100 * agreement['minus_longer_low']:+.1f}, "
+                         f"{100 * agreement['minus_longer_high']:+.1f}]; run {agreement['run']}).")
+    return lines
+
+
+def _labelled(rows: pd.DataFrame, judges: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Rows whose judged tasks' names carry their judge's label."""
+    return rows.assign(task=[f"{t} ({judge_label(judges[t])})" if t in judges else t for t in rows["task"]])
+
+
 def _against_caption(reference: str) -> str:
     return (f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals (Wilson for pass/fail "
             f"scores); Δ against {reference}, paired over the same examples (* p < 0.05: McNemar's exact test for "
@@ -179,12 +212,15 @@ PAIRS_CAPTION = ("B vs A: Δ = B minus A, paired over the same examples (methods
 def _sections(comparison: Comparison) -> list[tuple[str, Any]]:
     """The report's body in order, each ("tasks", (rows, cell)) for a table of tasks by runs, or ("md", lines)."""
     c, reference = comparison, comparison.reference
-    main = c.rows[~c.rows["run"].isin(c.training_seed_runs)]
+    main = _labelled(c.rows[~c.rows["run"].isin(c.training_seed_runs)], c.judges)
     against = lambda r, newline: format_cell(r, reference, newline)
     sections: list[tuple[str, Any]] = [("md", [f"## Against {reference}", ""]), ("tasks", (main, against)),
                                        ("md", ["", _against_caption(reference)])]
+    if c.judges:
+        sections.append(("md", ["", "## Judges", "", *(f"- {line}" for line in judge_lines(c.judges))]))
     if not c.pairs.empty:
-        sections += [("md", ["", "## Head to head", ""]), ("tasks", (c.pairs, delta_cell)), ("md", ["", PAIRS_CAPTION])]
+        sections += [("md", ["", "## Head to head", ""]), ("tasks", (_labelled(c.pairs, c.judges), delta_cell)),
+                     ("md", ["", PAIRS_CAPTION])]
     lines = ["", "## Capabilities", "", *capability_table(c.capabilities[~c.capabilities["run"].isin(c.training_seed_runs)])]
     if not c.instructions.empty:
         lines += ["", "## Instruction following by kind", "", *instruction_table(c.instructions, reference)]
@@ -246,6 +282,7 @@ def report_json(comparison: Comparison) -> dict[str, Any]:
             "capabilities": records(c.capabilities), "ranking": c.ranking, "verdict": c.verdicts,
             "head_to_head": records(c.pairs), "by_instruction": records(c.instructions),
             "drift_vs_forgetting": {"runs": records(c.drift), "spearman_kl_forgetting": c.drift_rho},
+            "judges": c.judges,
             "provenance": {name: provenance(record) for name, record in c.records.items()}}
 
 
@@ -422,22 +459,27 @@ FLIPS_SHOWN = 20
 def gate_markdown(verdict: Verdict) -> str:
     """Verdict first, then one row per task; long flip lists are cut with a count, to fit a PR comment."""
     rows, config = verdict.rows, verdict.config
-    failed = rows[rows["verdict"] == "fail"]
+    failed, not_gated = rows[rows["verdict"] == "fail"], rows[rows["verdict"] == NOT_GATED]
+    gated = len(rows) - len(not_gated)
     head = (f"## forgetbench gate: {'FAIL' if verdict.failed else 'PASS'}: {verdict.candidate} against "
-            f"{verdict.baseline}\n\n" + (f"{len(failed)} of {len(rows)} tasks regressed: {', '.join(failed['task'])}."
-                                         if verdict.failed else f"No regression in {len(rows)} tasks.")
-            + f" Alpha {config.alpha:g} (Holm across the tasks); a task fails when its drop exceeds its allowed drop "
+            f"{verdict.baseline}\n\n" + (f"{len(failed)} of {gated} gated tasks regressed: {', '.join(failed['task'])}."
+                                         if verdict.failed else f"No regression in {gated} gated tasks.")
+            + (f" Not gated: {', '.join(not_gated['task'])} (a judge no better than the longer output decides "
+               f"nothing)." if len(not_gated) else "")
+            + f" Alpha {config.alpha:g} (Holm across the gated tasks); a task fails when its drop exceeds its allowed drop "
               f"and the paired test says it is real; detectable drop: the smallest drop these examples show at alpha "
               f"{config.alpha:g} with 80% power.\n")
     lines = [head, "| task | n | baseline | candidate | Δ [95% CI] | p (Holm) | allowed drop | detectable drop | "
                    "changed (down / up) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in rows.iterrows():
         k = scale(r.metric)
-        power = f"{r.detectable_drop:.2f}" + (" (underpowered)" if r.underpowered else "")
+        gated = r.verdict != NOT_GATED
+        power = f"{r.detectable_drop:.2f}" + (" (underpowered)" if r.underpowered else "") if gated else ""
+        said = f"**FAIL**: {r.reasons}" if r.verdict == "fail" else "pass" if gated else f"{NOT_GATED}: {r.reasons}"
         lines.append(f"| {r.task} | {int(r.n)} | {k * r.baseline_score:.2f} | {k * r.score:.2f} | "
-                     f"{k * r.delta:+.2f} [{k * r.delta_low:+.2f}, {k * r.delta_high:+.2f}] | {r.p_value:.3g} "
-                     f"({r.p_holm:.3g}) | {r.allowed_drop:g} | {power} | {int(r.right_to_wrong)} / "
-                     f"{int(r.wrong_to_right)} | {'**FAIL**: ' + r.reasons if r.verdict == 'fail' else 'pass'} |")
+                     f"{k * r.delta:+.2f} [{k * r.delta_low:+.2f}, {k * r.delta_high:+.2f}] | {r.p_value:.3g}"
+                     f"{f' ({r.p_holm:.3g})' if gated else ''} | {r.allowed_drop:g} | {power} | "
+                     f"{int(r.right_to_wrong)} / {int(r.wrong_to_right)} | {said} |")
     lines += [""] + [f"- {note}" for note in verdict.notes]
     for task, ids in verdict.worse.items():
         shown = ", ".join(ids[:FLIPS_SHOWN]) + (f", and {len(ids) - FLIPS_SHOWN} more" if len(ids) > FLIPS_SHOWN else "")
@@ -456,10 +498,13 @@ def gate_junit(verdict: Verdict) -> str:
             message = (f"{r.task}: delta {k * r.delta:+.2f} [{k * r.delta_low:+.2f}, {k * r.delta_high:+.2f}], "
                        f"p_holm={r.p_holm:.3g}: {r.reasons}")
             body = f"<failure message={quoteattr(message)}>{escape(message)}</failure>"
+        elif r.verdict == NOT_GATED:
+            body = f"<skipped message={quoteattr(f'{NOT_GATED}: {r.reasons}')}/>"
         cases.append(f"<testcase classname=\"forgetbench.gate\" name={quoteattr(r.task)}>{body}</testcase>")
     failures = int((verdict.rows["verdict"] == "fail").sum())
+    skipped = int((verdict.rows["verdict"] == NOT_GATED).sum())
     return (f"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<testsuite name={quoteattr('forgetbench gate ' + verdict.candidate)}"
-            f" tests=\"{len(cases)}\" failures=\"{failures}\">\n" + "\n".join(cases) + "\n</testsuite>\n")
+            f" tests=\"{len(cases)}\" failures=\"{failures}\" skipped=\"{skipped}\">\n" + "\n".join(cases) + "\n</testsuite>\n")
 
 
 def gate_json(verdict: Verdict) -> dict[str, Any]:

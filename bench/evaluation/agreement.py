@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bench.evaluation.judge import Preference
+from bench.store import RUN_FILE
 from bench.types import BenchError
 
 CLEAR_CUT = (1.1, 1.9)  # reference preferences outside this range: the pairs position bias should not decide
@@ -165,7 +166,45 @@ def length_correlation(values: list[float], pairs: list[ReferencePair]) -> float
     return spearmanr(values, [len(p.output_2) - len(p.output_1) for p in pairs]).statistic
 
 
-def informative(summary: dict[str, Any] | None) -> bool:
-    """A judge's win rates inform only where its agreement with the reference beats the longer output's, with the
-    paired interval saying so."""
-    return bool(summary and summary.get("beats_longer"))
+def carried(readings: dict[str, dict[str, Any]], run: str) -> dict[str, Any]:
+    """What a judged run carries of its judge's agreement run: the product's reading (both orders averaged), the
+    longer output's agreement on the same pairs, and whether the judge informs (its win rates mean something only
+    where its agreement beats the longer output's, with the paired interval saying so)."""
+    judge, longer = readings["judge: mean"], readings["longer output"]
+    keys = ("n", "agreement", "ci_low", "ci_high", "minus_longer", "minus_longer_low", "minus_longer_high",
+            "position_consistency")
+    return {"run": run, **{k: judge[k] for k in keys}, "longer_output": longer["agreement"],
+            "informative": bool(judge["beats_longer"])}
+
+
+def unmeasured(why: str) -> dict[str, Any]:
+    return {"run": None, "informative": False, "reason": why}
+
+
+def latest_agreement(results_dir: Path, judge_identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The judge's last finished agreement run in the results directory, as a judged run carries it; None if none."""
+    found = []
+    for record_path in (results_dir / "runs").glob(f"*/{RUN_FILE}"):
+        record = json.loads(record_path.read_text())
+        metrics = record_path.parent / TASK / "metrics.json"
+        if record.get("complete") and record.get("identity", {}).get("judge") == judge_identity and metrics.is_file():
+            found.append((record.get("finished") or record.get("started") or "", record["name"], metrics))
+    if not found:
+        return None
+    _, name, metrics = max(found)
+    return carried(json.loads(metrics.read_text())["readings"], name)
+
+
+def why_not_informative(summary: dict[str, Any] | None) -> str | None:
+    """None where the judge informs; else the reason in words, for the report and the gate."""
+    if summary is None:
+        return "the judge's agreement was not measured (a run from before judges were measured)"
+    if summary.get("informative"):
+        return None
+    if summary.get("run") is None:
+        return summary["reason"]
+    return (f"the judge agrees with AlpacaEval 2's judge on {100 * summary['agreement']:.1f}% "
+            f"[{100 * summary['ci_low']:.1f}, {100 * summary['ci_high']:.1f}] of {summary['n']} pairs, not above the "
+            f"longer output's {100 * summary['longer_output']:.1f}% (difference {100 * summary['minus_longer']:+.1f} "
+            f"[{100 * summary['minus_longer_low']:+.1f}, {100 * summary['minus_longer_high']:+.1f}]; run "
+            f"{summary['run']})")

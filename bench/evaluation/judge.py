@@ -34,6 +34,8 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 LOCAL_PREFIX = "local:"
 POINTWISE_PREFIX = "pointwise:"  # a local model scoring each output alone
+SHORT_PREFIX = "short:"  # a local model with SHORT_ANNOTATOR's prompt
+SHORT_ANNOTATOR = str(Path(__file__).parent / "judges" / "short")  # a pairwise prompt written for small models
 POINTWISE_PROMPT = ("Here is an instruction and a response to it.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
                     "{output}\n\nIs the response a helpful, correct and complete answer to the instruction? Answer Yes "
                     "or No.")
@@ -45,8 +47,8 @@ API_TIMEOUT_S = 10
 
 
 def local_model_spec(spec: str) -> str | None:
-    """The model spec of a local judge (`local:MODEL`, `pointwise:MODEL`); None for an API judge."""
-    for prefix in (LOCAL_PREFIX, POINTWISE_PREFIX):
+    """The model spec of a local judge (`local:MODEL`, `short:MODEL`, `pointwise:MODEL`); None for an API judge."""
+    for prefix in (LOCAL_PREFIX, SHORT_PREFIX, POINTWISE_PREFIX):
         if spec.startswith(prefix):
             if not spec.removeprefix(prefix):
                 raise BenchError(f"--judge {spec}: name the model after {prefix!r}")
@@ -185,15 +187,16 @@ class PointwiseScores:
 
 
 class Judge:
-    """One judge: an alpaca_eval annotator config, its completion function (ours for a local model), the orders;
-    or, `pointwise:MODEL`, a local model scoring each output alone (POINTWISE_PROMPT), compared across the pair."""
+    """One judge: an alpaca_eval annotator config, its completion function (ours for a local model: `local:MODEL`
+    with LOCAL_ANNOTATOR's prompt, `short:MODEL` with SHORT_ANNOTATOR's), the orders; or, `pointwise:MODEL`, a local
+    model scoring each output alone (POINTWISE_PROMPT), compared across the pair."""
 
     def __init__(self, spec: str, orders: str = "both", local_model=None, local_engine=None, cache: Cache | None = None):
         if orders not in ORDERS:
             raise BenchError(f"--judge-orders {orders}: choose from {', '.join(ORDERS)}")
         self.spec, self.orders, self.cache = spec, orders, cache
         self.local = local_model
-        local = spec.startswith((LOCAL_PREFIX, POINTWISE_PREFIX))
+        local = spec.startswith((LOCAL_PREFIX, SHORT_PREFIX, POINTWISE_PREFIX))
         if local_model is None and local:
             raise ValueError("a local judge needs its model")
         self.pointwise, self.completions = None, None
@@ -202,14 +205,16 @@ class Judge:
             self.template_sha256 = _sha256(POINTWISE_PROMPT)
             self.pointwise = PointwiseScores(local_model, local_engine)
             return
-        self.config = annotator_config(LOCAL_ANNOTATOR if local else spec)
+        self.config = annotator_config(SHORT_ANNOTATOR if spec.startswith(SHORT_PREFIX) else
+                                       LOCAL_ANNOTATOR if local else spec)
         self.name, settings = _single_config(self.config)
         base = self.config.parents[1]
         template = settings["prompt_template"]
         template_path = Path(template) if Path(template).is_absolute() else base / template
         self.template_sha256 = _sha256(template_path.read_text()) if template_path.is_file() else _sha256(template)
         self.settings = settings
-        self.completions = LocalCompletions(local_model, local_engine) if local_model is not None else None
+        identifiers = tuple(settings.get("completion_parser_kwargs", {}).get("denominator_tokens", ("m", "M")))
+        self.completions = LocalCompletions(local_model, local_engine, identifiers) if local_model is not None else None
 
     def identity(self) -> dict[str, Any]:
         """What decides a judgment: part of the identity of every run it judges."""

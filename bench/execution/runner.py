@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -16,6 +17,9 @@ from bench.generation.cache import Cache, cache_key
 from bench.evaluation.drift import evaluate_drift
 from bench.data import LoadedData
 from bench.generation.engine import Engine, progress_bar
+from bench.evaluation.agreement import (BALANCED_SET, SHORT_MAX_CHARS, SHORT_PAIRS, TASK as AGREEMENT_TASK,
+                                       ReferencePair, carried, latest_agreement, measure, pairs_sha256, read_pairs,
+                                       unmeasured)
 from bench.evaluation.judge import Judge, length_controlled, order_statistics, win_rates
 from bench.evaluation.lmeval import Harness
 from bench.generation.models import LoadedModel
@@ -109,10 +113,11 @@ def run_record(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTas
 def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
              store: RunStore, limit: int | None, sandbox: Sandbox | None = None, samples: int = 1,
              harness: Harness | None = None, seed: tuple[LoadedModel, Engine] | None = None,
-             judge: Judge | None = None) -> dict[str, dict[str, Any]]:
+             judge: Judge | None = None, judge_pairs: Path | None = None) -> dict[str, dict[str, Any]]:
     """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox, knowledge tasks a
     harness, drift the seed model (the evaluated model without its adapter) with its engine, judged tasks a judge
-    (and the seed, for the head-to-head of a fine-tuned model)."""
+    (and the seed, for the head-to-head of a fine-tuned model); a judged task carries the judge's agreement
+    (judge_agreement: measured on `judge_pairs` where the results directory has no agreement run of the judge)."""
     if sandbox is None and any(getattr(t, "program", None) for t in tasks):
         raise ValueError("code tasks need a sandbox")
     if harness is None and any(isinstance(t, HarnessTask) for t in tasks):
@@ -125,6 +130,8 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
     if store.finished_with(identity):
         return {t.name: _read_metrics(store, t.name) for t in tasks}
     record = run_record(model, engine, tasks, data, store, identity, sandbox, harness, judge)
+    agreement = judge_agreement(judge, store.results_dir, judge_pairs) \
+        if any(isinstance(t, Task) and t.judged for t in tasks) else None
     store.begin(record)
     results = {}
     with progress_bar() as progress:
@@ -141,6 +148,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
             elif task.judged:
                 predictions, metrics = evaluate_judged(model, engine, task, data[task.name], judge, seed, store.name,
                                                        progress)
+                metrics["judge_agreement"] = agreement
                 store.write_json_file(task.name, MODEL_OUTPUTS, [
                     {"instruction": ex.input, "output": row["output"], "generator": store.name}
                     for ex, row in zip(data[task.name].examples, predictions)])
@@ -193,6 +201,57 @@ def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedDa
         if samples > 1:
             metrics["pass@k"] = pass_at_k([sum(o["status"] == "passed" for o in os_) for os_ in outcomes], samples)
     return predictions, metrics
+
+
+def agreement_identity(judge: Judge, pairs: list[ReferencePair], max_chars: int | None,
+                       limit: int | None) -> dict[str, Any]:
+    return {"judge": judge.identity(), "pairs_sha256": pairs_sha256(pairs), "pairs": len(pairs),
+            "max_chars": max_chars, "limit": limit}
+
+
+def agreement_run_name(identity: dict[str, Any], judge: Judge) -> str:
+    return f"agreement-{judge.key()[:8]}-{identity['pairs_sha256'][:8]}"
+
+
+def evaluate_agreement(judge: Judge, pairs: list[ReferencePair], store: RunStore, identity: dict[str, Any],
+                       source: str) -> dict[str, Any]:
+    """A judge's verdicts on pairs a reference judge decided, in both orders, stored as a run (per-pair rows, every
+    reading and baseline in metrics.json); a finished run of the same identity is read back, not re-judged."""
+    if not store.finished_with(identity):
+        record = {"name": store.name, "identity": identity, "pairs_source": source, "packages": package_versions(),
+                  "git": git_commit(), "command": sys.argv,
+                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        store.begin(record)
+        started = time.perf_counter()
+        with progress_bar() as progress:
+            preferences = judge.preferences([p.instruction for p in pairs], [p.output_1 for p in pairs],
+                                            [p.output_2 for p in pairs], progress, "judge agreement")
+        rows = [{"id": pair.id, "reference_preference": pair.preference, "score": pref.second,
+                 "orders": pref.orders, "failed": pref.failed, "seconds": pref.seconds,
+                 "chars": [len(pair.output_1), len(pair.output_2)]} for pair, pref in zip(pairs, preferences)]
+        store.write_task(AGREEMENT_TASK, rows, {"task": AGREEMENT_TASK, "judge": judge.identity(),
+                                                "readings": measure(pairs, preferences),
+                                                "judge_failures": sum(p.failed for p in preferences)})
+        store.finish({**record, "timings": {"total": round(time.perf_counter() - started, 3)},
+                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    return json.loads((store.dir / AGREEMENT_TASK / "metrics.json").read_text())
+
+
+def judge_agreement(judge: Judge, results_dir: Path, pairs_file: Path | None) -> dict[str, Any]:
+    """The agreement a judged run carries: the judge's last agreement run in the results directory, else a short
+    one measured now on `pairs_file` (its first SHORT_PAIRS pairs with both outputs under SHORT_MAX_CHARS, stored
+    and cached like any agreement run), else unmeasured, with the reason."""
+    found = latest_agreement(results_dir, judge.identity())
+    if found is not None:
+        return found
+    if pairs_file is None:
+        return unmeasured(f"the judge's agreement is unmeasured: no agreement run of it in {results_dir} and no "
+                          f"reference pairs to measure one (--judge-pairs, default the mirror's {BALANCED_SET})")
+    pairs = read_pairs(pairs_file, SHORT_MAX_CHARS, SHORT_PAIRS)
+    identity = agreement_identity(judge, pairs, SHORT_MAX_CHARS, SHORT_PAIRS)
+    store = RunStore(results_dir, agreement_run_name(identity, judge))
+    return carried(evaluate_agreement(judge, pairs, store, identity, str(pairs_file))["readings"], store.name)
 
 
 def evaluate_judged(model: LoadedModel, engine: Engine, task: Task, data: LoadedData, judge: Judge,

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.analysis.compare import UNKNOWN, Comparison, drift_against_forgetting, forgetting, trained_capability
-from bench.analysis.report import write_report
+from bench.analysis.compare import (UNKNOWN, Comparison, drift_against_forgetting, forgetting, judge_agreements,
+                                   trained_capability)
+from bench.analysis.report import judge_label, judge_lines, write_report
 
 
 def comparison(rows: pd.DataFrame, reference: str, trained: dict, records: dict | None = None,
@@ -44,6 +45,33 @@ def test_retention_and_mean_forgetting_leave_out_the_trained_capability():
     assert result.loc["knowledge", "retention"] == pytest.approx(0.425 / 0.5)
     untrained = result.loc["untrained capabilities (mean)"]
     assert untrained["forgetting"] == pytest.approx(0.075) and untrained["delta"] == pytest.approx(-0.075)
+
+
+def test_a_capability_judged_by_a_judge_that_does_not_inform_stays_out_of_mean_forgetting():
+    result = forgetting(table(), "seed", {"sft": "math"}, uninformed={"knowledge"}).set_index("capability")
+    assert result.loc["knowledge", "delta"] == pytest.approx(-0.075), "its own row stays"
+    assert not any(label.startswith("untrained") for label in result.index), "knowledge was the only untrained one"
+    rows = pd.concat([table(), table().assign(task="alpaca_eval", capability="helpfulness",
+                                              score=lambda f: f["score"] - 0.3)])
+    mean = forgetting(rows, "seed", {"sft": "math"}, uninformed={"helpfulness"}).set_index("capability")
+    [label] = [label for label in mean.index if label.startswith("untrained")]
+    assert label.endswith("without helpfulness: its judge does not inform)")
+    assert mean.loc[label, "forgetting"] == pytest.approx(0.075), "the mean of knowledge alone"
+
+
+def test_judge_lines_say_whether_a_judge_informs_and_on_what():
+    informs = {"run": "agreement-a", "n": 98, "agreement": 0.72, "ci_low": 0.62, "ci_high": 0.80,
+               "minus_longer": 0.05, "minus_longer_low": 0.01, "minus_longer_high": 0.09, "longer_output": 0.67,
+               "position_consistency": 0.9, "informative": True}
+    judges = judge_agreements([{"alpaca_eval": {"judge": {}, "judge_agreement": informs}, "gsm8k": {}}])
+    assert list(judges) == ["alpaca_eval"] and judges["alpaca_eval"]["not_informative"] is None
+    assert judge_label(judges["alpaca_eval"]) == "judge agrees 72.0% [62.0, 80.0], longer output 67.0%"
+    [line] = judge_lines(judges)
+    assert line == ("alpaca_eval: the judge agrees with AlpacaEval 2's judge on 72.0% [62.0, 80.0] of 98 pairs, above "
+                    "the longer output's 67.0% (difference +5.0 [+1.0, +9.0]; run agreement-a).")
+    old = judge_agreements([{"alpaca_eval": {"judge": {}}}])  # a run from before judges were measured
+    assert judge_label(old["alpaca_eval"]) == "judge agreement unmeasured: not informative"
+    assert judge_lines(old)[0].startswith("alpaca_eval: not informative: the judge's agreement was not measured")
 
 
 def test_report_files(tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.evaluation.agreement import (ReferencePair, agreement_metrics, baselines, informative, measure, read_pairs,
-                                        readings, verdict)
+from bench.evaluation.agreement import (ReferencePair, agreement_metrics, baselines, carried, measure, read_pairs,
+                                        readings, verdict, why_not_informative)
 from bench.evaluation.judge import Preference
 from conftest import FIXTURES, MIRROR
 
@@ -78,12 +78,14 @@ def test_informative_only_when_the_paired_interval_clears_the_longer_output():
              for i in range(40)]
     longer = [p.second for p in baselines(pairs)["longer output"]]
     metrics = lambda judged: agreement_metrics(pairs, judged, [(v, v) for v in judged], longer)
-    assert metrics(longer)["agreement"] == 24 / 40 and not informative(metrics(longer))
+    informs = lambda judged: carried({"judge: mean": metrics(judged), "longer output": metrics(longer)}, "run")
+    assert metrics(longer)["agreement"] == 24 / 40 and not informs(longer)["informative"]
     reference = [p.second for p in pairs]
-    assert informative(metrics(reference))
+    assert informs(reference)["informative"] and why_not_informative(informs(reference)) is None
     close = reference[:26] + longer[26:]  # right on 26 (24 of them where the longer is right too)
-    assert metrics(close)["agreement"] == pytest.approx(26 / 40) and not informative(metrics(close))
-    assert not informative(None)
+    assert metrics(close)["agreement"] == pytest.approx(26 / 40) and not informs(close)["informative"]
+    assert "65.0% [" in why_not_informative(informs(close)) and "longer output's 60.0%" in why_not_informative(informs(close))
+    assert "not measured" in why_not_informative(None)
 
 
 @pytest.mark.parametrize("line, message", [

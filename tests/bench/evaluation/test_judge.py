@@ -2,8 +2,10 @@
 `bench eval --tasks alpaca_eval` and the head-to-head row of `bench compare`."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -142,6 +144,33 @@ def test_local_completions_read_the_identifiers_next_token_probabilities(tiny_mo
     assert out["completions_all"][0] != out["completions_all"][1]
 
 
+def test_the_short_judge_asks_its_own_prompt_and_reads_b_over_a(tiny_model_dir, tmp_path):
+    """`short:MODEL`: our annotator config (a short prompt, identifiers A and B) through alpaca_eval's annotator;
+    in each order P(B) / (P(A) + P(B)) of one forward pass on the prompt with the outputs in place."""
+    import torch
+    from alpaca_eval.utils import prompt_to_chatml
+
+    from bench.evaluation.judge import SHORT_ANNOTATOR
+
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    judge = Judge(f"short:{tiny_model_dir}", "both", model, Engine(model), Cache(tmp_path / "cache.sqlite"))
+    template = (Path(SHORT_ANNOTATOR) / "prompt.txt").read_text()
+    assert judge.identity()["template_sha256"] == hashlib.sha256(template.encode()).hexdigest()
+    assert judge.identity()["annotator"] == "short_pairwise" and set(judge.completions.identifiers) == {"A", "B"}
+    a, b = judge.completions.identifiers["A"], judge.completions.identifiers["B"]
+
+    def p_b(first: str, second: str) -> float:
+        prompt = template.replace("{instruction}", INSTRUCTIONS[1]).replace("{output_1}", first)
+        ids = model.tokenizer(model.render(prompt_to_chatml(prompt.replace("{output_2}", second))),
+                              add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            p = torch.softmax(model.model(**ids).logits[0, -1].float(), -1)
+        return float(p[b] / (p[a] + p[b]))
+
+    [preference] = judge.preferences(INSTRUCTIONS[1:2], FIRST[1:2], SECOND[1:2])
+    assert preference.orders == pytest.approx((p_b(FIRST[1], SECOND[1]), 1 - p_b(SECOND[1], FIRST[1])), abs=1e-4)
+
+
 def test_win_rate_is_alpaca_evals_with_ties_as_half():
     rates = win_rates([Preference(1.0, (1.0, 1.0)), Preference(0.0, (0.0, 0.0)), Preference(0.5, (0.5, 0.5)),
                        Preference(0.75, (1.0, 0.5))])
@@ -276,3 +305,67 @@ def test_model_outputs_for_some_references_only_are_an_error(capsys, judged_eval
     path.write_text(json.dumps([{"instruction": first["instruction"], "output": "y"}]))
     assert main(["judge", str(path), *judged_eval[judged_eval.index("--data-dir"):]]) == 2
     assert "1 outputs for 1 distinct instructions of 3 references" in capsys.readouterr().err
+
+
+def test_a_judged_run_carries_its_judges_agreement_measured_once_and_the_report_and_gate_say_it_does_not_inform(
+        capsys, judged_eval, fixture_data, tiny_model_dir, tmp_path):
+    """No agreement run of the judge: the first judged run measures a short one on the mirror's balanced set (here
+    the 6 fixture pairs), the next reuses it; a random judge does not beat the longer output, so compare leaves
+    helpfulness out of mean forgetting and says why, and the gate passes it as not gated even below a floor."""
+    import shutil
+
+    from conftest import FIXTURES, make_adapter
+    from bench.evaluation.agreement import BALANCED_SET
+
+    data = tmp_path / "data"
+    shutil.copytree(fixture_data, data)
+    (data / BALANCED_SET).parent.mkdir()
+    shutil.copy(FIXTURES / "judgments.jsonl", data / BALANCED_SET)
+    args = [*judged_eval, "--data-dir", str(data)]
+    results = tmp_path / "results"
+    assert main([*args, "--name", "seed"]) == 0
+    said = " ".join(capsys.readouterr().out.split())  # the console wraps lines
+    assert "judge: alpaca_eval: not informative: the judge agrees with AlpacaEval 2's judge on" in said
+    [agreement_run] = [p.name for p in (results / "runs").iterdir() if p.name.startswith("agreement-")]
+    assert json.loads((results / "runs" / agreement_run / "run.json").read_text())["identity"]["pairs"] == 6
+    assert main([*args, "--name", "tuned", "--adapter", str(make_adapter(tiny_model_dir, tmp_path / "a"))]) == 0
+    assert len(list((results / "runs").iterdir())) == 3, "the second run reuses the agreement run"
+    carried = [json.loads((results / "runs" / run / "alpaca_eval" / "metrics.json").read_text())["judge_agreement"]
+               for run in ("seed", "tuned")]
+    assert carried[0] == carried[1] and carried[0]["run"] == agreement_run and carried[0]["n"] == 5
+    assert carried[0]["informative"] is False and carried[0]["longer_output"] == 0.8  # 4 of the 5 decided pairs
+
+    capsys.readouterr()
+    assert main(["compare", "seed", "tuned", "--results-dir", str(results)]) == 0
+    report = (results / "reports" / "seed-vs-tuned" / "report.md").read_text()
+    assert "## Judges" in report and "alpaca_eval (judge agrees " in report and "; not informative)" in report
+    assert "alpaca_eval_vs_seed: not informative:" in report
+    capabilities = json.loads((results / "reports" / "seed-vs-tuned" / "report.json").read_text())["capabilities"]
+    assert not any("forgetting" in c and c["forgetting"] is not None for c in capabilities), \
+        "helpfulness, its only capability, judged by a judge that does not inform: no mean forgetting"
+
+    capsys.readouterr()
+    assert main(["gate", "tuned", "--baseline", "seed", "--results-dir", str(results),
+                 "--require", "alpaca_eval=100", "--json", str(tmp_path / "gate.json")]) == 0
+    gate = json.loads((tmp_path / "gate.json").read_text())
+    assert {t["task"]: t["verdict"] for t in gate["tasks"]} == {"alpaca_eval": "not gated"}
+    assert gate["tasks"][0]["reasons"].startswith("the judge agrees with AlpacaEval 2's judge on")
+    out = capsys.readouterr().out
+    assert "No regression in 0 gated tasks. Not gated: alpaca_eval" in out and "| not gated: the judge agrees" in out
+
+
+def test_an_agreement_run_of_the_judge_is_what_a_judged_run_carries_and_none_skips_measuring(
+        capsys, judged_eval, tiny_model_dir, tmp_path):
+    from conftest import FIXTURES
+
+    results = tmp_path / "results"
+    assert main([*judged_eval, "--name", "unmeasured", "--judge-pairs", "none"]) == 0
+    agreement = json.loads((results / "runs" / "unmeasured" / "alpaca_eval" / "metrics.json").read_text())["judge_agreement"]
+    assert agreement["run"] is None and "unmeasured" in agreement["reason"] and not agreement["informative"]
+    assert main(["judge", "agreement", "--pairs", str(FIXTURES / "judgments.jsonl"), "--judge", f"local:{tiny_model_dir}",
+                 "--results-dir", str(results), "--dtype", "float32", "--name", "measured"]) == 0
+    assert main([*judged_eval, "--name", "after", "--judge-pairs", "none"]) == 0
+    agreement = json.loads((results / "runs" / "after" / "alpaca_eval" / "metrics.json").read_text())["judge_agreement"]
+    assert agreement["run"] == "measured" and agreement["n"] == 5
+    assert main([*judged_eval, "--name", "x", "--judge-pairs", str(tmp_path / "missing.jsonl")]) == 2
+    assert capsys.readouterr().err.strip().endswith("--judge-pairs " + str(tmp_path / "missing.jsonl") + ": no such file")
