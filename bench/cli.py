@@ -112,7 +112,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     model = load_model(args.model, args.adapter, args.dtype, prompt_format)
     engine = Engine(model, cache, batch_size=args.batch_size)
     sandbox = Sandbox(workers=args.workers) if any(isinstance(t, Task) and t.program for t in tasks) else None
-    harness = Harness(model, args.batch_size, results_dir / "cache", data_dir) \
+    harness = Harness(model, engine, results_dir / "cache", data_dir) \
         if any(isinstance(t, HarnessTask) for t in tasks) else None
     if sandbox is not None and sandbox.isolation != "namespaces":
         console.print(f"[yellow]sandbox: {isolation_notes(sandbox.isolation)}[/yellow]")

@@ -159,26 +159,24 @@ def load_harness_data(task: HarnessTask, data_dir: Path | None, limit: int | Non
 
 
 class Harness:
-    """One lm-eval `hf` model for the whole run (built on first use): the resolved model directory, `peft=` for
-    the adapter, our dtype and device, and lm-eval's request cache per model fingerprint (a killed run re-run
-    recomputes only what is missing)."""
+    """lm-eval on our model for the whole run: its tasks through `engine_lm` (the engine that generates scores the
+    log-likelihoods), and lm-eval's request cache per model fingerprint (a killed run re-run recomputes only what is
+    missing)."""
 
-    def __init__(self, model, batch_size: int, cache_dir: Path, data_dir: Path | None):
-        self.model, self.batch_size, self.data_dir = model, batch_size, data_dir
-        self.cache = cache_dir / "lm_eval" / f"{model.fingerprint}-batch{batch_size}"
+    def __init__(self, model, engine, cache_dir: Path, data_dir: Path | None):
+        self.model, self.engine, self.data_dir = model, engine, data_dir
+        self.cache = cache_dir / "lm_eval" / f"{model.fingerprint}-engine"
         self._lm = None
 
     def settings(self) -> dict[str, Any]:
         from importlib.metadata import version
 
-        return {"lm_eval": version("lm_eval"), "model": "hf", "batch_size": self.batch_size, "dtype": self.model.dtype}
+        return {"lm_eval": version("lm_eval"), "model": "forgetbench engine (bench.evaluation.lmeval.engine_lm)",
+                "dtype": self.model.dtype}
 
     def lm(self):
         if self._lm is None:
-            from lm_eval.models.huggingface import HFLM
-
-            self._lm = HFLM(pretrained=str(self.model.path), peft=self.model.adapter, dtype=self.model.dtype,
-                            device=self.model.device, batch_size=self.batch_size)
+            self._lm = engine_lm(self.model, self.engine)
         return self._lm
 
     def run(self, task: HarnessTask, limit: int | None) -> tuple[list[dict], dict[str, Any]]:
@@ -218,3 +216,72 @@ def sample_row(sample: dict[str, Any], leaf: str | None, metric: str) -> dict[st
     if others:
         row["scores"] = others
     return row
+
+
+def engine_lm(model, engine):
+    """lm-eval's model interface on our engine: log-likelihoods only, the requests of knowledge tasks. Requests are
+    tokenized as lm-eval's hf backend does (TemplateLM's context/continuation split, HFLM's `tok_encode`, its left
+    truncation at the model's maximum length) and scored by `loglikelihoods`, so a batch's memory is bounded by the
+    engine's token budget, not by batch x length x vocabulary as in the hf backend, and the model in memory is the
+    one that generates (the hf backend loads a second copy). lm-eval is imported here, where it is used."""
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.models.utils import DEFAULT_MAX_LENGTH, has_bos_prefix, resolve_max_length
+
+    class EngineLM(TemplateLM):
+        def __init__(self):
+            super().__init__()
+            self.tokenizer = model.tokenizer
+            self.max_length = resolve_max_length(model.model.config, model.tokenizer, default=DEFAULT_MAX_LENGTH)
+
+        @property
+        def eot_token_id(self) -> int:
+            return self.tokenizer.eos_token_id
+
+        @property
+        def prefix_token_id(self) -> int:
+            bos = self.tokenizer.bos_token_id
+            return bos if bos is not None else self.tokenizer.eos_token_id
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None, **_) -> list[int]:
+            kwargs = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+            if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
+                kwargs["add_special_tokens"] = False
+            return self.tokenizer.encode(string, **kwargs)
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_) -> list[tuple[float, bool]]:
+            return loglikelihoods(engine, [(context, continuation) for _, context, continuation in requests],
+                                  self.max_length)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            raise BenchError("the engine's lm-eval model scores continuations only (no rolling perplexity tasks)")
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            raise BenchError("the engine's lm-eval model scores log-likelihoods only: a generative task is a "
+                             "forgetbench Task, which the engine runs directly")
+
+    return EngineLM()
+
+
+def loglikelihoods(engine, pairs: list[tuple[list[int], list[int]]], max_length: int) -> list[tuple[float, bool]]:
+    """Per (context, continuation) token lists: the continuation's summed log-probability and whether greedy decoding
+    gives it, the context left-truncated as lm-eval's hf backend does (context and continuation to max_length + 1
+    tokens). The continuations of one context are teacher-forced together by `Engine.logits_along`: the context
+    once, the continuations packed without padding, the LM head only at the scored positions."""
+    import torch
+
+    out: list[tuple[float, bool] | None] = [None] * len(pairs)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (context, continuation) in enumerate(pairs):
+        whole = (context + continuation)[-(max_length + 1):]
+        if len(whole) <= len(continuation):
+            raise BenchError(f"a continuation of {len(continuation)} tokens leaves no context within the model's "
+                             f"{max_length} positions")
+        groups.setdefault(tuple(whole[:len(whole) - len(continuation)]), []).append(i)
+    for context, members in groups.items():
+        continuations = [pairs[i][1] for i in members]
+        scored = engine.logits_along([list(context)] * len(members), continuations)
+        for i, continuation, logits in zip(members, continuations, scored):
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            target = torch.tensor(continuation, device=logp.device)
+            out[i] = (float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all()))
+    return out

@@ -52,3 +52,46 @@ def test_a_prompt_without_room_for_the_completion_is_refused(fixture_data):
     check_fits(example, list(range(36)), config, "student")
     with pytest.raises(BenchError, match="training example 0: the student prompt is 37 tokens; max_length 100 leaves 36"):
         check_fits(example, list(range(37)), config, "student")
+
+
+def test_the_loss_step_weighs_every_completion_token_alike_however_the_micro_batches_split_them(tiny_model_dir,
+                                                                                               fixture_data):
+    """loss_step divides each micro-batch's summed divergence by the step's completion tokens: micro-batches of 3
+    and 40 tokens give the gradient of one batch of 43, and that gradient is the token mean's (a mean per
+    micro-batch would weigh the two 50/50)."""
+    from contextlib import nullcontext
+
+    from fine_tune.divergence import generalized_jsd
+    from fine_tune.onpolicy import Method, loss_step
+
+    student = load_student(str(tiny_model_dir), LoRA(rank=4, dropout=0.0), 0, "float32", "chat")
+    examples, _ = load_train_examples("gsm8k", fixture_data, 2)
+    short, long = (Sequence(ex, student.prompt_ids(ex), [5 + i % 50 for i in range(k)], "student", [])
+                   for ex, k in zip(examples, (3, 40)))
+    vocab = student.model.config.vocab_size
+    teacher = {id(short): torch.randn(3, vocab, generator=torch.Generator().manual_seed(1)),
+               id(long): torch.randn(40, vocab, generator=torch.Generator().manual_seed(2))}
+    method = Method("test", None, lambda sequences: torch.cat([teacher[id(s)] for s in sequences]),
+                    lambda logits, t: generalized_jsd(logits, t, 0.5))
+    trainable = [p for p in student.model.parameters() if p.requires_grad]
+
+    def gradients(micro_sequences):
+        for p in trainable:
+            p.grad = None
+        seconds = {"teacher": 0.0, "training": 0.0}
+        loss_sum, _ = loss_step(student, method, micro_sequences, 43, nullcontext(), seconds)
+        return loss_sum, [p.grad.clone() for p in trainable]
+
+    student.model.train()
+    split_loss, split = gradients([[short], [long]])
+    whole_loss, whole = gradients([[short, long]])
+    for p in trainable:
+        p.grad = None
+    generalized_jsd(student_logits(student, [short, long]), torch.cat([teacher[id(short)], teacher[id(long)]]),
+                    0.5).mean().backward()  # the token mean, by plain autograd
+    mean = [p.grad.clone() for p in trainable]
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert any(g.abs().max() > 0 for g in whole)
+    for a, b, c in zip(split, whole, mean):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(b, c, atol=1e-7, rtol=1e-5)

@@ -10,7 +10,7 @@ import pytest
 from bench.cli import main
 from bench.types import BenchError
 from fine_tune.data import load_train_examples
-from fine_tune.onpolicy_sd import DEMONSTRATION, teacher_messages
+from fine_tune.onpolicy_sd import teacher_messages
 
 
 def bench(capsys, *argv: str) -> tuple[int, str, str]:
@@ -24,7 +24,8 @@ def test_the_teacher_reads_the_reference_after_the_instruction(fixture_data):
         example = load_train_examples(task, fixture_data, 1)[0][0]
         student, teacher = example.messages, teacher_messages(example)
         assert teacher[:-1] == student[:-1] and teacher[-1]["role"] == "user"
-        demo = DEMONSTRATION.format(instruction=example.instruction, reference=example.reference)
+        demo = (f"{example.instruction}\n\nThis is an example of a correct response:\n{example.reference}\n\n"
+                "Now write a response of your own.")  # the method's framing, written out
         assert teacher[-1]["content"] == student[-1]["content"].replace(example.instruction, demo)
         assert example.reference in teacher[-1]["content"] and example.reference not in student[-1]["content"]
 

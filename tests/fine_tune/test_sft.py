@@ -1,5 +1,5 @@
-"""fine_tune/sft.py, fine_tune/common.py and `bench train sft`: a real LoRA training on a tiny model, its files,
-its refusals; configs read from flat keys."""
+"""fine_tune/sft.py and `bench train sft`: a real LoRA training on a tiny model, its files, its refusals, its
+resumption."""
 from __future__ import annotations
 
 import csv
@@ -10,8 +10,7 @@ import pytest
 from bench.cli import main
 from bench.types import BenchError
 from conftest import sigkill_after_step, train_in_subprocess
-from fine_tune.common import config_from_dict, flat, keep_log_rows
-from fine_tune.gkd import GKDConfig
+from fine_tune.common import keep_log_rows
 from fine_tune.sft import SFTConfig, last_complete_checkpoint
 
 
@@ -19,36 +18,6 @@ def bench(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def test_study_defaults():
-    lora, opt = SFTConfig().lora, SFTConfig().optimization
-    assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules) == (8, 16, 0.1, ("q_proj", "v_proj"))
-    assert (opt.learning_rate, opt.scheduler, opt.batch_size, opt.gradient_accumulation) == (1e-4, "cosine", 2, 4)
-    assert opt.epochs_for("gsm8k") == opt.epochs_for("openfunction") == 5 and opt.epochs_for("alpaca") == 2
-
-
-def test_config_keys_and_types_are_checked():
-    config = config_from_dict({"rank": 4, "target_modules": ["q_proj"], "epochs": 1}, "f", SFTConfig)
-    assert (config.lora.rank, config.lora.target_modules, config.optimization.epochs) == (4, ("q_proj",), 1)
-    assert config.lora.alpha == 16  # untouched keys keep their defaults
-    with pytest.raises(BenchError, match="f: unknown key 'rnak'"):
-        config_from_dict({"rnak": 4}, "f", SFTConfig)
-    with pytest.raises(BenchError, match="f: key 'learning_rate' must be float, got str"):
-        config_from_dict({"learning_rate": "1e-4"}, "f", SFTConfig)
-    with pytest.raises(BenchError, match="f: key 'rank' must be int, got bool"):
-        config_from_dict({"rank": True}, "f", SFTConfig)
-    with pytest.raises(BenchError, match="f: unknown key 'lmbda'"):
-        config_from_dict({"lmbda": 0.5}, "f", SFTConfig)
-
-
-def test_flat_keys_round_trip_over_a_base():
-    """A method's keys are flat in files and train.json; over a base config only the named keys change."""
-    base = config_from_dict({"rank": 16, "lmbda": 1.0}, "f", GKDConfig)
-    config = config_from_dict({"epochs": 2}, "g", GKDConfig, base)
-    assert (config.lora.rank, config.lmbda, config.optimization.epochs) == (16, 1.0, 2)
-    assert config_from_dict(flat(config), "h", GKDConfig) == config
-    assert len(flat(GKDConfig())) == 19 and "training_seed" in flat(SFTConfig())
 
 
 def test_train_sft_writes_a_loadable_adapter_and_is_not_repeated(capsys, tiny_model_dir, fixture_data, tmp_path):

@@ -20,7 +20,7 @@ def bench(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.slow  # over 10 s here: left out by make test-fast
-def test_lm_eval_command_line_gives_the_same_answers(capsys, tiny_model_dir, fixture_data, tmp_path):
+def test_lm_eval_command_line_with_its_hf_backend_gives_the_same_answers_and_log_likelihoods(capsys, tiny_model_dir, fixture_data, tmp_path):
     configs, out_dir = tmp_path / "configs", tmp_path / "lm_eval_out"
     configs.mkdir()
     write_configs([arc_easy], fixture_data, configs)
@@ -33,6 +33,7 @@ def test_lm_eval_command_line_gives_the_same_answers(capsys, tiny_model_dir, fix
     samples = [json.loads(line) for line in next(out_dir.rglob("samples_forgetbench_arc_easy_*.jsonl")).open()]
     theirs = {str(s["doc_id"]): max(range(len(s["filtered_resps"])), key=lambda i: float(s["filtered_resps"][i][0]))
               for s in samples}
+    their_loglikelihoods = {str(s["doc_id"]): [float(r[0]) for r in s["filtered_resps"]] for s in samples}
 
     code, _, err = bench(capsys, "eval", str(tiny_model_dir), "--tasks", "arc_easy", "--limit", "20", "--dtype",
                          "float32", "--batch-size", "8", "--data-dir", str(fixture_data), "--results-dir",
@@ -45,6 +46,9 @@ def test_lm_eval_command_line_gives_the_same_answers(capsys, tiny_model_dir, fix
     assert metrics["mean"] == pytest.approx(results["acc,none"])
     assert metrics["others"]["acc_norm"]["mean"] == pytest.approx(results["acc_norm,none"])
     assert {r["id"]: r["answer"] for r in rows} == theirs
+    for r in rows:  # our engine's log-likelihoods are the hf backend's: within 1e-5, or float32's own rounding of
+        # sums near -200 (the tiny random model's; 1e-6 relative is a few ulps there)
+        assert r["loglikelihoods"] == pytest.approx(their_loglikelihoods[r["id"]], abs=1e-5, rel=1e-6)
     assert all(len(r["loglikelihoods"]) == len(r["requests"]) == 4 and r["score"] in (0.0, 1.0) for r in rows)
 
 
@@ -103,12 +107,12 @@ def test_adapter_reaches_lm_eval(capsys, tiny_model_dir, other_tiny_model_dir, f
 
 def test_rerun_computes_only_the_requests_not_cached(capsys, tiny_model_dir, fixture_data, tmp_path, monkeypatch):
     """What a killed run re-run relies on: lm-eval's request cache, filled request by request."""
-    from lm_eval.models.huggingface import HFLM
+    from bench.evaluation import lmeval
 
     seen: list[int] = []
-    original = HFLM.loglikelihood
-    monkeypatch.setattr(HFLM, "loglikelihood", lambda self, requests, **kw: seen.append(len(requests))
-                        or original(self, requests, **kw))
+    original = lmeval.loglikelihoods
+    monkeypatch.setattr(lmeval, "loglikelihoods", lambda engine, pairs, max_length: seen.append(len(pairs))
+                        or original(engine, pairs, max_length))
     base = ("eval", str(tiny_model_dir), "--tasks", "arc_easy", "--dtype", "float32", "--data-dir", str(fixture_data),
             "--results-dir", str(tmp_path))
     assert bench(capsys, *base, "--limit", "10", "--name", "first")[0] == 0
@@ -117,3 +121,36 @@ def test_rerun_computes_only_the_requests_not_cached(capsys, tiny_model_dir, fix
     first, full = ([json.loads(line) for line in (tmp_path / "runs" / name / "arc_easy" / "predictions.jsonl").open()]
                    for name in ("first", "all"))
     assert first == full[:10]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_engine_log_likelihoods_are_a_plain_forwards(tmp_path, architecture):
+    """Per (context, continuation): the sum of log-softmax at the continuation's tokens of transformers' own forward
+    over context + continuation, and whether each is the argmax; contexts shared by several continuations and
+    contexts cut from the left at the model's maximum length, as lm-eval's hf backend cuts them."""
+    import torch
+
+    from bench.evaluation.lmeval import loglikelihoods
+    from bench.generation.engine import Engine
+    from bench.generation.models import load_model
+    from conftest import build_tiny_model
+
+    model = load_model(str(build_tiny_model(tmp_path / "m", architecture=architecture)), dtype="float32")
+    engine = Engine(model)
+    g = torch.Generator().manual_seed(0)
+    tokens = lambda n: torch.randint(3, 300, (n,), generator=g).tolist()
+    shared = tokens(30)
+    pairs = [(shared, tokens(4)), (tokens(12), tokens(1)), (shared, tokens(1)), (shared, tokens(7)), (tokens(50), tokens(3))]
+
+    def plain(context, continuation, max_length):
+        ids = (context + continuation)[-(max_length + 1):][:-1]
+        with torch.inference_mode():
+            logp = torch.log_softmax(model.model(torch.tensor([ids])).logits[0, -len(continuation):].float(), -1)
+        target = torch.tensor(continuation)
+        return float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())
+
+    for max_length in (2048, 40):
+        ours = loglikelihoods(engine, pairs, max_length)
+        expected = [plain(c, k, max_length) for c, k in pairs]
+        assert [greedy for _, greedy in ours] == [greedy for _, greedy in expected]
+        assert [ll for ll, _ in ours] == pytest.approx([ll for ll, _ in expected], abs=1e-5, rel=1e-6)

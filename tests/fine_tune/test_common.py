@@ -1,0 +1,127 @@
+"""fine_tune/common.py, what every trainer shares: configs from flat keys, a training's identity (what makes a
+finished checkpoint reusable), the train log, and the adapter's staged save."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bench.types import BenchError
+from fine_tune.common import (TrainJob, append_log_row, config_from_dict, flat, identity, load_config,
+                              recorded_identity, save_adapter, trained_already)
+from fine_tune.gkd import GKDConfig
+from fine_tune.sft import SFTConfig
+
+
+def test_study_defaults():
+    lora, opt = SFTConfig().lora, SFTConfig().optimization
+    assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules) == (8, 16, 0.1, ("q_proj", "v_proj"))
+    assert (opt.learning_rate, opt.scheduler, opt.batch_size, opt.gradient_accumulation) == (1e-4, "cosine", 2, 4)
+    assert opt.epochs_for("gsm8k") == opt.epochs_for("openfunction") == 5 and opt.epochs_for("alpaca") == 2
+
+
+def test_config_keys_and_types_are_checked():
+    config = config_from_dict({"rank": 4, "target_modules": ["q_proj"], "epochs": 1}, "f", SFTConfig)
+    assert (config.lora.rank, config.lora.target_modules, config.optimization.epochs) == (4, ("q_proj",), 1)
+    assert config.lora.alpha == 16  # untouched keys keep their defaults
+    with pytest.raises(BenchError, match="f: unknown key 'rnak'"):
+        config_from_dict({"rnak": 4}, "f", SFTConfig)
+    with pytest.raises(BenchError, match="f: key 'learning_rate' must be float, got str"):
+        config_from_dict({"learning_rate": "1e-4"}, "f", SFTConfig)
+    with pytest.raises(BenchError, match="f: key 'rank' must be int, got bool"):
+        config_from_dict({"rank": True}, "f", SFTConfig)
+    with pytest.raises(BenchError, match="f: unknown key 'lmbda'"):
+        config_from_dict({"lmbda": 0.5}, "f", SFTConfig)
+
+
+def test_flat_keys_round_trip_over_a_base():
+    """A method's keys are flat in files and train.json; over a base config only the named keys change."""
+    base = config_from_dict({"rank": 16, "lmbda": 1.0}, "f", GKDConfig)
+    config = config_from_dict({"epochs": 2}, "g", GKDConfig, base)
+    assert (config.lora.rank, config.lmbda, config.optimization.epochs) == (16, 1.0, 2)
+    assert config_from_dict(flat(config), "h", GKDConfig) == config
+    assert len(flat(GKDConfig())) == 19 and "training_seed" in flat(SFTConfig())
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("missing.toml", None, "no such file"),
+    ("bad.toml", "rank = ", "not valid TOML"),
+    ("bad.json", "{rank: 4}", "not valid JSON"),
+    ("list.json", "[1, 2]", "expected a table of keys"),
+    ("typo.toml", "rnak = 4", "unknown key 'rnak'"),
+])
+def test_a_bad_config_file_is_one_line_naming_it(tmp_path, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(BenchError, match=f"--config {path}: {message}"):
+        load_config(path, SFTConfig)
+    (tmp_path / "good.toml").write_text("rank = 4\nlearning_rate = 1e-3\n")
+    assert load_config(tmp_path / "good.toml", SFTConfig) == config_from_dict({"rank": 4, "learning_rate": 1e-3}, "",
+                                                                              SFTConfig)
+    assert load_config(None, SFTConfig) == SFTConfig()
+
+
+def job(tmp_path: Path, **changes) -> TrainJob:
+    values = dict(method="sft", task="gsm8k", model="default", out_dir=tmp_path / "ckpt", examples=[],
+                  data_sha256="d" * 64, limit=10)
+    return replace(TrainJob(**values), **changes)
+
+
+def test_a_trainings_identity_is_what_decides_its_weights(tmp_path):
+    """Method, task, model, examples, dtype, data and every config key; the prompt format where it is not chat, the
+    teacher and its adapter's hash for GKD; not where the checkpoint lives or where the results go."""
+    base = identity(job(tmp_path), SFTConfig())
+    assert base == {"method": "sft", "task": "gsm8k", "model": "default", "limit": 10, "dtype": "auto",
+                    "data_sha256": "d" * 64, "config": json.loads(json.dumps(flat(SFTConfig())))}
+    for changed in (dict(task="alpaca"), dict(model="other"), dict(limit=20), dict(dtype="float32"),
+                    dict(data_sha256="e" * 64), dict(prompt_format="plain")):
+        assert identity(job(tmp_path, **changed), SFTConfig()) != base, changed
+    assert identity(job(tmp_path), config_from_dict({"training_seed": 1}, "", SFTConfig)) != base
+    assert identity(job(tmp_path, out_dir=tmp_path / "elsewhere", results_dir=tmp_path / "r"), SFTConfig()) == base
+    adapter = tmp_path / "teacher"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    gkd = identity(job(tmp_path, method="gkd", teacher="big", teacher_adapter=str(adapter)), GKDConfig())
+    (adapter / "adapter_model.safetensors").write_bytes(b"other weights")
+    again = identity(job(tmp_path, method="gkd", teacher="big", teacher_adapter=str(adapter)), GKDConfig())
+    assert gkd["teacher"] == "big" and gkd["teacher_adapter_sha256"] != again["teacher_adapter_sha256"]
+
+
+def test_a_finished_checkpoint_is_reused_only_with_its_identity(tmp_path):
+    done = job(tmp_path)
+    assert not trained_already(done, SFTConfig())
+    done.out_dir.mkdir()
+    record = identity(done, SFTConfig())
+    (done.out_dir / "train.json").write_text(json.dumps({"identity": record}))
+    assert trained_already(done, SFTConfig())
+    with pytest.raises(BenchError, match="checkpoint ckpt in .* was trained with other settings; choose another"):
+        trained_already(job(tmp_path, limit=11), SFTConfig())
+    old = {**record, "config": {("seed" if k == "training_seed" else k): v for k, v in record["config"].items()}}
+    assert recorded_identity({"identity": old}) == record, "checkpoints from before training_seed stay valid"
+
+
+def test_the_train_log_writes_its_header_once(tmp_path):
+    log = tmp_path / "train_log.csv"
+    for step in (1, 2):
+        append_log_row(log, ["step", "loss"], [step, 0.5 / step])
+    assert list(csv.reader(log.open())) == [["step", "loss"], ["1", "0.5"], ["2", "0.25"]]
+
+
+def test_the_adapter_is_saved_through_a_staging_directory(tmp_path):
+    class Saves:
+        def save_pretrained(self, directory, **kwargs):
+            Path(directory).mkdir(parents=True)
+            (Path(directory) / "adapter_model.safetensors").write_text(json.dumps(kwargs))
+
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / ".adapter-staging").mkdir()  # left by a killed save
+    (out / ".adapter-staging" / "stale").write_text("x")
+    save_adapter(Saves(), out, safe_serialization=True)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_model.safetensors"]
+    assert json.loads((out / "adapter_model.safetensors").read_text()) == {"safe_serialization": True}
