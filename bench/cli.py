@@ -213,8 +213,6 @@ def _judge_pairs(args: argparse.Namespace, data_dir: Path | None) -> Path | None
 
 def _adapter_prompt_format(adapter: str | None) -> str | None:
     """The prompt format an adapter was trained with, from its train.json (None where there is none)."""
-    import json
-
     record = Path(adapter) / "train.json" if adapter else None
     return json.loads(record.read_text()).get("prompt_format", "chat") if record and record.is_file() else None
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from rich.console import Console
 
 from bench.generation.models import PROMPT_FORMATS
+from bench.memory import PeakRSS
 from bench.store import write_json
 from bench.types import BenchError
 
@@ -41,7 +42,7 @@ class Profile:
     gkd: dict[str, Any] = field(default_factory=dict)  # GKDConfig keys over [sft]'s
     onpolicy_sd: dict[str, Any] = field(default_factory=dict)  # OnPolicySDConfig keys over [sft]'s
     teacher: str | None = None  # gkd's teacher model (default: the seed model)
-    teacher_adapter: str | None = None  # an adapter on it: a directory, or a method of this study (its checkpoint)
+    teacher_adapter: str | None = None  # an adapter on it: a directory, or a method (below)
     judge: str | None = None  # the judge of judged tasks (`bench eval --judge`; default: the local default judge)
     judge_orders: str = "both"  # or "random" (`bench eval --judge-orders`)
     training_seeds: list[int] = field(default_factory=list)  # each method trained once per seed (METHOD-sN)
@@ -49,6 +50,19 @@ class Profile:
     def train_config(self, method: str) -> dict[str, Any]:
         """The config keys of a method: [sft]'s, with the method's own table over them."""
         return {**self.sft, **getattr(self, method, {})} if method in ("gkd", "onpolicy_sd") else self.sft
+
+    def teacher_fine_tune(self) -> str | None:
+        """The method by which the study first fine-tunes a teacher of another model than the seed (`teacher_adapter`
+        naming a method, `teacher` another model), as the GKD paper fine-tunes its teacher on the task; None where
+        the teacher is raw, a directory, or the seed with a method's checkpoint of this study."""
+        different = self.teacher is not None and self.teacher != self.model
+        return self.teacher_adapter if different and self.teacher_adapter in METHODS else None
+
+    def teacher_name(self, training_seed: int | None) -> str:
+        """The checkpoint of GKD's teacher adapter of a training seed (a method's of this study, of the seed or of
+        the teacher model)."""
+        stem = "teacher-" if self.teacher_fine_tune() else ""
+        return f"{self.name}-{stem}{self.teacher_adapter}" + (f"-s{training_seed}" if training_seed is not None else "")
 
     def trained_names(self) -> list[tuple[str, int | None, str]]:
         """(method, training seed, checkpoint and run name) of every fine-tune: `PROFILE-METHOD`, or with `training_seeds`
@@ -91,9 +105,9 @@ def load_profile(spec: str) -> Profile:
         raise BenchError(f"{path}: key 'training_seeds' must be a list of distinct whole numbers")
     if values.get("judge_orders", "both") not in ("both", "random"):
         raise BenchError(f"{path}: key 'judge_orders' must be both or random")
-    adapter = values.get("teacher_adapter")
-    if "gkd" in methods and adapter in METHODS and (adapter not in methods or
-                                                    methods.index(adapter) > methods.index("gkd")):
+    adapter, other_teacher = values.get("teacher_adapter"), values.get("teacher", values["model"]) != values["model"]
+    if "gkd" in methods and adapter in METHODS and not other_teacher and (
+            adapter not in methods or methods.index(adapter) > methods.index("gkd")):
         raise BenchError(f"{path}: key 'teacher_adapter' names method {adapter!r}, which must be trained before gkd "
                          f"in 'methods'")
     return Profile(name=path.stem, **values)
@@ -106,26 +120,30 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
     finished work."""
     common = {"data_dir": data_dir, "results_dir": results_dir}
     timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}
 
     def stage(label: str, command, **values) -> None:
         console.rule(f"[bold]{profile.name}: {label}")
         started = time.perf_counter()
-        command(argparse.Namespace(**common, **values), console)
-        timings[label] = round(time.perf_counter() - started, 1)
+        with PeakRSS() as peak:
+            command(argparse.Namespace(**common, **values), console)
+        timings[label], peaks[label] = round(time.perf_counter() - started, 1), peak.mib
 
     checkpoints = Path(results_dir) / "checkpoints"
     trained = profile.trained_names()
-    for method, seed, name in trained:
+    teacher_method = profile.teacher_fine_tune()
+    teachers = [(teacher_method, seed, profile.teacher_name(seed), profile.teacher) for seed in
+                dict.fromkeys(seed for _, seed, _ in trained if "gkd" in profile.methods)] if teacher_method else []
+    for method, seed, name, model in teachers + [(m, s, n, profile.model) for m, s, n in trained]:
         teacher = {}
         if method == "gkd":
-            adapter = profile.teacher_adapter
-            suffix = f"-s{seed}" if seed is not None else ""  # the teacher fine-tune of the same training seed
+            adapter = profile.teacher_adapter  # a method's: the teacher fine-tune of the same training seed
             teacher = {"teacher": profile.teacher or profile.model,
-                       "teacher_adapter": str(checkpoints / f"{profile.name}-{adapter}{suffix}")
-                       if adapter in profile.methods else adapter}
+                       "teacher_adapter": str(checkpoints / profile.teacher_name(seed))
+                       if adapter in METHODS else adapter}
         values = profile.train_config(method) | ({"training_seed": seed} if seed is not None else {})
         stage(f"train {name.removeprefix(profile.name + '-')}", commands["train"], method=method, task=profile.train_task,
-              model=profile.model, limit=profile.train_limit, epochs=None, config=None, config_values=values,
+              model=model, limit=profile.train_limit, epochs=None, config=None, config_values=values,
               name=name, dtype=profile.dtype, prompt_format=profile.prompt_format, **teacher)
     runs = [f"{profile.name}-seed"] + [name for _, _, name in trained]
     for run, name in zip(runs, [None, *runs[1:]]):
@@ -137,25 +155,35 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
               prompt_format=profile.prompt_format, judge=profile.judge, judge_orders=profile.judge_orders)
     stage("compare", commands["compare"], runs=runs, flips=None, name=profile.name)
     timings["total"] = round(sum(timings.values()), 1)
-    work = _work_seconds(Path(results_dir), profile.name, runs)
-    write_json(Path(results_dir) / "reports" / profile.name / "stages.json", {**timings, "work": work})
+    work, work_peaks = _work_seconds(Path(results_dir), profile.name, runs, [name for _, _, name, _ in teachers])
+    write_json(Path(results_dir) / "reports" / profile.name / "stages.json",
+               {**timings, "work": work, "peak_rss_mib": peaks, "work_peak_rss_mib": work_peaks})
     console.print("stage seconds: " + json.dumps(timings))
     console.print("work seconds, when it was done: " + json.dumps(work))
+    console.print("peak resident MiB per stage: " + json.dumps(peaks) + "; when the work was done: "
+                  + json.dumps(work_peaks))
 
 
-def _work_seconds(results_dir: Path, profile: str, runs: list[str]) -> dict[str, dict[str, float]]:
+def _work_seconds(results_dir: Path, profile: str, runs: list[str], teachers: list[str]
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, float | None]]:
     """Where each stage's work spent its time when it was done (distillation and training inside `train sdft`,
-    each task inside an `eval`), read from train.json and run.json: a re-run that reuses the work keeps them."""
+    each task inside an `eval`) and its peak resident MiB then, read from train.json and run.json: a re-run that
+    reuses the work keeps them."""
     work: dict[str, dict[str, float]] = {}
-    for name in runs[1:]:  # the fine-tunes: checkpoint and run share the name
+    peaks: dict[str, float | None] = {}
+    for name in teachers + runs[1:]:  # the fine-tunes: a method's checkpoint and run share the name
         record = json.loads((results_dir / "checkpoints" / name / "train.json").read_text())
         label = f"train {name.removeprefix(profile + '-')}"
         work[label] = {"training": record["seconds"]}
         if "distillation" in record:
             work[label]["distil"] = record["distillation"]["seconds"]
         work[label].update(record.get("seconds_by_part", {}))  # the on-policy trainers' parts
+        peaks[label] = record.get("peak_memory_mb")
     for run in runs:
-        tasks = json.loads((results_dir / "runs" / run / "run.json").read_text())["timings"]
+        record = json.loads((results_dir / "runs" / run / "run.json").read_text())
+        tasks = record["timings"]
         tasks.pop("total", None)
-        work[f"eval {run.removeprefix(profile + '-')}"] = tasks
-    return work
+        label = f"eval {run.removeprefix(profile + '-')}"
+        work[label] = tasks
+        peaks[label] = max(record.get("peak_rss_mib", {}).values(), default=None)  # tasks' peaks; runs before 2026-12-04 have none
+    return work, peaks

@@ -11,7 +11,8 @@ the measured rates: prefill's linear layers at the 2048^3 rate, everything else 
 how many of our outputs equal HF `generate`'s in the same dtype, with the top-two logit margin (the model's own,
 one unpadded forward) where an output first differs.
 
-    .venv/bin/python benchmarks/generation.py [--data-dir DIR] [--workloads gsm8k,humaneval,alpaca]
+    .venv/bin/python benchmarks/generation.py [--data-dir DIR] [--models default,qwen2.5-coder-0.5b-instruct]
+        [--workloads gsm8k,humaneval,alpaca] [--prompts N]
         [--dtypes float32,bfloat16] [--lm-eval-batch-sizes 32,64] [--repeats 1] [--profile]
 
 FLOPs are counted from each method's algorithm, 2 per multiply-add: linear layers 2 x non-embedding parameters
@@ -234,85 +235,109 @@ def machine() -> str:
     return f"{name}, {torch.get_num_threads()} threads, flags: {' '.join(wanted) or 'none of avx2/avx512'}"
 
 
+def measure(model, shape: Shape, name: str, dtype: str, data_dir, args) -> tuple[list, list, list, Flops, float]:
+    """Ours, HF `generate` and lm-eval's hf backend at each batch size on one workload: (rows, our outputs, HF's
+    tokens, the needed FLOPs, the bound in seconds); a row is (method, batch, tokens, seconds, FLOPs performed)."""
+    task, n_prompts, max_new_tokens = WORKLOADS[name]
+    n_prompts = min(args.prompts or n_prompts, n_prompts)
+    examples = load_task_data(task, data_dir, n_prompts).examples
+    prompts = [model.render(task.to_prompt(ex), task.template) for ex in examples]
+    tokens = [model.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    config = GenerationConfig(max_new_tokens=max_new_tokens)
+    rates = matmul_rates(getattr(torch, dtype), (n_prompts, shape.hidden, shape.intermediate))
+    print(f"\n{name} {dtype}: {n_prompts} prompts, {sum(map(len, tokens))} prompt tokens "
+          f"(common prefix {common_prefix(tokens)}), {max_new_tokens} new tokens; matmul "
+          f"{rates['square'] / 1e9:.0f} GFLOP/s at 2048^3, {rates['decode'] / 1e9:.0f} at "
+          f"{n_prompts}x{shape.hidden} by {shape.hidden}x{shape.intermediate}", flush=True)
+    engine = Engine(model, cache=None, batch_size=n_prompts)
+    engine.generate(prompts[:2], GenerationConfig(max_new_tokens=4))  # warm-up
+    reference, hf_seconds = timed(lambda: hf_generate(model, tokens, max_new_tokens), args.repeats)
+    generated = [len(r) for r in reference]
+    work = needed(shape, tokens, generated)
+    with StepRecorder(shape) as recorder:
+        ours, seconds = timed(lambda: engine.generate(prompts, config), args.repeats)
+    ours_flops = Flops(recorder.flops.prefill / args.repeats, recorder.flops.rest / args.repeats)
+    rows = [("forgetbench", n_prompts, sum(g.n_tokens for g in ours), seconds, ours_flops),
+            ("HF generate", n_prompts, sum(generated), hf_seconds, padded_batches(shape, tokens, generated, n_prompts))]
+    by_length = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
+    for batch in sorted({min(int(b), n_prompts) for b in args.lm_eval_batch_sizes.split(",")}):
+        texts, lm_seconds = timed(lambda: lm_eval_generate(model, prompts, batch, dtype, max_new_tokens),
+                                  args.repeats)
+        counts = [min(len(model.tokenizer(t, add_special_tokens=False).input_ids) + 1, max_new_tokens) for t in texts]
+        lm_flops = padded_batches(shape, [tokens[i] for i in by_length], [generated[i] for i in by_length], batch)
+        rows.append(("lm-eval hf", batch, sum(counts), lm_seconds, lm_flops))
+    if args.profile:
+        profile_engine(engine, prompts, config)
+    return rows, ours, list(zip(tokens, reference)), work, work.bound_seconds(rates)
+
+
+def print_rows(rows: list, work: Flops, bound: float) -> tuple:
+    """The workload's table; returns lm-eval's fastest row."""
+    best_lm = max((r for r in rows if r[0] == "lm-eval hf"), key=lambda r: r[2] / r[3])
+    print(f"needed {work.total() / 1e12:.2f} TFLOP (prefill linear {work.prefill / 1e12:.2f}); bound "
+          f"{bound:.1f} s = {rows[1][2] / bound:.0f} tokens/s")
+    print("| method | batch | tokens/s | x best lm-eval | TFLOP performed | x needed | fraction of bound |")
+    print("|---|---|---|---|---|---|---|")
+    for method, batch, n_tokens, secs, flops in rows:
+        print(f"| {method} | {batch} | {n_tokens / secs:.1f} | {(n_tokens / secs) / (best_lm[2] / best_lm[3]):.2f} "
+              f"| {flops.total() / 1e12:.2f} | {flops.total() / work.total():.2f} | {bound / secs:.0%} |")
+    return best_lm
+
+
+def print_equality(model, ours: list, pairs: list, dtype: str, fp32_texts: list[str] | None) -> int:
+    """How many of our outputs equal HF `generate`'s (and, in another dtype, fp32's), with the top-two margin where
+    one first differs; returns the count equal."""
+    same, differences = 0, []
+    hf_texts = [model.tokenizer.decode(ref, skip_special_tokens=True) for _, ref in pairs]
+    for i, (gen, (prompt, ref), text) in enumerate(zip(ours, pairs, hf_texts)):
+        if gen.text == text and gen.n_tokens == len(ref):
+            same += 1
+        else:
+            differences.append((i, *first_difference(model, prompt, ref, gen.text)))
+    if fp32_texts is not None:
+        print(f"same output as HF generate in float32: ours {sum(g.text == t for g, t in zip(ours, fp32_texts))}"
+              f"/{len(ours)}, HF generate {dtype} {sum(h == t for h, t in zip(hf_texts, fp32_texts))}/{len(ours)}")
+    near = sum(margin <= NEAR_TIE for _, _, margin, _ in differences)
+    print(f"same output as HF generate ({dtype}): {same}/{len(ours)}; differing: {len(differences)}, "
+          f"{near} first at a near-tie (top-two margin <= {NEAR_TIE})")
+    for i, k, margin, second in differences:
+        print(f"  prompt {i}: first differs at token {k}, margin {margin:.2e}{', ours took the runner-up' if second else ''}")
+    return same
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir")
+    parser.add_argument("--models", default="default", help="comma-separated model specs (bench/generation/models.py)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--dtypes", default="float32,bfloat16" if cpu_has_native_bf16() else "float32")
     parser.add_argument("--lm-eval-batch-sizes", default="32,64", help="each capped at the workload's prompt count")
+    parser.add_argument("--prompts", type=int, help="at most this many of each workload's prompts (bigger models)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     data_dir = resolve_data_dir(args.data_dir)
     print(f"machine: {machine()}; torch {torch.__version__}", flush=True)
-    summary, fp32_texts = [], {}
-    for dtype in args.dtypes.split(","):
-        model = load_model("default", dtype=dtype)
-        shape = Shape.of(model.model)
-        for name in args.workloads.split(","):
-            task, n_prompts, max_new_tokens = WORKLOADS[name]
-            examples = load_task_data(task, data_dir, n_prompts).examples
-            prompts = [model.render(task.to_prompt(ex), task.template) for ex in examples]
-            tokens = [model.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-            config = GenerationConfig(max_new_tokens=max_new_tokens)
-            rates = matmul_rates(getattr(torch, dtype), (n_prompts, shape.hidden, shape.intermediate))
-            print(f"\n{name} {dtype}: {n_prompts} prompts, {sum(map(len, tokens))} prompt tokens "
-                  f"(common prefix {common_prefix(tokens)}), {max_new_tokens} new tokens; matmul "
-                  f"{rates['square'] / 1e9:.0f} GFLOP/s at 2048^3, {rates['decode'] / 1e9:.0f} at "
-                  f"{n_prompts}x{shape.hidden} by {shape.hidden}x{shape.intermediate}", flush=True)
-            engine = Engine(model, cache=None, batch_size=n_prompts)
-            engine.generate(prompts[:2], GenerationConfig(max_new_tokens=4))  # warm-up
-            reference, hf_seconds = timed(lambda: hf_generate(model, tokens, max_new_tokens), args.repeats)
-            generated = [len(r) for r in reference]
-            work = needed(shape, tokens, generated)
-            bound = work.bound_seconds(rates)
-            with StepRecorder(shape) as recorder:
-                ours, seconds = timed(lambda: engine.generate(prompts, config), args.repeats)
-            ours_flops = Flops(recorder.flops.prefill / args.repeats, recorder.flops.rest / args.repeats)
-            rows = [("forgetbench", n_prompts, sum(g.n_tokens for g in ours), seconds, ours_flops),
-                    ("HF generate", n_prompts, sum(generated), hf_seconds, padded_batches(shape, tokens, generated, n_prompts))]
-            by_length = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
-            for batch in sorted({min(int(b), n_prompts) for b in args.lm_eval_batch_sizes.split(",")}):
-                texts, lm_seconds = timed(lambda: lm_eval_generate(model, prompts, batch, dtype, max_new_tokens),
-                                          args.repeats)
-                counts = [min(len(model.tokenizer(t, add_special_tokens=False).input_ids) + 1, max_new_tokens)
-                          for t in texts]
-                lm_flops = padded_batches(shape, [tokens[i] for i in by_length], [generated[i] for i in by_length], batch)
-                rows.append((f"lm-eval hf", batch, sum(counts), lm_seconds, lm_flops))
-            best_lm = max((r for r in rows if r[0] == "lm-eval hf"), key=lambda r: r[2] / r[3])
-            print(f"needed {work.total() / 1e12:.2f} TFLOP (prefill linear {work.prefill / 1e12:.2f}); bound "
-                  f"{bound:.1f} s = {sum(generated) / bound:.0f} tokens/s")
-            print("| method | batch | tokens/s | x best lm-eval | TFLOP performed | x needed | fraction of bound |")
-            print("|---|---|---|---|---|---|---|")
-            for method, batch, n_tokens, secs, flops in rows:
-                print(f"| {method} | {batch} | {n_tokens / secs:.1f} | {(n_tokens / secs) / (best_lm[2] / best_lm[3]):.2f} "
-                      f"| {flops.total() / 1e12:.2f} | {flops.total() / work.total():.2f} | {bound / secs:.0%} |")
-            same, differences = 0, []
-            for i, (gen, ref) in enumerate(zip(ours, reference)):
-                if gen.text == model.tokenizer.decode(ref, skip_special_tokens=True) and gen.n_tokens == len(ref):
-                    same += 1
-                else:
-                    differences.append((i, *first_difference(model, tokens[i], ref, gen.text)))
-            near = sum(margin <= NEAR_TIE for _, _, margin, _ in differences)
-            if dtype == "float32":
-                fp32_texts[name] = [model.tokenizer.decode(r, skip_special_tokens=True) for r in reference]
-            elif name in fp32_texts:
-                hf_texts = [model.tokenizer.decode(r, skip_special_tokens=True) for r in reference]
-                print(f"same output as HF generate in float32: ours {sum(g.text == t for g, t in zip(ours, fp32_texts[name]))}"
-                      f"/{len(ours)}, HF generate {dtype} {sum(h == t for h, t in zip(hf_texts, fp32_texts[name]))}"
-                      f"/{len(ours)}")
-            print(f"same output as HF generate ({dtype}): {same}/{len(ours)}; differing: {len(differences)}, "
-                  f"{near} first at a near-tie (top-two margin <= {NEAR_TIE})")
-            for i, k, margin, second in differences:
-                print(f"  prompt {i}: first differs at token {k}, margin {margin:.2e}"
-                      f"{', ours took the runner-up' if second else ''}")
-            if args.profile:
-                profile_engine(engine, prompts, config)
-            ratio = (rows[0][2] / rows[0][3]) / (best_lm[2] / best_lm[3])
-            summary.append(f"| {name} | {dtype} | {rows[0][2] / rows[0][3]:.1f} | {best_lm[2] / best_lm[3]:.1f} "
-                           f"(batch {best_lm[1]}) | {ratio:.2f} | {bound / rows[0][3]:.0%} | {same}/{len(ours)} |")
-    print("\n| workload | dtype | ours tokens/s | best lm-eval tokens/s | x lm-eval | ours / bound | same as HF generate |")
-    print("|---|---|---|---|---|---|---|")
+    summary = []
+    for spec in args.models.split(","):
+        fp32_texts: dict[str, list[str]] = {}
+        for dtype in args.dtypes.split(","):
+            model = load_model(spec, dtype=dtype)
+            shape = Shape.of(model.model)
+            for name in args.workloads.split(","):
+                print(f"\nmodel {spec}", end="")
+                rows, ours, pairs, work, bound = measure(model, shape, name, dtype, data_dir, args)
+                best_lm = print_rows(rows, work, bound)
+                same = print_equality(model, ours, pairs, dtype, fp32_texts.get(name))
+                if dtype == "float32":
+                    fp32_texts[name] = [model.tokenizer.decode(ref, skip_special_tokens=True) for _, ref in pairs]
+                ours_rate, lm_rate = rows[0][2] / rows[0][3], best_lm[2] / best_lm[3]
+                summary.append(f"| {spec} | {name} | {dtype} | {ours_rate:.1f} | {lm_rate:.1f} (batch {best_lm[1]}) "
+                               f"| {ours_rate / lm_rate:.2f} | {bound / rows[0][3]:.0%} | {same}/{len(ours)} |")
+            del model
+    print("\n| model | workload | dtype | ours tokens/s | best lm-eval tokens/s | x lm-eval | ours / bound "
+          "| same as HF generate |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(summary))
 
 

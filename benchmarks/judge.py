@@ -98,8 +98,8 @@ def main() -> None:
     print(f"judge fingerprint {model.fingerprint}; identity {json.dumps(judge.identity())}")
 
     all_first, all_second, all_prefs, seconds, pairs = [], [], [], 0.0, 0
-    print(f"\n| clear-cut pairs (n) | reference wins, both orders averaged | shown first | shown second | "
-          f"mean P(reference) | verdict flips with order |\n|---|---|---|---|---|---|")
+    print("\n| clear-cut pairs (n) | reference wins, both orders averaged | shown first | shown second | "
+          "mean P(reference) | verdict flips with order |\n|---|---|---|---|---|---|")
     for kind, worse in clear_cut_pairs(references, args.pairs).items():
         first, second = [references[i] for i, _ in worse], [w for _, w in worse]
         started = time.perf_counter()

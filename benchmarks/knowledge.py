@@ -29,7 +29,7 @@ def run_backend(backend: str, model_spec: str, dtype: str, task_name: str, data_
     from lm_eval.tasks import TaskManager
 
     import tasks.knowledge as knowledge
-    from bench.evaluation.lmeval import PREFIX, engine_lm, write_configs
+    from bench.evaluation.lmeval import engine_lm, write_configs
     from bench.generation.engine import Engine
     from bench.generation.models import load_model
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import resource
 import shutil
 import sys
 import tomllib
@@ -16,6 +15,7 @@ from typing import Any
 
 from bench.data import resolve_data_dir
 from bench.generation.models import adapter_sha256
+from bench.memory import peak_rss_mib
 from bench.store import write_json
 from bench.types import BenchError
 from fine_tune.data import TRAINED_CAPABILITY, TrainExample, load_train_examples
@@ -186,13 +186,13 @@ def base_record(job: TrainJob, config: Any, model_dir: Path, weights_sha256: str
 
 
 def peak_memory_mb() -> float:
-    """The process's peak resident memory (on a GPU: the peak allocated), in MiB."""
+    """The peak resident memory since the process started or its stage began (bench.memory; on a GPU: the peak
+    allocated), in MiB."""
     import torch
 
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    return round(peak_rss_mib(), 1)
 
 
 # The train log: one CSV row per optimizer step; a resumed run first drops the rows it will train again.

@@ -29,7 +29,8 @@ def provenance(run_record: dict[str, Any]) -> dict[str, Any]:
             "limit": identity.get("limit"),
             "data_sha256": {task: d.get("sha256") for task, d in (run_record.get("data") or {}).items()},
             "packages": run_record.get("packages"), "git": run_record.get("git"),
-            "finished": run_record.get("finished")}
+            "finished": run_record.get("finished"),
+            "peak_rss_mib": max((run_record.get("peak_rss_mib") or {}).values(), default=None)}
 
 
 def format_cell(row: Any, reference: str, newline: str) -> str:
@@ -267,11 +268,14 @@ def verdict_markdown(comparison: Comparison) -> str:
 
 
 def provenance_lines(comparison: Comparison) -> str:
-    traced = {name: provenance(record) for name, record in comparison.records.items()}
-    return "".join(
-        f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
-        f"{p['dtype']}, {p['prompt_format']} prompts, git {((p['git'] or {}).get('commit') or 'unknown')[:12]}"
-        f"{' (uncommitted changes)' if (p['git'] or {}).get('dirty') else ''}\n" for name, p in traced.items())
+    lines = []
+    for name, record in comparison.records.items():
+        p, git = provenance(record), provenance(record)["git"] or {}
+        peak = f", peak RSS {p['peak_rss_mib'] / 1024:.1f} GiB" if p["peak_rss_mib"] else ""
+        lines.append(f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
+                     f"{p['dtype']}, {p['prompt_format']} prompts, git {(git.get('commit') or 'unknown')[:12]}"
+                     f"{' (uncommitted changes)' if git.get('dirty') else ''}{peak}\n")
+    return "".join(lines)
 
 
 def report_json(comparison: Comparison) -> dict[str, Any]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from bench.evaluation.agreement import (BALANCED_SET, SHORT_MAX_CHARS, SHORT_PAI
 from bench.evaluation.judge import Judge, length_controlled, order_statistics, win_rates
 from bench.evaluation.lmeval import Harness
 from bench.generation.models import LoadedModel
+from bench.memory import PeakRSS, peak_rss_mib
 from bench.execution.sandbox import OUTCOMES, Sandbox, isolation_notes
 from bench.analysis.stats import mean_ci
 from bench.store import RunStore
@@ -107,6 +107,7 @@ def run_record(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTas
         "command": sys.argv,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "timings": {},
+        "peak_rss_mib": {},  # each task's peak resident memory (bench.memory)
     }
 
 
@@ -136,26 +137,28 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
     results = {}
     with progress_bar() as progress:
         for task in tasks:
-            started = time.perf_counter()
-            if isinstance(task, HarnessTask):
-                predictions, metrics = evaluate_harness_task(harness, task, data[task.name], data[task.name].limit)
-            elif task.drift:
-                predictions = evaluate_drift(task, data[task.name].examples, seed[1], engine, progress)
-                metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
-                           **summarize([r["score"] for r in predictions]),
-                           "others": {"nll": summarize([r["scores"]["nll"] for r in predictions])},
-                           "generation": asdict(task.generation), "seed_fingerprint": seed[0].fingerprint}
-            elif task.judged:
-                predictions, metrics = evaluate_judged(model, engine, task, data[task.name], judge, seed, store.name,
-                                                       progress)
-                metrics["judge_agreement"] = agreement
-                store.write_json_file(task.name, MODEL_OUTPUTS, [
-                    {"instruction": ex.input, "output": row["output"], "generator": store.name}
-                    for ex, row in zip(data[task.name].examples, predictions)])
-            else:
-                predictions, metrics = evaluate_task(model, engine, task, data[task.name], progress, sandbox, samples)
-            store.write_task(task.name, predictions, metrics)
-            record["timings"][task.name] = round(time.perf_counter() - started, 3)
+            with PeakRSS() as peak:
+                started = time.perf_counter()
+                if isinstance(task, HarnessTask):
+                    predictions, metrics = evaluate_harness_task(harness, task, data[task.name], data[task.name].limit)
+                elif task.drift:
+                    predictions = evaluate_drift(task, data[task.name].examples, seed[1], engine, progress)
+                    metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
+                               **summarize([r["score"] for r in predictions]),
+                               "others": {"nll": summarize([r["scores"]["nll"] for r in predictions])},
+                               "generation": asdict(task.generation), "seed_fingerprint": seed[0].fingerprint}
+                elif task.judged:
+                    predictions, metrics = evaluate_judged(model, engine, task, data[task.name], judge, seed, store.name,
+                                                           progress)
+                    metrics["judge_agreement"] = agreement
+                    store.write_json_file(task.name, MODEL_OUTPUTS, [
+                        {"instruction": ex.input, "output": row["output"], "generator": store.name}
+                        for ex, row in zip(data[task.name].examples, predictions)])
+                else:
+                    predictions, metrics = evaluate_task(model, engine, task, data[task.name], progress, sandbox, samples)
+                store.write_task(task.name, predictions, metrics)
+                record["timings"][task.name] = round(time.perf_counter() - started, 3)
+            record["peak_rss_mib"][task.name] = peak.mib
             results[task.name] = metrics
     record["timings"]["total"] = round(sum(record["timings"].values()), 3)
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -234,7 +237,7 @@ def evaluate_agreement(judge: Judge, pairs: list[ReferencePair], store: RunStore
                                                 "judge_failures": sum(p.failed for p in preferences)})
         store.finish({**record, "timings": {"total": round(time.perf_counter() - started, 3)},
                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                      "peak_rss_mib": {AGREEMENT_TASK: round(peak_rss_mib(), 1)}})
     return json.loads((store.dir / AGREEMENT_TASK / "metrics.json").read_text())
 
 

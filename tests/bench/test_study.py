@@ -105,8 +105,11 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
     assert "<|im_start|>" in json.loads((run / "gsm8k" / "predictions.jsonl").read_text().splitlines()[0])["prompt"]
     stages = json.loads((report / "stages.json").read_text())
     methods = ("sft", "sdft", "gkd", "onpolicy_sd")
-    assert set(stages) == {*(f"{stage} {m}" for m in methods for stage in ("train", "eval")), "eval seed", "compare",
-                           "total", "work"}
+    labels = {*(f"{stage} {m}" for m in methods for stage in ("train", "eval")), "eval seed", "compare"}
+    assert set(stages) == labels | {"total", "work", "peak_rss_mib", "work_peak_rss_mib"}
+    assert set(stages["peak_rss_mib"]) == labels and all(mib > 100 for mib in stages["peak_rss_mib"].values())
+    assert set(stages["work_peak_rss_mib"]) == labels - {"compare"}
+    assert all(mib > 100 for mib in stages["work_peak_rss_mib"].values()), "train.json and run.json record the peak"
     assert set(stages["work"]["train sdft"]) == {"distil", "training"}
     assert set(stages["work"]["train gkd"]) == {"generation", "teacher", "training"}
     gkd = json.loads((tmp_path / "checkpoints" / "micro-gkd" / "train.json").read_text())
@@ -119,6 +122,8 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
     assert out.count("already trained") == 4
     again = json.loads((report / "stages.json").read_text())
     assert again["work"] == stages["work"], "a re-run that reuses the work keeps where its time went"
+    assert again["work_peak_rss_mib"] == stages["work_peak_rss_mib"]
+    assert "peak RSS" in (report / "report.md").read_text()
 
 
 def test_helpfulness_profile_trains_what_the_tiny_study_trains():
@@ -166,3 +171,26 @@ def test_the_seeded_tiny_profile_is_the_tiny_study_over_three_seeds():
     assert (seeded.sft, seeded.tasks, seeded.task_limits, seeded.max_new_tokens, seeded.train_limit) == \
         (tiny.sft, tiny.tasks, tiny.task_limits, tiny.max_new_tokens, tiny.train_limit)
     assert load_profile("paper").training_seeds == [0, 1, 2]
+
+
+def test_a_teacher_of_another_model_is_fine_tuned_first_and_distilled_from(capsys, tiny_model_dir, other_tiny_model_dir,
+                                                                          fixture_data, tmp_path):
+    """The GKD paper's setup: the teacher (a bigger model of the seed's family) fine-tuned on the task, then the
+    seed distilled from it; the teacher's fine-tune is a checkpoint of the study, not one of its compared runs."""
+    profile = tmp_path / "distil.toml"
+    profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\ntrain_task = "gsm8k"\ntrain_limit = 4\n'
+                       f'methods = ["gkd"]\nteacher = "{other_tiny_model_dir}"\nteacher_adapter = "sft"\n'
+                       'tasks = ["gsm8k"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
+                       'epochs = 1\n[gkd]\nmax_new_tokens = 4\n')
+    assert load_profile(str(profile)).teacher_fine_tune() == "sft"
+    args = ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    teacher = json.loads((tmp_path / "checkpoints" / "distil-teacher-sft" / "train.json").read_text())
+    assert teacher["method"] == "sft" and teacher["model"] == str(other_tiny_model_dir)
+    gkd = json.loads((tmp_path / "checkpoints" / "distil-gkd" / "train.json").read_text())
+    assert gkd["teacher"]["model"] == str(other_tiny_model_dir)
+    assert gkd["teacher"]["adapter"] == str(tmp_path / "checkpoints" / "distil-teacher-sft")
+    assert json.loads((tmp_path / "reports" / "distil" / "report.json").read_text())["runs"] == ["distil-seed", "distil-gkd"]
+    stages = json.loads((tmp_path / "reports" / "distil" / "stages.json").read_text())
+    assert list(stages)[:3] == ["train teacher-sft", "train gkd", "eval seed"]
+    assert "train teacher-sft" in stages["work"]

@@ -8,10 +8,9 @@ import json
 import pytest
 
 from bench.cli import main
-from bench.types import BenchError
 from conftest import sigkill_after_step, train_in_subprocess
 from fine_tune.common import keep_log_rows
-from fine_tune.sft import SFTConfig, last_complete_checkpoint
+from fine_tune.sft import last_complete_checkpoint
 
 
 def bench(capsys, *argv: str) -> tuple[int, str, str]:
