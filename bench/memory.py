@@ -9,7 +9,7 @@ import resource
 import sys
 from pathlib import Path
 
-_STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+_STATUS, _CLEAR_REFS, _MEMINFO = Path("/proc/self/status"), Path("/proc/self/clear_refs"), Path("/proc/meminfo")
 _open: list[PeakRSS] = []
 
 
@@ -20,6 +20,14 @@ def peak_rss_mib() -> float:
     except (OSError, AttributeError):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
         return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def available_bytes() -> int | None:
+    """The memory the kernel says a new allocation can take without swapping (MemAvailable); None where unknown."""
+    try:
+        return int(re.search(r"MemAvailable:\s+(\d+) kB", _MEMINFO.read_text()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return None
 
 
 def _reset() -> None:

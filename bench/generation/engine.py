@@ -26,11 +26,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.generation.cache import CachedGeneration, Cache, cache_key
 from bench.generation.models import LoadedModel
+from bench.memory import available_bytes
 from bench.types import GenerationConfig
 
 ENGINE_VERSION = 2  # part of every cache key: bump it when a change to decoding can change outputs
 PACKED_ARCHITECTURES = ("llama", "mistral", "qwen2")  # decoders of the same layer shape as transformers' Llama
 MAX_PREFILL_TOKENS = 8192  # prompt tokens admitted per forward pass: bounds the prefill's activations
+KV_MEMORY_SHARE = 0.5  # of the memory available when decoding starts: the most the slot cache may take
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,8 @@ class Engine:
         import torch
 
         prefix = common_prefix(token_lists)
-        slots = min(self.batch_size, len(token_lists))
         length = max(len(t) for t in token_lists) - prefix + config.max_new_tokens
+        slots = fitting_slots(self.model.model, prefix + length, min(self.batch_size, len(token_lists)))
         # Inference mode is entered around each computation, never held across a `yield`: generators closed out of
         # order would restore each other's grad mode.
         with torch.inference_mode():
@@ -289,6 +291,20 @@ class Engine:
         if cuts:
             text, reason = text[:min(cuts)], "stop"
         return CachedGeneration(text, len(tokens), reason)
+
+
+def fitting_slots(model, width: int, wanted: int) -> int:
+    """As many of `wanted` slots as a cache of `width` positions a row fits in KV_MEMORY_SHARE of the memory
+    available (at least one): a long token cap or a big model decodes fewer rows at once rather than run out of
+    memory (each row's computation is its own: the outputs equal an unbounded run's, tested in fp32)."""
+    import torch
+
+    weight = model.get_output_embeddings().weight
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    per_slot = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * width * weight.element_size()
+    available = torch.cuda.mem_get_info(weight.device)[0] if weight.device.type == "cuda" else available_bytes()
+    return wanted if available is None else max(1, min(wanted, int(KV_MEMORY_SHARE * available) // per_slot))
 
 
 class PackedDecoder:

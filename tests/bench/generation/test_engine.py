@@ -46,6 +46,28 @@ def test_outputs_do_not_depend_on_batch_size(tiny):
     assert [g.text for g in engine(tiny, packed=False, batch_size=3).generate(prompts, config)] == by_size[1]
 
 
+def test_slots_shrink_to_the_memory_available_and_outputs_stay_the_same(tiny, monkeypatch):
+    """The slot cache takes at most KV_MEMORY_SHARE of the memory available: with room for two rows' caches, two
+    rows decode at once, and every output is the one it gets with 64 slots."""
+    import bench.generation.engine as engine_module
+
+    prompts = prompts_for(tiny)
+    config = GenerationConfig(max_new_tokens=30)
+    free = [g.text for g in Engine(tiny, batch_size=64).generate(prompts, config)]
+    c, token_lists = tiny.model.config, [tiny.tokenizer(p)["input_ids"] for p in prompts]
+    width = max(map(len, token_lists)) + config.max_new_tokens
+    per_slot = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * width * 4
+    monkeypatch.setattr(engine_module, "available_bytes", lambda: int(2.5 * per_slot / engine_module.KV_MEMORY_SHARE))
+    slots = []
+    monkeypatch.setattr(engine_module, "PackedDecoder",
+                        lambda model, prefix, n, length: slots.append(n) or PackedDecoder(model, prefix, n, length))
+    assert [g.text for g in Engine(tiny, batch_size=64).generate(prompts, config)] == free
+    assert slots == [2]
+    monkeypatch.setattr(engine_module, "available_bytes", lambda: 1)
+    assert [g.text for g in Engine(tiny, batch_size=64).generate(prompts, config)] == free, "one row at a time"
+    assert slots[-1] == 1
+
+
 def test_rows_that_stop_early_free_their_slot_for_waiting_prompts(tiny):
     """Uneven outputs: stop sequences end some rows early; the prompts waiting behind them are admitted mid-batch
     and every output equals the one it gets with a slot of its own."""
