@@ -6,7 +6,7 @@ DATA ?=
 PROFILE ?= tiny
 DATA_ARG := $(if $(DATA),--data-dir $(DATA),)
 
-.PHONY: install judge test test-fast docs reproduce baseline benchmark clean
+.PHONY: install judge small test test-fast docs reproduce baseline benchmark clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,13 @@ $(VENV)/.judge-installed: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[dev,judge]"
 	touch $@
 
+# The small study's models (profiles/small.toml): the 0.5B seed and the judge's 1.5B (400 MB more than the judge).
+small: $(VENV)/.small-installed
+
+$(VENV)/.small-installed: $(VENV)/.judge-installed
+	$(BIN)/pip install --quiet -e ".[dev,small]"
+	touch $@
+
 test: install
 	$(BIN)/python -m pytest -q --durations=10
 
@@ -39,8 +46,8 @@ docs: install
 
 # The study of profiles/$(PROFILE).toml: train SFT and SDFT, evaluate seed and both, compare (results/reports/).
 # Every stage reuses finished work, so a second run only re-reads; a killed run resumes.
-# A profile that judges helpfulness locally (tiny-helpfulness) installs the judge first.
-reproduce: install $(if $(filter tiny-helpfulness,$(PROFILE)),judge,)
+# A profile that judges helpfulness locally (tiny-helpfulness) installs the judge first; the small study its models.
+reproduce: install $(if $(filter tiny-helpfulness,$(PROFILE)),judge,) $(if $(filter small,$(PROFILE)),small,)
 	$(BIN)/bench reproduce --profile $(PROFILE) $(DATA_ARG)
 
 # The harness's own committed baseline (results/baselines/harness): the embedded model in float32, greedy, on small

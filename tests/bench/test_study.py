@@ -173,24 +173,48 @@ def test_the_seeded_tiny_profile_is_the_tiny_study_over_three_seeds():
     assert load_profile("paper").training_seeds == [0, 1, 2]
 
 
+def distil_profile(tmp_path, seed_dir, teacher_dir):
+    profile = tmp_path / "distil.toml"
+    profile.write_text(f'model = "{seed_dir}"\ndtype = "float32"\ntrain_task = "gsm8k"\ntrain_limit = 8\n'
+                       f'methods = ["gkd"]\nteacher = "{teacher_dir}"\nteacher_adapter = "sft"\n'
+                       'tasks = ["gsm8k"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
+                       'epochs = 1\n[gkd]\nmax_new_tokens = 4\n')
+    return profile
+
+
+@pytest.mark.slow
 def test_a_teacher_of_another_model_is_fine_tuned_first_and_distilled_from(capsys, tiny_model_dir, other_tiny_model_dir,
                                                                           fixture_data, tmp_path):
     """The GKD paper's setup: the teacher (a bigger model of the seed's family) fine-tuned on the task, then the
-    seed distilled from it; the teacher's fine-tune is a checkpoint of the study, not one of its compared runs."""
-    profile = tmp_path / "distil.toml"
-    profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\ntrain_task = "gsm8k"\ntrain_limit = 4\n'
-                       f'methods = ["gkd"]\nteacher = "{other_tiny_model_dir}"\nteacher_adapter = "sft"\n'
-                       'tasks = ["gsm8k"]\nlimit = 2\n[sft]\nbatch_size = 2\ngradient_accumulation = 1\n'
-                       'epochs = 1\n[gkd]\nmax_new_tokens = 4\n')
+    seed distilled from it; the teacher's fine-tune is a checkpoint of the study, not one of its compared runs. A
+    study killed during the teacher's fine-tune and again during GKD resumes to the same adapters and report."""
+    import torch
+    from safetensors.torch import load_file
+
+    from conftest import sigkill_after_step, train_in_subprocess
+
+    profile = distil_profile(tmp_path, tiny_model_dir, other_tiny_model_dir)
     assert load_profile(str(profile)).teacher_fine_tune() == "sft"
-    args = ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path)]
-    assert main(args) == 0, capsys.readouterr().err
-    teacher = json.loads((tmp_path / "checkpoints" / "distil-teacher-sft" / "train.json").read_text())
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    args = lambda results: ["reproduce", "--profile", str(profile), "--data-dir", str(fixture_data),
+                            "--results-dir", str(results)]
+    assert main(args(whole)) == 0, capsys.readouterr().err
+    teacher = json.loads((whole / "checkpoints" / "distil-teacher-sft" / "train.json").read_text())
     assert teacher["method"] == "sft" and teacher["model"] == str(other_tiny_model_dir)
-    gkd = json.loads((tmp_path / "checkpoints" / "distil-gkd" / "train.json").read_text())
+    gkd = json.loads((whole / "checkpoints" / "distil-gkd" / "train.json").read_text())
     assert gkd["teacher"]["model"] == str(other_tiny_model_dir)
-    assert gkd["teacher"]["adapter"] == str(tmp_path / "checkpoints" / "distil-teacher-sft")
-    assert json.loads((tmp_path / "reports" / "distil" / "report.json").read_text())["runs"] == ["distil-seed", "distil-gkd"]
-    stages = json.loads((tmp_path / "reports" / "distil" / "stages.json").read_text())
+    assert gkd["teacher"]["adapter"] == str(whole / "checkpoints" / "distil-teacher-sft")
+    report = json.loads((whole / "reports" / "distil" / "report.json").read_text())
+    assert report["runs"] == ["distil-seed", "distil-gkd"]
+    stages = json.loads((whole / "reports" / "distil" / "stages.json").read_text())
     assert list(stages)[:3] == ["train teacher-sft", "train gkd", "eval seed"]
     assert "train teacher-sft" in stages["work"]
+
+    for checkpoint in ("distil-teacher-sft", "distil-gkd"):
+        sigkill_after_step(train_in_subprocess(args(killed)), killed / "checkpoints" / checkpoint, 1)
+    assert main(args(killed)) == 0, capsys.readouterr().err
+    for checkpoint in ("distil-teacher-sft", "distil-gkd"):  # resumed from the last complete step: float tolerance
+        ours, theirs = (load_file(d / "checkpoints" / checkpoint / "adapter_model.safetensors") for d in (killed, whole))
+        assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in ours)
+    resumed = json.loads((killed / "reports" / "distil" / "report.json").read_text())
+    assert [(r["run"], r["score"]) for r in resumed["tasks"]] == [(r["run"], r["score"]) for r in report["tasks"]]

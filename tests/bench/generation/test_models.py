@@ -92,12 +92,18 @@ def test_study_prompt_format_sends_the_alpaca_template_as_plain_text(tiny_model_
     assert render_prompt(tokenizer, "def f():") == tokenizer.bos_token + "def f():"  # HumanEval's raw prompt too
 
 
-def test_a_shipped_model_without_its_part_wheels_names_the_make_target(monkeypatch):
+@pytest.mark.parametrize("name, target", [("qwen2.5-coder-1.5b-instruct", "make judge"),
+                                          ("qwen2.5-coder-0.5b-instruct", "make small")])
+def test_a_shipped_model_without_its_part_wheels_names_the_make_target(monkeypatch, name, target):
+    from dataclasses import replace
+
     from bench.generation import models
 
-    monkeypatch.setitem(models.SHIPPED_MODELS, "judge-x", models.ShippedGGUF("forgetbench-no-such-part", 2, "1.0", "0" * 64, ""))
-    with pytest.raises(BenchError, match=r"model judge-x: package forgetbench-no-such-part1 is not installed \(run `make judge`"):
-        models.resolve_model_dir("judge-x")
+    missing = replace(models.SHIPPED_MODELS[name], parts="forgetbench-no-such-part")
+    monkeypatch.setitem(models.SHIPPED_MODELS, name, missing)
+    with pytest.raises(BenchError, match=rf"model {name}: package forgetbench-no-such-part1 is not installed "
+                                         rf"\(run `{target}`"):
+        models.shipped_parts(name)
 
 
 def test_a_shipped_model_whose_assembly_has_another_sha256_is_refused(monkeypatch, tmp_path):
@@ -107,7 +113,7 @@ def test_a_shipped_model_whose_assembly_has_another_sha256_is_refused(monkeypatc
     for i, part in enumerate(parts):
         part.write_bytes(b"GGUF" * (i + 1))
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setitem(models.SHIPPED_MODELS, "judge-x", models.ShippedGGUF("p", 2, "1.0", "0" * 64, ""))
+    monkeypatch.setitem(models.SHIPPED_MODELS, "judge-x", models.ShippedGGUF("p", 2, "1.0", "0" * 64, "", "make judge"))
     monkeypatch.setattr(models, "shipped_parts", lambda name: parts)
     with pytest.raises(BenchError, match=r"the assembled GGUF has sha256 .* not the pinned 0000000000000000"):
         models.resolve_model_dir("judge-x")
