@@ -34,7 +34,7 @@ def test_paper_profile_is_the_studys_configuration_line_by_line():
     assert paper.prompt_format == "study"
 
 
-@pytest.mark.parametrize("name", ["tiny", "paper", "tiny-helpfulness", "tiny-seeds"])
+@pytest.mark.parametrize("name", ["tiny", "paper", "tiny-helpfulness", "tiny-seeds", "small"])
 def test_shipped_profiles_name_known_tasks_and_valid_training(name):
     from fine_tune import METHODS
     from fine_tune.common import config_from_dict
