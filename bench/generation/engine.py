@@ -258,9 +258,10 @@ class Engine:
             return
         prefix = common_prefix(prompts)
         sizes = [len(p) + len(c) - 1 - prefix for p, c in zip(prompts, continuations)]
+        rows = fitting_slots(self.model.model, prefix + max(sizes), len(prompts))  # each chunk's rows hold a cache
         chunks, budget = [], 0
         for i, n in enumerate(sizes):
-            if not chunks or budget + n > MAX_PREFILL_TOKENS:
+            if not chunks or budget + n > MAX_PREFILL_TOKENS or len(chunks[-1]) == rows:
                 chunks.append([])
                 budget = 0
             chunks[-1].append(i)

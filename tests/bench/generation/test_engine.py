@@ -68,6 +68,25 @@ def test_slots_shrink_to_the_memory_available_and_outputs_stay_the_same(tiny, mo
     assert slots[-1] == 1
 
 
+def test_teacher_forced_logits_equal_a_plain_forward_in_any_number_of_chunks(tiny, monkeypatch):
+    """logits_along (GKD's teacher, knowledge log-likelihoods): each continuation's logits equal one unpadded forward
+    over prompt + continuation, whether the pairs share one packed pass or memory allows one row a chunk."""
+    import torch
+
+    import bench.generation.engine as engine_module
+
+    prompts = [tiny.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts_for(tiny)]
+    continuations = [[5, 9, 11], [7], [3, 4, 5, 6, 7, 8], [12, 13], [2, 40]]
+    with torch.inference_mode():
+        plain = [tiny.model(torch.tensor([p + c[:-1]])).logits[0, len(p) - 1:] for p, c in zip(prompts, continuations)]
+    packed = list(Engine(tiny).logits_along(prompts, continuations))
+    monkeypatch.setattr(engine_module, "available_bytes", lambda: 1)
+    one_by_one = list(Engine(tiny).logits_along(prompts, continuations))
+    for expected, a, b, c in zip(plain, packed, one_by_one, continuations):
+        assert a.shape == b.shape == (len(c), tiny.model.config.vocab_size)
+        assert torch.allclose(a, expected, atol=1e-5) and torch.allclose(b, expected, atol=1e-5)
+
+
 def test_rows_that_stop_early_free_their_slot_for_waiting_prompts(tiny):
     """Uneven outputs: stop sequences end some rows early; the prompts waiting behind them are admitted mid-batch
     and every output equals the one it gets with a slot of its own."""
