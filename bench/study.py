@@ -131,9 +131,9 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
 
     checkpoints = Path(results_dir) / "checkpoints"
     trained = profile.trained_names()
-    teacher_method = profile.teacher_fine_tune()
-    teachers = [(teacher_method, seed, profile.teacher_name(seed), profile.teacher) for seed in
-                dict.fromkeys(seed for _, seed, _ in trained if "gkd" in profile.methods)] if teacher_method else []
+    teacher_method = profile.teacher_fine_tune() if "gkd" in profile.methods else None
+    teachers = [(teacher_method, seed, profile.teacher_name(seed), profile.teacher)
+                for seed in dict.fromkeys(seed for _, seed, _ in trained)] if teacher_method else []
     for method, seed, name, model in teachers + [(m, s, n, profile.model) for m, s, n in trained]:
         teacher = {}
         if method == "gkd":

@@ -270,7 +270,8 @@ def verdict_markdown(comparison: Comparison) -> str:
 def provenance_lines(comparison: Comparison) -> str:
     lines = []
     for name, record in comparison.records.items():
-        p, git = provenance(record), provenance(record)["git"] or {}
+        p = provenance(record)
+        git = p["git"] or {}
         peak = f", peak RSS {p['peak_rss_mib'] / 1024:.1f} GiB" if p["peak_rss_mib"] else ""
         lines.append(f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
                      f"{p['dtype']}, {p['prompt_format']} prompts, git {(git.get('commit') or 'unknown')[:12]}"
