@@ -89,9 +89,12 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     from bench.generation.engine import Engine
     from bench.evaluation.lmeval import Harness, load_harness_data
     from bench.generation.models import load_model
-    from bench.execution.runner import evaluate
+    from bench.distributed import Shard, barrier
+    from bench.execution.merge import merge_runs
+    from bench.execution.runner import evaluate, judge_agreement
     from bench.execution.sandbox import Sandbox, isolation_notes
     from bench.store import RunStore
+    from tasks import TASKS
 
     tasks = _selected_tasks(args)
     data_dir = resolve_data_dir(args.data_dir)
@@ -99,7 +102,10 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     data = {t.name: (load_task_data if isinstance(t, Task) else load_harness_data)(
         t, data_dir, task_limits.get(t.name, args.limit)) for t in tasks}
     results_dir = Path(args.results_dir)
-    store = RunStore(results_dir, args.name or default_run_name(args.model, args.adapter))
+    name = args.name or default_run_name(args.model, args.adapter)
+    RunStore(results_dir, name)  # the name's rules, before any shard's name is made from it
+    w, shard = _eval_shard(args, data)
+    store = RunStore(results_dir, shard.run_name(name) if shard else name)
     store.check_writable()
     started = time.perf_counter()
     prompt_format = args.prompt_format
@@ -120,8 +126,20 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     if any(isinstance(t, Task) and (t.drift or t.judged) for t in tasks):
         seed_model = model if args.adapter is None else load_model(args.model, None, args.dtype, prompt_format)
         seed = (seed_model, engine if seed_model is model else Engine(seed_model, cache, batch_size=args.batch_size))
+    judge_pairs = _judge_pairs(args, data_dir) if judge else None
+    if judge and w.size > 1:  # rank 0 measures the judge's agreement (when it is not yet) before any rank reads it
+        if w.main:
+            judge_agreement(judge, results_dir, judge_pairs)
+        barrier(w)
     metrics = evaluate(model, engine, tasks, data, store, args.limit, sandbox, args.samples, harness, seed, judge,
-                       _judge_pairs(args, data_dir) if judge else None)
+                       judge_pairs, shard)
+    if w.size > 1:  # rank 0 merges the ranks' shards into the run
+        barrier(w)
+        if not w.main:
+            return
+        store = RunStore(results_dir, name)
+        metrics = merge_runs([RunStore(results_dir, Shard(r, w.size).run_name(name)) for r in range(w.size)], store,
+                             TASKS)
     title = f"run {store.name}: {model.spec} ({model.dtype}, fingerprint {model.fingerprint})"
     console.print(_metrics_table(title, metrics))
     from bench.analysis.compare import judge_agreements
@@ -130,6 +148,38 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     for line in judge_lines(judge_agreements([metrics])) if judge else ():
         console.print(f"judge: {line}", markup=False, highlight=False)
     console.print(f"results: {store.dir}  ({time.perf_counter() - started:.1f} s)")
+
+
+def _eval_shard(args: argparse.Namespace, data: dict) -> tuple:
+    """This process's world and the shard it evaluates: --shard I/N, or its rank's under a launcher; a shard
+    that would hold no example of some task is an error."""
+    from bench.distributed import Shard, parse_shard, world
+
+    shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
+    w = world()
+    if w.size > 1:
+        if shard is not None:
+            raise BenchError(f"--shard {args.shard}: under a launcher each of the {w.size} processes evaluates its "
+                             f"own shard; drop --shard")
+        shard = Shard(w.rank, w.size)
+    for name, loaded in data.items() if shard else ():
+        if 0 < len(loaded.examples) < shard.count:
+            raise BenchError(f"{shard.count} shards but task {name} has {len(loaded.examples)} examples: every "
+                             f"shard needs at least one (use fewer processes or shards)")
+    return w, shard
+
+
+def cmd_merge(args: argparse.Namespace, console: Console) -> None:
+    from bench.execution.merge import merge_runs
+    from bench.store import RunStore
+    from tasks import TASKS
+
+    results_dir = Path(args.results_dir)
+    store = RunStore(results_dir, args.name)
+    store.check_writable()
+    metrics = merge_runs([RunStore(results_dir, name) for name in args.runs], store, TASKS)
+    console.print(_metrics_table(f"run {store.name}: merged from {len(args.runs)} shards", metrics))
+    console.print(f"results: {store.dir}")
 
 
 def _selected_tasks(args: argparse.Namespace) -> list[Task | HarnessTask]:
@@ -287,10 +337,11 @@ TRAIN_OPTIONS = ("epochs", "lmbda", "beta", "temperature", "seq_kd", "max_new_to
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
+    from bench.distributed import barrier, world
     from fine_tune import METHODS
     from fine_tune.common import finish, provenance, train_job, trained_already
 
-    trainer = METHODS[args.method]
+    trainer, w = METHODS[args.method], world()
     teacher, teacher_adapter = getattr(args, "teacher", None), getattr(args, "teacher_adapter", None)
     if trainer.teacher and teacher is None:
         raise BenchError(f"bench train {args.method}: needs --teacher MODEL (and --teacher-adapter DIR for an "
@@ -310,10 +361,14 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     except OSError as e:
         raise BenchError(f"--results-dir {args.results_dir}: not writable ({e.strerror})") from None
     record = {**trainer.train(job, config), **provenance(job, config)}
+    if not w.main:  # rank 0 writes the checkpoint; the others wait for it
+        barrier(w)
+        return
     if "distillation" in record:
         d = record["distillation"]
         console.print(f"distilled: {d['accepted']}/{d['examples']} rewrites accepted ({100 * d['rate']:.1f}%)")
     finish(job.out_dir, record)
+    barrier(w)
     console.print(f"adapter: {job.out_dir}  ({record['steps']} steps, loss {record['final_loss']:.4f}, "
                   f"{record['seconds']:.1f} s)")
 
@@ -529,7 +584,18 @@ def _eval_parser(commands) -> None:
     ev.add_argument("--judge-orders", choices=("both", "random"), default="both",
                     help="both (default): every pair judged in both orders and averaged; random: alpaca_eval's one "
                          "seeded random order (half the judge's cost)")
+    ev.add_argument("--shard", metavar="I/N", help="evaluate shard I of N (0 <= I < N) of every task's examples, "
+                    "as a partial run NAME.shard-I-of-N; `bench merge` joins the N (under torchrun or accelerate "
+                    "launch each process takes its rank's shard and rank 0 merges them)")
     ev.set_defaults(func=cmd_eval)
+
+
+def _merge_parser(commands) -> None:
+    mg = commands.add_parser("merge", help="one run from the partial runs of its shards (bench eval --shard I/N)")
+    mg.add_argument("runs", nargs="+", help="the shards' run names (NAME.shard-I-of-N), every one of them once")
+    mg.add_argument("--name", required=True, help="the merged run's name")
+    mg.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
+    mg.set_defaults(func=cmd_merge)
 
 
 def _train_parser(commands) -> None:
@@ -658,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="Measure what fine-tuning made a model forget.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    for add in (_eval_parser, _train_parser, _compare_parser, _reproduce_parser, _judge_parser, _gate_parser, _baseline_parser, _tasks_parser):
+    for add in (_eval_parser, _merge_parser, _train_parser, _compare_parser, _reproduce_parser, _judge_parser,
+                _gate_parser, _baseline_parser, _tasks_parser):
         add(commands)
     return parser
 

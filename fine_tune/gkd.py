@@ -93,9 +93,9 @@ def train_gkd(job: TrainJob, config: GKDConfig) -> dict[str, Any]:
                  for ex in examples}
     identity = f"gkd:{opt.training_seed}:{student.weights_sha256[:16]}"
 
-    def completions(micro: list[list[TrainExample]], step: int, rng) -> list[list[Sequence]]:
-        sources = ["student" if rng.random() < config.lmbda else "teacher" if config.seq_kd else "dataset"
-                   for _ in micro]
+    def completions(micro: list[list[TrainExample]], step: int, draws) -> list[list[Sequence]]:
+        sources = ["student" if draw.random() < config.lmbda else "teacher" if config.seq_kd else "dataset"
+                   for draw in draws]
         groups = [[Sequence(ex, prompts[ex.id], responses[ex.id], "dataset", prompts[ex.id]) for ex in chunk]
                   for chunk in micro]
         for source, engine in (("student", student.engine(f"{identity}:{step}")), ("teacher", teacher_engine)):

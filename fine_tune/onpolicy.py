@@ -8,8 +8,12 @@ over its tokens, divided by the step's total, so the step's gradient is that of 
 whatever the micro-batches' lengths (TRL issue 4719). The student's logits are computed at completion positions
 only (the LM head never runs over the prompt).
 
-Every random draw (the example order, the on-policy choice, each sample's seed, dropout) is seeded from (seed,
-step), so a run killed and resumed from its last saved state ends with the adapter of a run never stopped.
+Every random draw (the example order, each micro-batch's on-policy choice and dropout, each sample's seed) is
+seeded from (seed, step, micro-batch), so a run killed and resumed from its last saved state ends with the adapter
+of a run never stopped, and one data-parallel over N processes (torchrun, `accelerate launch`) with that of one
+process: each rank takes every N-th micro-batch of a step, samples, scores and back-propagates only those (the
+step's completion-token count summed over ranks first), the gradients are summed over ranks, and every rank takes
+the same optimizer step. Rank 0 writes the log, the resumable state and the adapter.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.distributed import World, all_reduce_sum, barrier, world
 from bench.generation.engine import Engine, progress_bar
 from bench.generation.models import LoadedModel, is_plain, render_prompt, resolve_dtype, resolve_model_dir, weights_sha256
 from bench.types import BenchError, GenerationConfig
@@ -173,17 +178,20 @@ class Method:
     them (no gradient), the per-token divergence, and what to do after each optimizer step."""
 
     name: str
-    completions: Callable[[list[list[TrainExample]], int, random.Random], list[list[Sequence]]]
+    completions: Callable[[list[list[TrainExample]], int, list[random.Random]], list[list[Sequence]]]  # a draw each
     teacher_logits: Callable[[list[Sequence]], Any]
     divergence: Callable[[Any, Any], Any]
     after_step: Callable[[], None] = lambda: None
 
 
-def save_state(state_dir: Path, student: Student, optimizer, scheduler, step: int) -> None:
-    """The trainable tensors (every adapter, EMA included), optimizer and schedule after `step`: written beside,
-    then renamed over the previous state, so a kill leaves one complete state."""
+def save_state(w: World, state_dir: Path, student: Student, optimizer, scheduler, step: int) -> None:
+    """The trainable tensors (every adapter, EMA included), optimizer and schedule after `step`: written by rank 0
+    beside, then renamed over the previous state, so a kill leaves one complete state."""
     import torch
     from safetensors.torch import save_file
+
+    if not w.main:
+        return
 
     tmp = state_dir.with_name(f".{state_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -199,14 +207,16 @@ def save_state(state_dir: Path, student: Student, optimizer, scheduler, step: in
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_state(state_dir: Path, student: Student, optimizer, scheduler) -> int:
-    """The step a saved state ends at (0 without one), its tensors loaded into the student and optimizer."""
+def load_state(w: World, state_dir: Path, student: Student, optimizer, scheduler) -> int:
+    """The step a saved state ends at (0 without one), its tensors loaded into the student and optimizer (every
+    rank reads the one state rank 0 wrote)."""
     import torch
     from safetensors.torch import load_file
 
     old = state_dir.with_name(f".{state_dir.name}.old")
-    if not state_dir.is_dir() and old.is_dir():  # killed between the two renames
+    if w.main and not state_dir.is_dir() and old.is_dir():  # killed between the two renames
         old.replace(state_dir)
+    barrier(w)
     if not (state_dir / "step.json").is_file():
         return 0
     lora = load_file(state_dir / "lora.safetensors")
@@ -226,38 +236,30 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
     import torch
     from transformers import get_scheduler
 
-    model = student.model
+    model, w = student.model, world()
     steps = step_order(len(examples), config, task)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
     scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * len(steps)),
                               num_training_steps=len(steps))
     state_dir, log_path = out_dir / "state", out_dir / "train_log.csv"
-    done = load_state(state_dir, student, optimizer, scheduler)
-    keep_log_rows(log_path, done)
+    done = load_state(w, state_dir, student, optimizer, scheduler)
+    if w.main:
+        keep_log_rows(log_path, done)
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=student.dtype == "bfloat16")
     totals = Counter(dict.fromkeys(("generated_tokens", "trained_tokens", "completion_tokens", "sequences",
                                     "on_policy_micro_batches", "micro_batches"), 0))
     seconds = {"generation": 0.0, "teacher": 0.0, "training": 0.0}
     started = time.perf_counter()
-    with progress_bar() as progress:
+    with progress_bar(w.main) as progress:
         bar = progress.add_task(f"{method.name} {task}", total=len(steps), completed=done, rate="")
         for step in range(done + 1, len(steps) + 1):
             step_started = time.perf_counter()
             batch = [examples[i] for i in steps[step - 1]]
             micro = [batch[i:i + config.batch_size] for i in range(0, len(batch), config.batch_size)]
-            model.eval()
-            student.sync()
-            with torch.no_grad():
-                t = time.perf_counter()
-                micro_sequences = method.completions(micro, step, random.Random(f"{config.training_seed}:{step}"))
-                seconds["generation"] += time.perf_counter() - t
-            n_tokens = sum(len(s.completion) for group in micro_sequences for s in group)
-            generated = sum(len(s.completion) for group in micro_sequences for s in group if s.source != "dataset")
-            model.train()
-            torch.manual_seed(config.training_seed * 1_000_003 + step)  # dropout
-            loss_sum, kl_sum = loss_step(student, method, micro_sequences, n_tokens, autocast, seconds)
+            loss_sum, kl_sum, counts = step_gradients(student, method, w, config, step, micro, autocast, seconds)
             t = time.perf_counter()
+            average_gradients(w, trainable)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             lr = scheduler.get_last_lr()[0]
@@ -265,34 +267,87 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
             optimizer.zero_grad(set_to_none=True)
             method.after_step()
             seconds["training"] += time.perf_counter() - t
-            trained = sum(len(s.prompt) + len(s.completion) for group in micro_sequences for s in group)
-            on_policy = sum(all(s.source == "student" for s in group) for group in micro_sequences)
-            totals.update(generated_tokens=generated, trained_tokens=trained, completion_tokens=n_tokens,
-                          sequences=len(batch), on_policy_micro_batches=on_policy, micro_batches=len(micro_sequences))
+            n_tokens = counts["completion"]
+            totals.update(generated_tokens=counts["generated"], trained_tokens=counts["trained"],
+                          completion_tokens=n_tokens, sequences=len(batch),
+                          on_policy_micro_batches=counts["on_policy"], micro_batches=len(micro))
             elapsed = time.perf_counter() - step_started
-            append_log_row(log_path, LOG_COLUMNS, [step, round(loss_sum / n_tokens, 6), round(kl_sum / n_tokens, 6), lr,
-                                     round(trained / elapsed, 1), generated, round(on_policy / len(micro), 3)])
+            if w.main:
+                append_log_row(log_path, LOG_COLUMNS, [
+                    step, round(loss_sum / n_tokens, 6), round(kl_sum / n_tokens, 6), lr,
+                    round(counts["trained"] / elapsed, 1), counts["generated"], round(counts["on_policy"] / len(micro), 3)])
             if step % config.save_steps == 0 and step < len(steps):
-                save_state(state_dir, student, optimizer, scheduler, step)
+                save_state(w, state_dir, student, optimizer, scheduler, step)
             progress.update(bar, advance=1, rate=f"loss {loss_sum / n_tokens:.4f}")
+    barrier(w)  # rank 0's last log row is written before anyone reads it
     return {"steps": len(steps), "resumed": done > 0, "resumed_from_step": done,
             "final_loss": last_logged_loss(log_path), "seconds": round(time.perf_counter() - started, 2),
-            **throughput(totals, seconds)}
+            "world_size": w.size, **throughput(totals, seconds)}
+
+
+def step_gradients(student: Student, method: Method, w: World, config: Optimization, step: int,
+                   micro: list[list[TrainExample]], autocast, seconds: dict[str, float]) -> tuple[float, float, dict]:
+    """This rank's gradients for its micro-batches of the step (every `w.size`-th); returns the step's summed loss,
+    KL and counts over every rank."""
+    import torch
+
+    mine = w.shard(list(range(len(micro))))
+    student.model.eval()
+    student.sync()
+    with torch.no_grad():
+        t = time.perf_counter()
+        micro_sequences = method.completions([micro[i] for i in mine], step, [
+            random.Random(f"{config.training_seed}:{step}:{i}") for i in mine])
+        seconds["generation"] += time.perf_counter() - t
+    ours = step_counts(micro_sequences)
+    n_tokens = int(all_reduce_sum(w, torch.tensor([ours["completion"]], dtype=torch.float64))[0])
+    student.model.train()
+    dropout = [config.training_seed * 1_000_003 + step * 1_009 + i for i in mine]
+    loss_sum, kl_sum = loss_step(student, method, micro_sequences, n_tokens, autocast, seconds, dropout)
+    summed = all_reduce_sum(w, torch.tensor([loss_sum, kl_sum, *ours.values()], dtype=torch.float64)).tolist()
+    return summed[0], summed[1], dict(zip(ours, map(round, summed[2:])))
+
+
+def step_counts(micro_sequences: list[list[Sequence]]) -> dict[str, int]:
+    """This rank's share of a step's tokens and micro-batches, to be summed over ranks."""
+    sequences = [s for group in micro_sequences for s in group]
+    return {"completion": sum(len(s.completion) for s in sequences),
+            "generated": sum(len(s.completion) for s in sequences if s.source != "dataset"),
+            "trained": sum(len(s.prompt) + len(s.completion) for s in sequences),
+            "on_policy": sum(all(s.source == "student" for s in group) for group in micro_sequences)}
+
+
+def average_gradients(w: World, parameters: list[Any]) -> None:
+    """Every rank's gradients summed: each rank's loss is already divided by the step's total completion tokens,
+    so the sum is the gradient of the whole step's token mean. A rank with no micro-batch this step adds zeros."""
+    import torch
+
+    if w.size == 1:
+        return
+    for p in parameters:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = all_reduce_sum(w, torch.cat([p.grad.reshape(-1) for p in parameters]))
+    offset = 0
+    for p in parameters:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
 
 
 def loss_step(student: Student, method: Method, micro_sequences: list[list[Sequence]], n_tokens: int, autocast,
-              seconds: dict[str, float]) -> tuple[float, float]:
-    """Gradients of one optimizer step: per micro-batch the teacher's logits (no gradient), the student's, the
-    divergence summed over tokens and divided by the step's completion tokens. Returns the summed loss and
-    KL(teacher || student), for the log."""
+              seconds: dict[str, float], dropout_seeds: list[int]) -> tuple[float, float]:
+    """Gradients of this rank's share of one optimizer step: per micro-batch the teacher's logits (no gradient),
+    the student's (dropout seeded by the micro-batch), the divergence summed over tokens and divided by the step's
+    completion tokens. Returns the summed loss and KL(teacher || student), for the log."""
     import torch
 
     loss_sum, kl_sum = 0.0, 0.0
-    for sequences in micro_sequences:
+    for sequences, seed in zip(micro_sequences, dropout_seeds):
         t = time.perf_counter()
         teacher = method.teacher_logits(sequences).float()
         seconds["teacher"] += time.perf_counter() - t
         t = time.perf_counter()
+        torch.manual_seed(seed)
         with autocast:
             logits = student_logits(student, sequences)
         per_token = method.divergence(logits, teacher)
@@ -316,6 +371,7 @@ def throughput(totals: Counter, seconds: dict[str, float]) -> dict[str, Any]:
 
 
 def save_student(student: Student, out_dir: Path) -> None:
-    """The student's adapter (named `default`; an EMA teacher's is not saved); the resume state goes."""
-    save_adapter(student.model, out_dir, selected_adapters=["default"])
-    shutil.rmtree(out_dir / "state", ignore_errors=True)
+    """Rank 0 saves the student's adapter (named `default`; an EMA teacher's is not saved); the resume state goes."""
+    if world().main:
+        save_adapter(student.model, out_dir, selected_adapters=["default"])
+        shutil.rmtree(out_dir / "state", ignore_errors=True)

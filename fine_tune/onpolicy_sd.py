@@ -81,7 +81,7 @@ def train_onpolicy_sd(job: TrainJob, config: OnPolicySDConfig) -> dict[str, Any]
     pairs = add_ema_teacher(student) if config.teacher_kind == "ema" else []
     identity = f"onpolicy_sd:{opt.training_seed}:{student.weights_sha256[:16]}"
 
-    def completions(micro: list[list[TrainExample]], step: int, rng) -> list[list[Sequence]]:
+    def completions(micro: list[list[TrainExample]], step: int, draws) -> list[list[Sequence]]:
         groups = [[Sequence(ex, prompts[ex.id], [], "student", teacher_prompts[ex.id]) for ex in chunk]
                   for chunk in micro]
         todo = [s for group in groups for s in group]

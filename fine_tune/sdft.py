@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+from bench.distributed import gather, unshard, world
 from bench.generation.cache import Cache
 from bench.generation.engine import Engine, progress_bar
 from bench.generation.models import load_model
@@ -70,9 +71,12 @@ def rejection(task: str, rewrite: str, reference: str) -> str | None:
 def distill_rewrites(model: Any, engine: Any, task: str, examples: list[TrainExample],
                      progress=None) -> tuple[list[TrainExample], list[dict[str, Any]]]:
     """The examples with each accepted rewrite as the response (a rejected one keeps the original), and one
-    record per example: the rewrite, whether it was accepted, and why not."""
+    record per example: the rewrite, whether it was accepted, and why not. Under a launcher each process writes
+    its shard of the rewrites and every process gets them all."""
+    w = world()
     prompts = [model.render(distill_messages(task, ex), ex.template) for ex in examples]
-    generations = engine.generate(prompts, DISTILL_GENERATION, progress, label=f"distil {task}")
+    generations = unshard(gather(w, engine.generate(w.shard(prompts), DISTILL_GENERATION, progress,
+                                                    label=f"distil {task}")))
     distilled, records = [], []
     for ex, gen in zip(examples, generations):
         rewrite = gen.text.strip()
@@ -96,10 +100,11 @@ def train_sdft(job: TrainJob, config: SFTConfig) -> dict[str, Any]:
     started = time.perf_counter()
     model = load_model(job.model, None, job.dtype, job.prompt_format)
     engine = Engine(model, Cache(job.results_dir / "cache" / "generations.sqlite"))
-    with progress_bar() as progress:
+    with progress_bar(world().main) as progress:
         distilled, records = distill_rewrites(model, engine, job.task, job.examples, progress)
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(job.out_dir / "distilled.jsonl", records)
+    if world().main:
+        write_jsonl(job.out_dir / "distilled.jsonl", records)
     stats = {**acceptance(records), "seconds": round(time.perf_counter() - started, 2),
              "generation": engine.settings(DISTILL_GENERATION)}
     del model, engine

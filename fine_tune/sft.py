@@ -4,6 +4,12 @@ study's hyper-parameters by default.
 Batches are grouped by length (no padding waste beyond the batch); bf16 autocast where the hardware computes it.
 A checkpoint directory holds the adapter (loadable by `peft.PeftModel.from_pretrained` and lm-eval's `peft=`),
 `train.json`, `train_log.csv`; Trainer's own checkpoints under `trainer/` let an interrupted training resume.
+
+Data-parallel over N processes (torchrun, `accelerate launch`): the global batch stays `batch_size x
+gradient_accumulation`; each process takes `batch_size` examples per micro-batch and accumulates
+`gradient_accumulation / N` of them (N must divide it), the length-grouped order is drawn for the global batch, and
+Trainer divides the loss by the step's label tokens over every process: each optimizer step sees the examples, and
+takes the gradient, of the single-process run's. Rank 0 writes the log and the adapter.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.distributed import World, barrier, world
 from bench.generation.models import is_plain, resolve_dtype, resolve_model_dir, weights_sha256
 from bench.types import BenchError
 from fine_tune.common import LoRA, Optimization, TrainJob, add_lora, append_log_row, base_record, keep_log_rows, \
@@ -30,14 +37,17 @@ def train_sft(job: TrainJob, config: SFTConfig, examples: list[TrainExample] | N
     """Train a LoRA adapter on the responses of `examples` (default: the job's); returns the train.json record.
     Resumes from the last Trainer checkpoint in `out_dir/trainer` when there is one."""
     import torch
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, TrainingArguments, set_seed
     from datasets import Dataset
 
     examples = job.examples if examples is None else examples
-    opt = config.optimization
+    opt, w = config.optimization, world()
     if not examples:
         raise BenchError(f"training task {job.task}: no training examples")
+    if opt.gradient_accumulation % w.size:
+        raise BenchError(f"{w.size} processes: gradient_accumulation {opt.gradient_accumulation} must be a multiple of "
+                         f"the number of processes (each takes batch_size {opt.batch_size} x gradient_accumulation / "
+                         f"{w.size} examples of a step)")
     dtype = resolve_dtype(job.dtype)
     model_dir = resolve_model_dir(job.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -55,26 +65,43 @@ def train_sft(job: TrainJob, config: SFTConfig, examples: list[TrainExample] | N
     args = TrainingArguments(
         output_dir=str(trainer_dir), num_train_epochs=epochs, learning_rate=opt.learning_rate,
         lr_scheduler_type=opt.scheduler, warmup_steps=opt.warmup_ratio,
-        per_device_train_batch_size=opt.batch_size, gradient_accumulation_steps=opt.gradient_accumulation,
+        per_device_train_batch_size=opt.batch_size, gradient_accumulation_steps=opt.gradient_accumulation // w.size,
         train_sampling_strategy="group_by_length", bf16=dtype == "bfloat16", fp16=dtype == "float16", logging_steps=1,
         save_strategy="steps", save_steps=opt.save_steps, save_total_limit=1, report_to=[], seed=opt.training_seed,
         data_seed=opt.training_seed, dataloader_num_workers=0, disable_tqdm=False,
         use_cpu=not torch.cuda.is_available())
     mean_length = sum(len(f["input_ids"]) for f in features) / len(features)
     log = _log_callback(job.out_dir / "train_log.csv", mean_length * opt.batch_size * opt.gradient_accumulation)
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(features), callbacks=[log],
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX))
-    checkpoint = last_complete_checkpoint(trainer_dir)
-    keep_log_rows(job.out_dir / "train_log.csv", checkpoint_step(checkpoint) if checkpoint else 0)
+    trainer = _global_batch_trainer(opt.batch_size * opt.gradient_accumulation)(
+        model=model, args=args, train_dataset=Dataset.from_list(features), callbacks=[log],
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX))
+    checkpoint = last_complete_checkpoint(w, trainer_dir)
+    if w.main:
+        keep_log_rows(job.out_dir / "train_log.csv", checkpoint_step(checkpoint) if checkpoint else 0)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
-    save_adapter(model, job.out_dir)
+    if w.main:
+        save_adapter(model, job.out_dir)
     trained_tokens = sum(len(f["input_ids"]) for f in features) * epochs
     return {**base_record(job, config, model_dir, weights_sha256(model_dir), dtype),
             "trained_examples": len(features), "steps": result.global_step, "final_loss": result.training_loss,
             "seconds": round(seconds, 2), "tokens_per_s": round(trained_tokens / seconds, 1) if not checkpoint else None,
-            "resumed": checkpoint is not None, "peak_memory_mb": peak_memory_mb()}
+            "resumed": checkpoint is not None, "world_size": w.size, "peak_memory_mb": peak_memory_mb()}
+
+
+def _global_batch_trainer(global_batch: int):
+    """Trainer whose length-grouped order is drawn for the global batch, as one process draws it, whatever the
+    number of processes (Trainer's own groups by the per-process share)."""
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class GlobalBatchTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return LengthGroupedSampler(global_batch, dataset=dataset, model_input_name="input_ids")
+
+    return GlobalBatchTrainer
 
 
 def _log_callback(path: Path, tokens_per_step: float):
@@ -86,7 +113,7 @@ def _log_callback(path: Path, tokens_per_step: float):
         last = (0, time.perf_counter())
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs:
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
             step, when = self.last
             now = time.perf_counter()
@@ -102,13 +129,14 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name.rsplit("-", 1)[1])
 
 
-def last_complete_checkpoint(trainer_dir: Path) -> Path | None:
+def last_complete_checkpoint(w: World, trainer_dir: Path) -> Path | None:
     """The newest Trainer checkpoint saved completely (Trainer writes trainer_state.json last); newer ones, left
-    half-written by a kill during a save, are removed."""
+    half-written by a kill during a save, are removed (by rank 0, before any rank resumes)."""
     checkpoints = sorted(trainer_dir.glob("checkpoint-*"), key=checkpoint_step)
     complete = [path for path in checkpoints if (path / "trainer_state.json").is_file()]
     last = complete[-1] if complete else None
     for path in checkpoints:
-        if last is None or checkpoint_step(path) > checkpoint_step(last):
+        if w.main and (last is None or checkpoint_step(path) > checkpoint_step(last)):
             shutil.rmtree(path)
+    barrier(w)
     return last

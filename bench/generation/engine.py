@@ -43,10 +43,12 @@ class Generation:
     cached: bool
 
 
-def progress_bar() -> Progress:
+def progress_bar(shown: bool = True) -> Progress:
+    """Bars with a rate column; `shown` False (a rank other than 0) draws nothing."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+        disable=not shown)
 
 
 def packed_architecture(model) -> bool:

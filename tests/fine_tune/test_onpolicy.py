@@ -79,7 +79,7 @@ def test_the_loss_step_weighs_every_completion_token_alike_however_the_micro_bat
         for p in trainable:
             p.grad = None
         seconds = {"teacher": 0.0, "training": 0.0}
-        loss_sum, _ = loss_step(student, method, micro_sequences, 43, nullcontext(), seconds)
+        loss_sum, _ = loss_step(student, method, micro_sequences, 43, nullcontext(), seconds, [0] * len(micro_sequences))
         return loss_sum, [p.grad.clone() for p in trainable]
 
     student.model.train()

@@ -10,6 +10,7 @@ import pytest
 from bench.cli import main
 from conftest import sigkill_after_step, train_in_subprocess
 from fine_tune.common import keep_log_rows
+from bench.distributed import World
 from fine_tune.sft import last_complete_checkpoint
 
 
@@ -113,7 +114,7 @@ def test_a_checkpoint_half_written_by_a_kill_is_dropped_and_the_log_cut_back(tmp
         (tmp_path / f"checkpoint-{step}").mkdir()
         if complete:
             (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert last_complete_checkpoint(World(), tmp_path) == tmp_path / "checkpoint-4"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     log = tmp_path / "train_log.csv"
     log.write_text("step,loss,lr,tokens_per_s\n" + "".join(f"{i},1.0,0.1,5\n" for i in range(1, 7)))
