@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.data import LoadedData, read_jsonl, sha256_file
+from bench.distributed import world
 from bench.types import BenchError, Example, HarnessTask
 
 PREFIX = "forgetbench_"
@@ -179,8 +180,10 @@ class Harness:
             self._lm = engine_lm(self.model, self.engine)
         return self._lm
 
-    def run(self, task: HarnessTask, limit: int | None) -> tuple[list[dict], dict[str, Any]]:
-        """lm-eval's per-example rows for the task (in our row format) and its reported results per leaf."""
+    def run(self, task: HarnessTask, limit: int | None,
+            ids: list[str] | None = None) -> tuple[list[dict], dict[str, Any]]:
+        """lm-eval's per-example rows for the task (in our row format) and its reported results per leaf: of the
+        first `limit` documents of each leaf, or of the examples `ids` (a shard's, `LEAF/i` or `i`) alone."""
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
@@ -188,8 +191,24 @@ class Harness:
         self.cache.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="forgetbench-lm-eval-") as tmp:
             names = write_configs([task], self.data_dir, Path(tmp))
-            out = simple_evaluate(model=self.lm(), tasks=names, task_manager=TaskManager(include_path=tmp,
-                                  include_defaults=False), limit=limit, log_samples=True, use_cache=str(self.cache))
+            selection: dict[str, Any] = {"limit": limit}
+            if ids is not None:
+                docs: dict[str, list[int]] = {name: [] for name in names}
+                for i in ids:
+                    leaf, _, doc = i.rpartition("/")
+                    docs[PREFIX + leaf if leaf else names[0]].append(int(doc))
+                names = [name for name in names if docs[name]]
+                selection = {"samples": {name: docs[name] for name in names}}
+            # Under a launcher each rank evaluates its own shard whole: lm-eval must neither take a LOCAL_RANK
+            # other than 0 for tensor parallelism (it then returns nothing) nor share one request cache file.
+            local_rank, rank = os.environ.pop("LOCAL_RANK", None), world().rank
+            try:
+                out = simple_evaluate(model=self.lm(), tasks=names, task_manager=TaskManager(
+                    include_path=tmp, include_defaults=False), log_samples=True,
+                    use_cache=str(self.cache) + (f"-process{rank}" if rank else ""), **selection)
+            finally:
+                if local_rank is not None:
+                    os.environ["LOCAL_RANK"] = local_rank
         rows = []
         for name in names:
             leaf = name.removeprefix(PREFIX)
@@ -198,6 +217,30 @@ class Harness:
         reported = {name.removeprefix(PREFIX): {k: v for k, v in out["results"][name].items() if k != "alias"}
                     for name in names}
         return rows, {"results": reported, "n-shot": {n.removeprefix(PREFIX): out["n-shot"][n] for n in names}}
+
+
+def reported_from_rows(rows: list[dict[str, Any]], metric: str, shard_reported: dict[str, Any]) -> dict[str, Any]:
+    """lm-eval's reported results per leaf for rows merged from shards, by lm-eval's own aggregation (each metric's
+    mean and its standard error) over each leaf's rows; the keys are the shards' (`shard_reported`)."""
+    from lm_eval.api.metrics import mean, stderr_for_metric
+
+    by_leaf: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        leaf = row["id"].rpartition("/")[0] or next(iter(shard_reported["results"]))
+        by_leaf.setdefault(leaf, []).append(row)
+    results = {}
+    for leaf, leaf_rows in by_leaf.items():
+        results[leaf] = {}
+        for key, value in shard_reported["results"][leaf].items():
+            name, comma, kind = key.partition(",")
+            if not comma:  # not a metric: the leaf's name, its number of documents
+                results[leaf][key] = len(leaf_rows) if key == "sample_len" else value
+            if not comma or name.endswith("_stderr"):
+                continue
+            values = [r["score"] if name == metric else r["scores"][name] for r in leaf_rows]
+            results[leaf][key] = mean(values)
+            results[leaf][f"{name}_stderr,{kind}"] = stderr_for_metric(mean, 100000)(values)
+    return {**shard_reported, "results": results}
 
 
 def sample_row(sample: dict[str, Any], leaf: str | None, metric: str) -> dict[str, Any]:

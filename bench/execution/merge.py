@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from bench.distributed import unshard
-from bench.execution.runner import MODEL_OUTPUTS, drift_metrics, judged_metrics, task_metrics
+from bench.evaluation.lmeval import reported_from_rows
+from bench.execution.runner import MODEL_OUTPUTS, drift_metrics, harness_metrics, judged_metrics, task_metrics
 from bench.store import RunStore, read_jsonl
-from bench.types import BenchError, GenerationConfig, Task
+from bench.types import BenchError, GenerationConfig, HarnessTask, Task
 
 
 def read_parts(parts: list[RunStore]) -> list[dict[str, Any]]:
@@ -54,7 +55,8 @@ def read_parts(parts: list[RunStore]) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda run: run["identity"]["shard"]["index"])
 
 
-def merge_runs(parts: list[RunStore], store: RunStore, tasks: dict[str, Task]) -> dict[str, dict[str, Any]]:
+def merge_runs(parts: list[RunStore], store: RunStore,
+               tasks: dict[str, Task | HarnessTask]) -> dict[str, dict[str, Any]]:
     """Write the merged run (or find it already merged); returns each task's metrics."""
     runs = read_parts(parts)
     parts = sorted(parts, key=lambda part: [r["name"] for r in runs].index(part.name))
@@ -77,7 +79,7 @@ def merge_runs(parts: list[RunStore], store: RunStore, tasks: dict[str, Task]) -
         shard_metrics = json.loads((parts[0].dir / name / "metrics.json").read_text())
         metrics = merged_metrics(tasks[name], rows, shard_metrics, store.name, parts)
         store.write_task(name, rows, metrics)
-        if tasks[name].judged:
+        if isinstance(tasks[name], Task) and tasks[name].judged:
             outputs = unshard([json.loads((part.dir / name / MODEL_OUTPUTS).read_text()) for part in parts])
             store.write_json_file(name, MODEL_OUTPUTS, [{**row, "generator": store.name} for row in outputs])
         results[name] = metrics
@@ -85,9 +87,18 @@ def merge_runs(parts: list[RunStore], store: RunStore, tasks: dict[str, Task]) -
     return results
 
 
-def merged_metrics(task: Task, rows: list[dict[str, Any]], shard_metrics: dict[str, Any], generator: str,
-                   parts: list[RunStore]) -> dict[str, Any]:
+def merged_metrics(task: Task | HarnessTask, rows: list[dict[str, Any]], shard_metrics: dict[str, Any],
+                   generator: str, parts: list[RunStore]) -> dict[str, Any]:
     """The task's metrics from the merged rows, by the function the runner computes them with."""
+    if isinstance(task, HarnessTask):
+        if "skipped" in shard_metrics:
+            return shard_metrics
+        reported = {"results": {}, "n-shot": {}}  # every leaf some shard evaluated
+        for part in parts:
+            theirs = json.loads((part.dir / task.name / "metrics.json").read_text())["lm_eval"]
+            reported["results"].update(theirs["results"])
+            reported["n-shot"].update(theirs["n-shot"])
+        return harness_metrics(task, rows, reported_from_rows(rows, task.metric, reported))
     task = replace(task, generation=GenerationConfig(**shard_metrics["generation"]))
     if task.drift:
         return drift_metrics(task, rows, shard_metrics["seed_fingerprint"])

