@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+
 import json
+import os
 import re
 import sys
 import time
@@ -735,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["judge"] and len(argv) > 1 and argv[1] not in ("agreement", "outputs", "-h", "--help"):
         argv.insert(1, "outputs")  # `bench judge FILE`, as before there were two
     args = build_parser().parse_args(argv)
-    console = Console(stderr=False)
+    console = Console(stderr=False, quiet=os.environ.get("RANK", "0") != "0")  # under a launcher, rank 0 speaks
     try:
         return args.func(args, console) or 0
     except BenchError as e:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from bench.distributed import world
 from bench.generation.models import PROMPT_FORMATS
 from bench.memory import PeakRSS
 from bench.store import write_json
@@ -117,7 +118,8 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
               commands: dict[str, Command]) -> None:
     """The study of a profile, stage by stage, through the commands a user runs (`commands`: the CLI's train, eval
     and compare): train each method, evaluate the seed and every fine-tuned model, compare. Every stage reuses
-    finished work."""
+    finished work. Under a launcher each stage runs on every process as `bench train` and `bench eval` do there
+    (data-parallel, sharded); rank 0 compares and writes stages.json."""
     common = {"data_dir": data_dir, "results_dir": results_dir}
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {}
@@ -153,6 +155,8 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
               max_new_tokens=profile.max_new_tokens, name=run,
               batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype,
               prompt_format=profile.prompt_format, judge=profile.judge, judge_orders=profile.judge_orders)
+    if not world().main:  # under a launcher every rank trained and evaluated its share; rank 0 compares
+        return
     stage("compare", commands["compare"], runs=runs, flips=None, name=profile.name)
     timings["total"] = round(sum(timings.values()), 1)
     work, work_peaks = _work_seconds(Path(results_dir), profile.name, runs, [name for _, _, name, _ in teachers])

@@ -218,3 +218,42 @@ def test_a_teacher_of_another_model_is_fine_tuned_first_and_distilled_from(capsy
         assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in ours)
     resumed = json.loads((killed / "reports" / "distil" / "report.json").read_text())
     assert [(r["run"], r["score"]) for r in resumed["tasks"]] == [(r["run"], r["score"]) for r in report["tasks"]]
+
+
+@pytest.mark.slow
+def test_the_study_under_torchrun_is_the_study_of_one_process(tiny_model_dir, other_tiny_model_dir, fixture_data,
+                                                              tmp_path):
+    """`torchrun --nproc-per-node 2 -m bench reproduce`: every training data-parallel, every evaluation sharded and
+    merged by rank 0, rank 0 compares; the report holds the one-process study's numbers."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    profile = tmp_path / "duo.toml"
+    profile.write_text(f'model = "{tiny_model_dir}"\ndtype = "float32"\ntrain_task = "gsm8k"\ntrain_limit = 4\n'
+                       f'methods = ["sft", "gkd"]\nteacher = "{other_tiny_model_dir}"\nsuites = ["math"]\n'
+                       'tasks = ["drift"]\nlimit = 2\n[sft]\nbatch_size = 1\ngradient_accumulation = 2\nepochs = 1\n'
+                       'dropout = 0.0\n[gkd]\nmax_new_tokens = 8\n[max_new_tokens]\ngsm8k = 7\nmultiarith = 7\n')
+    reports = {}
+    for processes in (1, 2):
+        results = tmp_path / f"p{processes}"
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] \
+            if processes > 1 else []
+        done = subprocess.run([sys.executable, *launcher, "-m", "bench", "reproduce", "--profile", str(profile),
+                               "--data-dir", str(fixture_data), "--results-dir", str(results)], cwd=ROOT,
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("stage seconds:") == 1  # rank 0 alone reports and writes stages.json
+        reports[processes] = json.loads((results / "reports" / "duo" / "report.json").read_text())
+    one, two = ({(r["task"], r["run"]): r for r in reports[p]["tasks"]} for p in (1, 2))
+    assert one.keys() == two.keys() and ("gsm8k", "duo-gkd") in one
+    for key, row in one.items():
+        assert two[key]["n"] == row["n"]
+        for field in ("score", "delta"):
+            if row.get(field) is not None:
+                assert two[key][field] == pytest.approx(row[field], rel=1e-5, abs=1e-6), (key, field)
+    for name in ("duo-sft", "duo-gkd"):
+        records = [json.loads((tmp_path / f"p{p}" / "checkpoints" / name / "train.json").read_text()) for p in (1, 2)]
+        assert [r["world_size"] for r in records] == [1, 2] and records[0]["identity"] == records[1]["identity"]

@@ -22,10 +22,11 @@ CONFIG = {"batch_size": 1, "gradient_accumulation": 2, "learning_rate": 0.01, "r
           "epochs": 2.0}
 
 
-def train(processes: int, method: str, model: Path, data: Path, results: Path, *extra: str) -> Path:
+def train(processes: int, method: str, model: Path, data: Path, results: Path, *extra: str,
+          values: dict | None = None) -> Path:
     config = results / "config.json"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps(CONFIG))
+    config.write_text(json.dumps(values or CONFIG))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] \
         if processes > 1 else [sys.executable]
     done = subprocess.run([*launcher, "-m", "bench", "train", method, "--task", "gsm8k", "--model", str(model),
@@ -77,3 +78,52 @@ def test_a_global_batch_the_processes_cannot_split_is_one_line(tiny_model_dir, f
     assert "bench: error: 2 processes: gradient_accumulation 3 must be a multiple of the number of processes" \
         in done.stderr
     assert not (tmp_path / "checkpoints" / "sft-gsm8k" / "train.json").exists()
+
+
+def rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
+    """The pid of the launcher's worker process of `rank` (from its environment), once it has started."""
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((child / "stat").read_text().split()[3]) != launcher.pid:
+                continue
+            env = (child / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(child.name)
+    return None
+
+
+@pytest.mark.parametrize("method", ["sft", "gkd"])
+def test_a_rank_killed_mid_training_resumes_to_the_same_adapter(method, tiny_model_dir, other_tiny_model_dir,
+                                                                fixture_data, tmp_path):
+    """SIGKILL of rank 1 after step 2 (a state saved every step) stops the job; the same command again resumes
+    from the last complete state and ends with the adapter of a run never stopped."""
+    import signal
+    import time
+
+    extra = ("--teacher", str(other_tiny_model_dir), "--max-new-tokens", "12") if method == "gkd" else ()
+    values = {**CONFIG, "save_steps": 1}
+    whole = train(2, method, tiny_model_dir, fixture_data, tmp_path / "whole", *extra, values=values)
+    results = tmp_path / "killed"
+    results.mkdir()
+    (results / "config.json").write_text(json.dumps(values))
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "bench",
+            "train", method, "--task", "gsm8k", "--model", str(tiny_model_dir), "--config",
+            str(results / "config.json"), "--data-dir", str(fixture_data), "--results-dir", str(results), "--dtype",
+            "float32", "--name", method, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, deadline = results / "checkpoints" / method / "train_log.csv", time.monotonic() + 300
+    while not (log.is_file() and len(log.read_text().splitlines()) > 2) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pid = rank_pid(launcher, 1)
+    assert pid is not None and launcher.poll() is None, "the training finished before it could be killed"
+    os.kill(pid, signal.SIGKILL)
+    assert launcher.wait(timeout=120) != 0
+    assert not (results / "checkpoints" / method / "train.json").exists()
+    resumed = train(2, method, tiny_model_dir, fixture_data, results, *extra, values=values)
+    record = json.loads((resumed / "train.json").read_text())
+    assert record["resumed"] and losses(resumed) == pytest.approx(losses(whole), rel=1e-4, abs=1e-6)
+    for name, tensor in adapter(whole).items():
+        torch.testing.assert_close(adapter(resumed)[name], tensor, rtol=1e-4, atol=1e-6)
