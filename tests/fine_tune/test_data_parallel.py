@@ -127,3 +127,21 @@ def test_a_rank_killed_mid_training_resumes_to_the_same_adapter(method, tiny_mod
     assert record["resumed"] and losses(resumed) == pytest.approx(losses(whole), rel=1e-4, abs=1e-6)
     for name, tensor in adapter(whole).items():
         torch.testing.assert_close(adapter(resumed)[name], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_accelerate_launch_with_the_cpu_example_config_trains_what_one_process_trains(tiny_model_dir, fixture_data,
+                                                                                      tmp_path):
+    one = train(1, "sft", tiny_model_dir, fixture_data, tmp_path / "one")
+    results = tmp_path / "accelerate"
+    results.mkdir()
+    (results / "config.json").write_text(json.dumps(CONFIG))
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(ROOT / "examples" / "accelerate" / "cpu_ddp.yaml"), "-m", "bench", "train", "sft",
+                           "--task", "gsm8k", "--model", str(tiny_model_dir), "--config", str(results / "config.json"),
+                           "--data-dir", str(fixture_data), "--results-dir", str(results), "--dtype", "float32",
+                           "--name", "sft"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = results / "checkpoints" / "sft"
+    assert json.loads((two / "train.json").read_text())["world_size"] == 2
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4, abs=1e-6)
