@@ -86,15 +86,12 @@ def default_run_name(model: str, adapter: str | None) -> str:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> None:
-    from bench.generation.cache import Cache
     from bench.data import load_task_data, resolve_data_dir
-    from bench.generation.engine import Engine
-    from bench.evaluation.lmeval import Harness, load_harness_data
-    from bench.generation.models import load_model
     from bench.distributed import Shard, barrier
+    from bench.evaluation.lmeval import load_harness_data
     from bench.execution.merge import merge_runs
     from bench.execution.runner import evaluate, judge_agreement
-    from bench.execution.sandbox import Sandbox, isolation_notes
+    from bench.generation.cache import Cache
     from bench.store import RunStore
     from tasks import TASKS
 
@@ -117,17 +114,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
                       f"sends {prompt_format} prompts (--prompt-format)[/yellow]")
     cache = Cache(results_dir / "cache" / "generations.sqlite")
     judge = _judge(args, cache) if any(isinstance(t, Task) and t.judged for t in tasks) else None
-    model = load_model(args.model, args.adapter, args.dtype, prompt_format)
-    engine = Engine(model, cache, batch_size=args.batch_size)
-    sandbox = Sandbox(workers=args.workers) if any(isinstance(t, Task) and t.program for t in tasks) else None
-    harness = Harness(model, engine, results_dir / "cache", data_dir) \
-        if any(isinstance(t, HarnessTask) for t in tasks) else None
-    if sandbox is not None and sandbox.isolation != "namespaces":
-        console.print(f"[yellow]sandbox: {isolation_notes(sandbox.isolation)}[/yellow]")
-    seed = None
-    if any(isinstance(t, Task) and (t.drift or t.judged) for t in tasks):
-        seed_model = model if args.adapter is None else load_model(args.model, None, args.dtype, prompt_format)
-        seed = (seed_model, engine if seed_model is model else Engine(seed_model, cache, batch_size=args.batch_size))
+    model, engine, sandbox, harness, seed = _eval_machinery(args, tasks, cache, data_dir, console)
     judge_pairs = _judge_pairs(args, data_dir) if judge else None
     if judge and w.size > 1:  # rank 0 measures the judge's agreement (when it is not yet) before any rank reads it
         if w.main:
@@ -150,6 +137,29 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     for line in judge_lines(judge_agreements([metrics])) if judge else ():
         console.print(f"judge: {line}", markup=False, highlight=False)
     console.print(f"results: {store.dir}  ({time.perf_counter() - started:.1f} s)")
+
+
+def _eval_machinery(args: argparse.Namespace, tasks: list[Task | HarnessTask], cache, data_dir: Path | None,
+                    console: Console) -> tuple:
+    """The model and its engine, and what the tasks need beside them: the sandbox, lm-eval's harness, the seed
+    (drift and the judge's head-to-head compare with it)."""
+    from bench.evaluation.lmeval import Harness
+    from bench.execution.sandbox import Sandbox, isolation_notes
+    from bench.generation.engine import Engine
+    from bench.generation.models import load_model
+
+    model = load_model(args.model, args.adapter, args.dtype, args.prompt_format)
+    engine = Engine(model, cache, batch_size=args.batch_size)
+    sandbox = Sandbox(workers=args.workers) if any(isinstance(t, Task) and t.program for t in tasks) else None
+    harness = Harness(model, engine, Path(args.results_dir) / "cache", data_dir) \
+        if any(isinstance(t, HarnessTask) for t in tasks) else None
+    if sandbox is not None and sandbox.isolation != "namespaces":
+        console.print(f"[yellow]sandbox: {isolation_notes(sandbox.isolation)}[/yellow]")
+    seed = None
+    if any(isinstance(t, Task) and (t.drift or t.judged) for t in tasks):
+        seed_model = model if args.adapter is None else load_model(args.model, None, args.dtype, args.prompt_format)
+        seed = (seed_model, engine if seed_model is model else Engine(seed_model, cache, batch_size=args.batch_size))
+    return model, engine, sandbox, harness, seed
 
 
 def _eval_shard(args: argparse.Namespace, data: dict) -> tuple:
