@@ -8,8 +8,10 @@ every finished batch readable and no half-written row; a re-run generates (and e
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,14 @@ class Cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        for attempt in itertools.count():  # SQLite answers "locked" at once, without waiting, to a journal mode
+            try:                           # change while another process (a rank of the same job) opens the file
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt >= 600:
+                    raise
+                time.sleep(0.1)
         self._db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
                          "n_tokens INTEGER NOT NULL, finish TEXT NOT NULL)")
         for table in JSON_TABLES:

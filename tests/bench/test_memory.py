@@ -1,4 +1,5 @@
 """bench.memory: each window reports its own peak, windows nest, a later window does not inherit an earlier peak."""
+import mmap
 import sys
 
 import pytest
@@ -10,8 +11,12 @@ resettable = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 
 
 def allocate(mib: int) -> None:
-    block = b"\x01" * (mib * MIB)  # written, so resident
-    del block
+    """`mib` of new pages made resident, then given back: an anonymous mapping, so no allocator can serve it from
+    memory the process already holds (in a long test session malloc may)."""
+    block = mmap.mmap(-1, mib * MIB)
+    for offset in range(0, mib * MIB, 4096):
+        block[offset] = 1
+    block.close()
 
 
 @resettable

@@ -2,6 +2,8 @@
 keys, across a reopen, and keys that differ in any part never collide."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.generation.cache import Cache, CachedGeneration, cache_key
 
 
@@ -26,3 +28,28 @@ def test_a_key_is_the_fingerprint_the_prompt_and_every_setting():
     assert len({base, cache_key("fp2", "prompt", {"max_new_tokens": 8, "temperature": 0.0}),
                 cache_key("fp", "prompt ", {"max_new_tokens": 8, "temperature": 0.0}),
                 cache_key("fp", "prompt", {"max_new_tokens": 9, "temperature": 0.0})}) == 4
+
+
+def _open_and_write(path: str, start, key: str) -> None:
+    start.wait()
+    cache = Cache(Path(path))
+    cache.put_many({key: CachedGeneration(key, 1, "eos")})
+    cache.close()
+
+
+def test_processes_opening_a_new_cache_at_once_all_open_it(tmp_path):
+    """The ranks of one job open the results directory's cache together: none may fail with "database is locked"
+    (SQLite refuses a journal-mode change at once, without its busy wait, while another process holds the file)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for trial in range(10):
+        path, start = tmp_path / f"c{trial}" / "generations.sqlite", context.Event()
+        workers = [context.Process(target=_open_and_write, args=(str(path), start, f"k{i}")) for i in range(8)]
+        for w in workers:
+            w.start()
+        start.set()
+        for w in workers:
+            w.join(60)
+        assert [w.exitcode for w in workers] == [0] * 8
+        assert len(Cache(path)) == 8
