@@ -59,7 +59,8 @@ def merge_runs(parts: list[RunStore], store: RunStore,
                tasks: dict[str, Task | HarnessTask]) -> dict[str, dict[str, Any]]:
     """Write the merged run (or find it already merged); returns each task's metrics."""
     runs = read_parts(parts)
-    parts = sorted(parts, key=lambda part: [r["name"] for r in runs].index(part.name))
+    by_name = {part.name: part for part in parts}
+    parts = [by_name[run["name"]] for run in runs]  # in shard order
     identity = {k: v for k, v in runs[0]["identity"].items() if k != "shard"}
     names = list(identity["tasks"])
     if store.finished_with(identity):
@@ -76,8 +77,8 @@ def merge_runs(parts: list[RunStore], store: RunStore,
         rows = unshard([read_jsonl(part.dir / name / "predictions.jsonl") for part in parts])
         if len(rows) != identity["tasks"][name]["n"]:
             raise BenchError(f"task {name}: the shards hold {len(rows)} rows, the evaluation {identity['tasks'][name]['n']}")
-        shard_metrics = json.loads((parts[0].dir / name / "metrics.json").read_text())
-        metrics = merged_metrics(tasks[name], rows, shard_metrics, store.name, parts)
+        per_shard = [json.loads((part.dir / name / "metrics.json").read_text()) for part in parts]
+        metrics = merged_metrics(tasks[name], rows, per_shard, store.name)
         store.write_task(name, rows, metrics)
         if isinstance(tasks[name], Task) and tasks[name].judged:
             outputs = unshard([json.loads((part.dir / name / MODEL_OUTPUTS).read_text()) for part in parts])
@@ -87,15 +88,16 @@ def merge_runs(parts: list[RunStore], store: RunStore,
     return results
 
 
-def merged_metrics(task: Task | HarnessTask, rows: list[dict[str, Any]], shard_metrics: dict[str, Any],
-                   generator: str, parts: list[RunStore]) -> dict[str, Any]:
-    """The task's metrics from the merged rows, by the function the runner computes them with."""
+def merged_metrics(task: Task | HarnessTask, rows: list[dict[str, Any]], per_shard: list[dict[str, Any]],
+                   generator: str) -> dict[str, Any]:
+    """The task's metrics from the merged rows (`per_shard`: each shard's metrics.json, in shard order), by the
+    function the runner computes them with."""
+    shard_metrics = per_shard[0]
     if isinstance(task, HarnessTask):
         if "skipped" in shard_metrics:
             return shard_metrics
         reported = {"results": {}, "n-shot": {}}  # every leaf some shard evaluated
-        for part in parts:
-            theirs = json.loads((part.dir / task.name / "metrics.json").read_text())["lm_eval"]
+        for theirs in (m["lm_eval"] for m in per_shard):
             reported["results"].update(theirs["results"])
             reported["n-shot"].update(theirs["n-shot"])
         return harness_metrics(task, rows, reported_from_rows(rows, task.metric, reported))
@@ -103,7 +105,6 @@ def merged_metrics(task: Task | HarnessTask, rows: list[dict[str, Any]], shard_m
     if task.drift:
         return drift_metrics(task, rows, shard_metrics["seed_fingerprint"])
     if task.judged:
-        per_shard = [json.loads((part.dir / task.name / "metrics.json").read_text()) for part in parts]
         pairs = [m["n"] * (2 if "vs_seed" in m else 1) for m in per_shard]
         seconds = sum(m["seconds_per_pair"] * n for m, n in zip(per_shard, pairs)) / sum(pairs)
         metrics = judged_metrics(task, rows, shard_metrics["judge"], generator,
