@@ -308,11 +308,8 @@ def engine_lm(model, engine):
 def loglikelihoods(engine, pairs: list[tuple[list[int], list[int]]], max_length: int) -> list[tuple[float, bool]]:
     """Per (context, continuation) token lists: the continuation's summed log-probability and whether greedy decoding
     gives it, the context left-truncated as lm-eval's hf backend does (context and continuation to max_length + 1
-    tokens). The continuations of one context are teacher-forced together by `Engine.logits_along`: the context
-    once, the continuations packed without padding, the LM head only at the scored positions."""
-    import torch
-
-    out: list[tuple[float, bool] | None] = [None] * len(pairs)
+    tokens). The continuations of one context form a group and `Engine.score_continuations` scores all groups
+    together: packed across requests, each context once, the LM head only at the scored positions."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (context, continuation) in enumerate(pairs):
         whole = (context + continuation)[-(max_length + 1):]
@@ -320,11 +317,10 @@ def loglikelihoods(engine, pairs: list[tuple[list[int], list[int]]], max_length:
             raise BenchError(f"a continuation of {len(continuation)} tokens leaves no context within the model's "
                              f"{max_length} positions")
         groups.setdefault(tuple(whole[:len(whole) - len(continuation)]), []).append(i)
-    for context, members in groups.items():
-        continuations = [pairs[i][1] for i in members]
-        scored = engine.logits_along([list(context)] * len(members), continuations)
-        for i, continuation, logits in zip(members, continuations, scored):
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            target = torch.tensor(continuation, device=logp.device)
-            out[i] = (float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all()))
+    scored = engine.score_continuations([(list(context), [pairs[i][1] for i in members])
+                                         for context, members in groups.items()])
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+    for members, scores in zip(groups.values(), scored):
+        for i, score in zip(members, scores):
+            out[i] = score
     return out

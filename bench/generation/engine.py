@@ -33,6 +33,7 @@ ENGINE_VERSION = 2  # part of every cache key: bump it when a change to decoding
 PACKED_ARCHITECTURES = ("llama", "mistral", "qwen2")  # decoders of the same layer shape as transformers' Llama
 MAX_PREFILL_TOKENS = 8192  # prompt tokens admitted per forward pass: bounds the prefill's activations
 KV_MEMORY_SHARE = 0.5  # of the memory available when decoding starts: the most the slot cache may take
+HEAD_ROWS = 512  # LM-head rows at a time when scoring: 512 x 151,936 fp32 logits are 311 MB
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,41 @@ class Engine:
                                      starts=[len(prompts[i]) - prefix - 1 for i in chunk])
             yield from logits
 
+    def score_continuations(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
+        """Log-likelihood requests: per (context, continuations) group, each continuation's summed log-probability
+        given the context and whether greedy decoding gives it. The Llama family packs groups across requests,
+        longest first, up to MAX_PREFILL_TOKENS tokens a pass (`score_groups_packed`); other architectures run
+        `logits_along` per group."""
+        import torch
+
+        if any(not c for _, continuations in groups for c in continuations):
+            raise ValueError("an empty continuation: there is no token to score")
+        scores: list[list[tuple[float, bool]] | None] = [None] * len(groups)
+        if not self.packed:
+            for g, (context, continuations) in enumerate(groups):
+                scored = self.logits_along([context] * len(continuations), continuations)
+                scores[g] = []
+                for continuation, logits in zip(continuations, scored):
+                    logp = torch.log_softmax(logits.float(), dim=-1)
+                    target = torch.tensor(continuation, device=logp.device)
+                    scores[g].append((float(logp.gather(1, target[:, None]).sum()),
+                                      bool((logp.argmax(-1) == target).all())))
+            return scores
+        sizes = [len(context) + sum(len(c) - 1 for c in continuations) for context, continuations in groups]
+        chunks: list[list[int]] = []
+        budget = 0
+        for g in sorted(range(len(groups)), key=lambda g: -sizes[g]):  # like lengths together: little padding
+            if not chunks or budget + sizes[g] > MAX_PREFILL_TOKENS:
+                chunks.append([])
+                budget = 0
+            chunks[-1].append(g)
+            budget += sizes[g]
+        for chunk in chunks:
+            with torch.inference_mode():
+                for g, scored in zip(chunk, score_groups_packed(self.model.model, [groups[g] for g in chunk])):
+                    scores[g] = scored
+        return scores
+
     @staticmethod
     def _next_tokens(logits, config: GenerationConfig, generators, rows: list[int]):
         """Greedy, or a draw from softmax(logits / temperature) with each original row's own generator."""
@@ -429,17 +465,99 @@ class PackedDecoder:
 
     def _forward(self, ids, positions, attend, keep):
         """The decoder's layers over one packed sequence, attention delegated to `attend`; logits at `keep`."""
-        from transformers.models.llama.modeling_llama import rotate_half
-
-        x = self.decoder.embed_tokens(ids)
-        cos, sin = self.decoder.rotary_emb(x[None], positions[None])
-        cos, sin = cos[0, :, None], sin[0, :, None]  # [tokens, 1, head_dim]: the same rotation for every head
-        shape = (len(ids), -1, self.head_dim)
-        for i, layer in enumerate(self.decoder.layers):
-            a = layer.self_attn
-            h = layer.input_layernorm(x)
-            q, k, v = a.q_proj(h).view(shape), a.k_proj(h).view(shape), a.v_proj(h).view(shape)
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-            x = x + a.o_proj(attend(i, q, k, v))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = decoder_layers(self.decoder, self.head_dim, ids, positions, attend)
         return None if keep is None else self.lm_head(self.decoder.norm(x[keep]))
+
+
+def decoder_layers(decoder, head_dim: int, ids, positions, attend):
+    """A Llama-shaped decoder's layers over one packed sequence of token `ids` at `positions`, attention delegated
+    to `attend(layer, q, k, v)`: the hidden states before the final norm."""
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    x = decoder.embed_tokens(ids)
+    cos, sin = decoder.rotary_emb(x[None], positions[None])
+    cos, sin = cos[0, :, None], sin[0, :, None]  # [tokens, 1, head_dim]: the same rotation for every head
+    shape = (len(ids), -1, head_dim)
+    for i, layer in enumerate(decoder.layers):
+        a = layer.self_attn
+        h = layer.input_layernorm(x)
+        q, k, v = a.q_proj(h).view(shape), a.k_proj(h).view(shape), a.v_proj(h).view(shape)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        x = x + a.o_proj(attend(i, q, k, v))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return x
+
+
+def score_groups_packed(model, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
+    """One forward pass over (context, continuations) groups packed without padding: each context once, each
+    continuation a branch that attends to its context and to itself (positions going on from the context's end),
+    no group to another. The LM head runs only at the scored positions, each distinct one once (a context's last
+    token predicts the first token of every continuation), HEAD_ROWS at a time. Per continuation: its summed
+    log-probability and whether greedy decoding gives it."""
+    import torch
+    from torch.nn.functional import scaled_dot_product_attention
+
+    lm_head, decoder = model.get_output_embeddings(), model.get_decoder()
+    attention = decoder.layers[0].self_attn
+    device = lm_head.weight.device
+    ids: list[int] = []
+    positions: list[int] = []
+    branches: list[int] = []  # 0 for a context token, j + 1 for continuation j's
+    spans: list[tuple[int, int]] = []  # each group's tokens in the packed sequence
+    predicting: list[int] = []  # per scored token, the packed position whose logits predict it
+    targets: list[int] = []
+    owners: list[int] = []  # per scored token, its continuation's number over all groups
+    n_continuations = 0
+    for context, continuations in groups:
+        start = len(ids)
+        ids += context
+        positions += range(len(context))
+        branches += [0] * len(context)
+        for j, continuation in enumerate(continuations):
+            branch = len(ids)
+            ids += continuation[:-1]
+            positions += range(len(context), len(context) + len(continuation) - 1)
+            branches += [j + 1] * (len(continuation) - 1)
+            predicting += [start + len(context) - 1, *range(branch, branch + len(continuation) - 1)]
+            targets += continuation
+            owners += [n_continuations] * len(continuation)
+            n_continuations += 1
+        spans.append((start, len(ids)))
+    tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)
+    longest = max(end - start for start, end in spans)
+    # The groups side by side, padded to the longest, for one attention call per layer (padding costs only there).
+    # A padding query attends to itself alone (never to nothing: that is NaN) and its output is dropped.
+    offsets = torch.arange(longest, device=device)
+    starts, sizes = tensor([s for s, _ in spans]), tensor([e - s for s, e in spans])
+    real = offsets[None] < sizes[:, None]  # [group, slot]
+    index = torch.where(real, starts[:, None] + offsets[None], 0)
+    position, branch = tensor(positions)[index], tensor(branches)[index]
+    mask = real[:, None, :] & (position[:, None, :] <= position[:, :, None]) & (
+        (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None]))  # [group, query, key]
+    mask |= ~real[:, :, None] & torch.eye(longest, dtype=torch.bool, device=device)
+
+    def attend(layer: int, q, k, v):
+        spread = lambda t: t[index].transpose(1, 2)  # [group, head, slot, dim]
+        out = scaled_dot_product_attention(spread(q), spread(k), spread(v), attn_mask=mask[:, None],
+                                           scale=attention.scaling, enable_gqa=True)
+        return out.transpose(1, 2)[real].reshape(len(q), -1)
+
+    hidden = decoder_layers(decoder, attention.head_dim, tensor(ids), tensor(positions), attend)
+    rows, row_of = torch.unique(tensor(predicting), return_inverse=True)
+    targets_t = tensor(targets)
+    logp = torch.empty(len(targets), dtype=torch.float64, device=device)
+    missed = torch.empty(len(targets), dtype=torch.long, device=device)
+    for first in range(0, len(rows), HEAD_ROWS):
+        logits = lm_head(decoder.norm(hidden[rows[first:first + HEAD_ROWS]])).float()
+        here = ((row_of >= first) & (row_of < first + HEAD_ROWS)).nonzero()[:, 0]
+        local = row_of[here] - first
+        logp[here] = torch.log_softmax(logits, dim=-1)[local, targets_t[here]].double()
+        missed[here] = (logits.argmax(-1)[local] != targets_t[here]).long()
+    owner = tensor(owners)
+    total = torch.zeros(n_continuations, dtype=torch.float64, device=device).index_add_(0, owner, logp).tolist()
+    wrong = torch.zeros(n_continuations, dtype=torch.long, device=device).index_add_(0, owner, missed).tolist()
+    scores, n = [], 0
+    for _, continuations in groups:
+        scores.append([(total[n + j], wrong[n + j] == 0) for j in range(len(continuations))])
+        n += len(continuations)
+    return scores

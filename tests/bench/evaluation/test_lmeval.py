@@ -124,11 +124,14 @@ def test_rerun_computes_only_the_requests_not_cached(capsys, tiny_model_dir, fix
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
-def test_engine_log_likelihoods_are_a_plain_forwards(tmp_path, architecture):
+def test_engine_log_likelihoods_are_a_plain_forwards(tmp_path, architecture, monkeypatch):
     """Per (context, continuation): the sum of log-softmax at the continuation's tokens of transformers' own forward
     over context + continuation, and whether each is the argmax; contexts shared by several continuations and
-    contexts cut from the left at the model's maximum length, as lm-eval's hf backend cuts them."""
+    contexts cut from the left at the model's maximum length, as lm-eval's hf backend cuts them; all requests in
+    one packed pass, a pass per group with the LM head a few rows at a time, or the other architectures' path."""
     import torch
+
+    import bench.generation.engine as engine_module
 
     from bench.evaluation.lmeval import loglikelihoods
     from bench.generation.engine import Engine
@@ -149,7 +152,12 @@ def test_engine_log_likelihoods_are_a_plain_forwards(tmp_path, architecture):
         target = torch.tensor(continuation)
         return float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())
 
-    for max_length in (2048, 40):
+    cases = [(2048, 8192, 512, True), (40, 8192, 512, True), (2048, 30, 2, True), (40, 30, 2, True),
+             (40, 8192, 512, False)]  # (max_length, MAX_PREFILL_TOKENS, HEAD_ROWS, packed)
+    for max_length, pass_tokens, head_rows, packed in cases:
+        monkeypatch.setattr(engine_module, "MAX_PREFILL_TOKENS", pass_tokens)
+        monkeypatch.setattr(engine_module, "HEAD_ROWS", head_rows)
+        engine.packed = packed
         ours = loglikelihoods(engine, pairs, max_length)
         expected = [plain(c, k, max_length) for c, k in pairs]
         assert [greedy for _, greedy in ours] == [greedy for _, greedy in expected]
