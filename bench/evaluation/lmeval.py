@@ -166,7 +166,8 @@ class Harness:
 
     def __init__(self, model, engine, cache_dir: Path, data_dir: Path | None):
         self.model, self.engine, self.data_dir = model, engine, data_dir
-        self.cache = cache_dir / "lm_eval" / f"{model.fingerprint}-engine"
+        # "-engine2": requests packed across documents since 2026-12-04; bf16 sums differ from the per-document path's
+        self.cache = cache_dir / "lm_eval" / f"{model.fingerprint}-engine2"
         self._lm = None
 
     def settings(self) -> dict[str, Any]:
