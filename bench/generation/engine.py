@@ -262,13 +262,7 @@ class Engine:
         prefix = common_prefix(prompts)
         sizes = [len(p) + len(c) - 1 - prefix for p, c in zip(prompts, continuations)]
         rows = fitting_slots(self.model.model, prefix + max(sizes), len(prompts))  # each chunk's rows hold a cache
-        chunks, budget = [], 0
-        for i, n in enumerate(sizes):
-            if not chunks or budget + n > MAX_PREFILL_TOKENS or len(chunks[-1]) == rows:
-                chunks.append([])
-                budget = 0
-            chunks[-1].append(i)
-            budget += n
+        chunks = token_budget_chunks(range(len(sizes)), sizes, rows)
         with torch.inference_mode():
             packed = PackedDecoder(self.model.model, prompts[0][:prefix], max(map(len, chunks)), max(sizes))
         for chunk in chunks:
@@ -298,15 +292,8 @@ class Engine:
                                       bool((logp.argmax(-1) == target).all())))
             return scores
         sizes = [len(context) + sum(len(c) - 1 for c in continuations) for context, continuations in groups]
-        chunks: list[list[int]] = []
-        budget = 0
-        for g in sorted(range(len(groups)), key=lambda g: -sizes[g]):  # like lengths together: little padding
-            if not chunks or budget + sizes[g] > MAX_PREFILL_TOKENS:
-                chunks.append([])
-                budget = 0
-            chunks[-1].append(g)
-            budget += sizes[g]
-        for chunk in chunks:
+        longest_first = sorted(range(len(groups)), key=lambda g: -sizes[g])  # like lengths together: little padding
+        for chunk in token_budget_chunks(longest_first, sizes, len(groups)):
             with torch.inference_mode():
                 for g, scored in zip(chunk, score_groups_packed(self.model.model, [groups[g] for g in chunk])):
                     scores[g] = scored
@@ -330,6 +317,20 @@ class Engine:
         if cuts:
             text, reason = text[:min(cuts)], "stop"
         return CachedGeneration(text, len(tokens), reason)
+
+
+def token_budget_chunks(order, sizes: list[int], rows: int) -> list[list[int]]:
+    """The indices of `order`, in order, cut into forward passes of at most MAX_PREFILL_TOKENS tokens (`sizes`) and
+    `rows` indices; one over the budget gets a pass of its own."""
+    chunks: list[list[int]] = []
+    budget = 0
+    for i in order:
+        if not chunks or budget + sizes[i] > MAX_PREFILL_TOKENS or len(chunks[-1]) == rows:
+            chunks.append([])
+            budget = 0
+        chunks[-1].append(i)
+        budget += sizes[i]
+    return chunks
 
 
 def fitting_slots(model, width: int, wanted: int) -> int:
@@ -531,7 +532,8 @@ def score_groups_packed(model, groups: list[tuple[list[int], list[list[int]]]]) 
     starts, sizes = tensor([s for s, _ in spans]), tensor([e - s for s, e in spans])
     real = offsets[None] < sizes[:, None]  # [group, slot]
     index = torch.where(real, starts[:, None] + offsets[None], 0)
-    position, branch = tensor(positions)[index], tensor(branches)[index]
+    positions_t = tensor(positions)
+    position, branch = positions_t[index], tensor(branches)[index]
     mask = real[:, None, :] & (position[:, None, :] <= position[:, :, None]) & (
         (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None]))  # [group, query, key]
     mask |= ~real[:, :, None] & torch.eye(longest, dtype=torch.bool, device=device)
@@ -542,7 +544,7 @@ def score_groups_packed(model, groups: list[tuple[list[int], list[list[int]]]]) 
                                            scale=attention.scaling, enable_gqa=True)
         return out.transpose(1, 2)[real].reshape(len(q), -1)
 
-    hidden = decoder_layers(decoder, attention.head_dim, tensor(ids), tensor(positions), attend)
+    hidden = decoder_layers(decoder, attention.head_dim, tensor(ids), positions_t, attend)
     rows, row_of = torch.unique(tensor(predicting), return_inverse=True)
     targets_t = tensor(targets)
     logp = torch.empty(len(targets), dtype=torch.float64, device=device)
