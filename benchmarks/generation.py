@@ -122,8 +122,8 @@ class StepRecorder:
         recorder, init, step = self, PackedDecoder.__init__, PackedDecoder.step
         self._originals = (init, step)
 
-        def recording_init(decoder, model, prefix, slots, length):
-            init(decoder, model, prefix, slots, length)
+        def recording_init(decoder, model, prefix, slots, length, *args):
+            init(decoder, model, prefix, slots, length, *args)
             p = len(prefix)
             recorder.flops.prefill += recorder.shape.linear(p)
             recorder.flops.rest += recorder.shape.attention(p * (p + 1) // 2)
@@ -250,7 +250,9 @@ def measure(model, shape: Shape, name: str, dtype: str, data_dir, args) -> tuple
           f"{rates['square'] / 1e9:.0f} GFLOP/s at 2048^3, {rates['decode'] / 1e9:.0f} at "
           f"{n_prompts}x{shape.hidden} by {shape.hidden}x{shape.intermediate}", flush=True)
     engine = Engine(model, cache=None, batch_size=n_prompts)
-    engine.generate(prompts[:2], GenerationConfig(max_new_tokens=4))  # warm-up
+    started = time.perf_counter()
+    engine.generate(prompts[:2], GenerationConfig(max_new_tokens=4))  # warm-up: packs the weights (engine.Linears)
+    print(f"our warm-up, the weights' one-time packing included: {time.perf_counter() - started:.1f} s", flush=True)
     reference, hf_seconds = timed(lambda: hf_generate(model, tokens, max_new_tokens), args.repeats)
     generated = [len(r) for r in reference]
     work = needed(shape, tokens, generated)

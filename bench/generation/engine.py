@@ -18,6 +18,7 @@ Outputs do not depend on the batch size up to floating-point ties and equal `mod
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -34,6 +35,9 @@ PACKED_ARCHITECTURES = ("llama", "mistral", "qwen2")  # decoders of the same lay
 MAX_PREFILL_TOKENS = 8192  # prompt tokens admitted per forward pass: bounds the prefill's activations
 KV_MEMORY_SHARE = 0.5  # of the memory available when decoding starts: the most the slot cache may take
 HEAD_ROWS = 512  # LM-head rows at a time when scoring: 512 x 151,936 fp32 logits are 311 MB
+DECODE_ROWS_HINT = 16  # the rows oneDNN's weight layout is chosen for (any number runs)
+PACKED_ROWS = 256  # passes of more rows (prefill, scoring) run the model's own modules: no faster packed
+PACK_MEMORY_SHARE = 0.5  # of the memory available at first use: the most the prepacked weight copies may take
 
 
 @dataclass(frozen=True)
@@ -145,11 +149,12 @@ class Engine:
 
         prefix = common_prefix(token_lists)
         length = max(len(t) for t in token_lists) - prefix + config.max_new_tokens
+        linears = linears_of(self.model.model, pack=True)  # before sizing the slot cache: the copies take memory
         slots = fitting_slots(self.model.model, prefix + length, min(self.batch_size, len(token_lists)))
         # Inference mode is entered around each computation, never held across a `yield`: generators closed out of
         # order would restore each other's grad mode.
         with torch.inference_mode():
-            packed = PackedDecoder(self.model.model, token_lists[0][:prefix], slots, length)
+            packed = PackedDecoder(self.model.model, token_lists[0][:prefix], slots, length, linears)
         waiting = deque(range(len(token_lists)))
         rows: list[int] = []  # the index of the prompt in each live slot, slots 0..len(rows)-1
         generated: list[list[int]] = [[] for _ in token_lists]
@@ -357,16 +362,16 @@ class PackedDecoder:
     over the prefix and itself.
     """
 
-    def __init__(self, model, prefix: list[int], slots: int, length: int):
+    def __init__(self, model, prefix: list[int], slots: int, length: int, linears: Linears | None = None):
         import torch
         from torch.nn.functional import scaled_dot_product_attention
 
         self.decoder = model.get_decoder()
-        self.lm_head = model.get_output_embeddings()
+        self.linears = linears or linears_of(model, pack=False)
         attention = self.decoder.layers[0].self_attn
         self.head_dim, self.scaling = attention.head_dim, attention.scaling
         self.n_kv = model.config.num_key_value_heads
-        weight = self.lm_head.weight
+        weight = model.get_output_embeddings().weight
         self.device, self.dtype = weight.device, weight.dtype
         self.prefix = len(prefix)
         # Keys are kept transposed ([slot, head, dim, position]) so that a decode step's scores are a matmul over a
@@ -466,11 +471,11 @@ class PackedDecoder:
 
     def _forward(self, ids, positions, attend, keep):
         """The decoder's layers over one packed sequence, attention delegated to `attend`; logits at `keep`."""
-        x = decoder_layers(self.decoder, self.head_dim, ids, positions, attend)
-        return None if keep is None else self.lm_head(self.decoder.norm(x[keep]))
+        x = decoder_layers(self.decoder, self.linears, self.head_dim, ids, positions, attend)
+        return None if keep is None else self.linears.head(self.decoder.norm(x[keep]))
 
 
-def decoder_layers(decoder, head_dim: int, ids, positions, attend):
+def decoder_layers(decoder, linears: Linears, head_dim: int, ids, positions, attend):
     """A Llama-shaped decoder's layers over one packed sequence of token `ids` at `positions`, attention delegated
     to `attend(layer, q, k, v)`: the hidden states before the final norm."""
     from transformers.models.llama.modeling_llama import rotate_half
@@ -480,13 +485,103 @@ def decoder_layers(decoder, head_dim: int, ids, positions, attend):
     cos, sin = cos[0, :, None], sin[0, :, None]  # [tokens, 1, head_dim]: the same rotation for every head
     shape = (len(ids), -1, head_dim)
     for i, layer in enumerate(decoder.layers):
-        a = layer.self_attn
-        h = layer.input_layernorm(x)
-        q, k, v = a.q_proj(h).view(shape), a.k_proj(h).view(shape), a.v_proj(h).view(shape)
+        q, k, v = (t.view(shape) for t in linears.qkv(i, layer.input_layernorm(x)))
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        x = x + a.o_proj(attend(i, q, k, v))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = x + linears.o(i, attend(i, q, k, v))
+        x = x + linears.mlp(i, layer.post_attention_layernorm(x))
     return x
+
+
+class Linears:
+    """A Llama-shaped model's linear layers as the packed path calls them.
+
+    For decoding on a CPU, their weights are reordered once into oneDNN's blocked layout, q/k/v as one product and
+    gate/up as one: `F.linear` reorders its weight on every call, which at decode shapes (a few rows by a large
+    weight) costs about as much as the product, so these run 1.4-1.9x faster (docs/engine.md). bf16 results are the
+    same bit for bit; fp32's come from oneDNN's kernel instead of MKL's and round differently (about 1e-6
+    relative). Passes of more than PACKED_ROWS rows (prefill) gain nothing and run the model's own modules. The
+    copies take the layers' size again, so they are made only where they fit in PACK_MEMORY_SHARE of the memory
+    available; elsewhere (a GPU, fp16, a CPU without bf16 support, projections that are not plain `nn.Linear`,
+    such as LoRA layers in training, memory too short) the model's own modules run."""
+
+    def __init__(self, model, packed: dict | None):
+        self.layers = model.get_decoder().layers
+        self.lm_head = model.get_output_embeddings()
+        self.packed = packed
+
+    def qkv(self, i: int, x):
+        if self._plain(x):
+            a = self.layers[i].self_attn
+            return a.q_proj(x), a.k_proj(x), a.v_proj(x)
+        return self._product("qkv", i, x)
+
+    def o(self, i: int, x):
+        return self.layers[i].self_attn.o_proj(x) if self._plain(x) else self._product("o", i, x)[0]
+
+    def mlp(self, i: int, x):
+        mlp = self.layers[i].mlp
+        if self._plain(x):
+            return mlp(x)
+        gate, up = self._product("gate_up", i, x)
+        return self._product("down", i, mlp.act_fn(gate) * up)[0]
+
+    def head(self, x):
+        return self.lm_head(x) if self._plain(x) else self._product("head", 0, x)[0]
+
+    def _plain(self, x) -> bool:
+        return self.packed is None or len(x) > PACKED_ROWS
+
+    def _product(self, name: str, i: int, x):
+        import torch
+
+        weight, bias, sizes = self.packed[name][i]
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "").split(sizes, dim=-1)
+
+
+_PACKED = weakref.WeakKeyDictionary()  # model -> its packed Linears, made once
+
+
+def linears_of(model, pack: bool) -> Linears:
+    """`pack` for decoding; teacher-forced passes and scoring (hundreds of rows a pass) gain nothing from it."""
+    if not pack:
+        return Linears(model, None)
+    if model not in _PACKED:
+        _PACKED[model] = Linears(model, _prepack(model))
+    return _PACKED[model]
+
+
+def _prepack(model) -> dict | None:
+    """`Linears`' packed weights: per group of projections and layer, (weight, bias, output sizes); None where the
+    model's own modules must run."""
+    import torch
+
+    head = model.get_output_embeddings()
+    dtype = head.weight.dtype
+    if head.weight.device.type != "cpu" or not torch.backends.mkldnn.is_available() or dtype not in (
+            torch.float32, torch.bfloat16) or (dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return None
+    groups: dict[str, list[tuple]] = {"qkv": [], "o": [], "gate_up": [], "down": [], "head": [(head,)]}
+    for layer in model.get_decoder().layers:
+        a, mlp = layer.self_attn, layer.mlp
+        groups["qkv"].append((a.q_proj, a.k_proj, a.v_proj))
+        groups["o"].append((a.o_proj,))
+        groups["gate_up"].append((mlp.gate_proj, mlp.up_proj))
+        groups["down"].append((mlp.down_proj,))
+    modules = [m for group_list in groups.values() for group in group_list for m in group]
+    if any(type(m) is not torch.nn.Linear for m in modules) or any(
+            len({m.bias is None for m in group}) > 1 for group_list in groups.values() for group in group_list):
+        return None
+    available = available_bytes()
+    if available is not None and sum(m.weight.nbytes for m in modules) > PACK_MEMORY_SHARE * available:
+        return None
+
+    def pack(group: tuple):
+        weight = torch.cat([m.weight.detach() for m in group])
+        bias = None if group[0].bias is None else torch.cat([m.bias.detach() for m in group])
+        return torch.ops.mkldnn._reorder_linear_weight(weight, DECODE_ROWS_HINT), bias, [m.out_features for m in group]
+
+    with torch.no_grad():
+        return {name: [pack(group) for group in group_list] for name, group_list in groups.items()}
 
 
 def score_groups_packed(model, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
@@ -544,13 +639,14 @@ def score_groups_packed(model, groups: list[tuple[list[int], list[list[int]]]]) 
                                            scale=attention.scaling, enable_gqa=True)
         return out.transpose(1, 2)[real].reshape(len(q), -1)
 
-    hidden = decoder_layers(decoder, attention.head_dim, tensor(ids), positions_t, attend)
+    linears = linears_of(model, pack=False)
+    hidden = decoder_layers(decoder, linears, attention.head_dim, tensor(ids), positions_t, attend)
     rows, row_of = torch.unique(tensor(predicting), return_inverse=True)
     targets_t = tensor(targets)
     logp = torch.empty(len(targets), dtype=torch.float64, device=device)
     missed = torch.empty(len(targets), dtype=torch.long, device=device)
     for first in range(0, len(rows), HEAD_ROWS):
-        logits = lm_head(decoder.norm(hidden[rows[first:first + HEAD_ROWS]])).float()
+        logits = linears.head(decoder.norm(hidden[rows[first:first + HEAD_ROWS]])).float()
         here = ((row_of >= first) & (row_of < first + HEAD_ROWS)).nonzero()[:, 0]
         local = row_of[here] - first
         logp[here] = torch.log_softmax(logits, dim=-1)[local, targets_t[here]].double()

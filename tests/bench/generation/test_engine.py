@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, build_tiny_model
+from conftest import ROOT, build_tiny_model, make_adapter
 from bench.generation.cache import Cache
-from bench.generation.engine import Engine, PackedDecoder, common_prefix
+from bench.generation.engine import Engine, PackedDecoder, common_prefix, linears_of
 from bench.generation.models import load_model
 from bench.types import GenerationConfig
 
@@ -60,7 +60,7 @@ def test_slots_shrink_to_the_memory_available_and_outputs_stay_the_same(tiny, mo
     monkeypatch.setattr(engine_module, "available_bytes", lambda: int(2.5 * per_slot / engine_module.KV_MEMORY_SHARE))
     slots = []
     monkeypatch.setattr(engine_module, "PackedDecoder",
-                        lambda model, prefix, n, length: slots.append(n) or PackedDecoder(model, prefix, n, length))
+                        lambda model, prefix, n, *args: slots.append(n) or PackedDecoder(model, prefix, n, *args))
     assert [g.text for g in Engine(tiny, batch_size=64).generate(prompts, config)] == free
     assert slots == [2]
     monkeypatch.setattr(engine_module, "available_bytes", lambda: 1)
@@ -139,17 +139,21 @@ def test_common_prefix_leaves_every_prompt_a_token():
     assert common_prefix([[1, 2], [3, 2]]) == 0
 
 
-def test_packed_prefill_logits_equal_a_full_forward(tiny):
+@pytest.mark.parametrize("pack", [False, True])
+def test_packed_prefill_logits_equal_a_full_forward(tiny, pack):
     """Prompts packed into one sequence after a shared prefix, with no padding, give each prompt's own logits;
-    so does the next decode step, with rows of different lengths in the cache."""
+    so does the next decode step, with rows of different lengths in the cache, also through the weights packed
+    for oneDNN (`pack`)."""
     import torch
 
     tokenizer = tiny.tokenizer
     token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts_for(tiny)]
     prefix = common_prefix(token_lists)
     assert prefix > 5, "the chat template and system prompt are shared"
+    linears = linears_of(tiny.model, pack)
+    assert (linears.packed is not None) == pack, "a CPU build of torch packs fp32 weights"
     with torch.inference_mode():
-        packed = PackedDecoder(tiny.model, token_lists[0][:prefix], slots=5, length=128)
+        packed = PackedDecoder(tiny.model, token_lists[0][:prefix], slots=5, length=128, linears=linears)
         first = packed.step(torch.zeros(0, dtype=torch.long), [t[prefix:] for t in token_lists])
         nxt = first.argmax(-1)
         second = packed.step(nxt, [])
@@ -157,6 +161,66 @@ def test_packed_prefill_logits_equal_a_full_forward(tiny):
             full = tiny.model(torch.tensor([tokens + [int(nxt[i])]])).logits[0]
             torch.testing.assert_close(first[i], full[-2], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(second[i], full[-1], atol=1e-5, rtol=1e-5)
+
+
+def test_weights_pack_only_where_the_copies_fit_and_outputs_stay_the_same(tiny_model_dir, monkeypatch):
+    """The packed weight copies take at most PACK_MEMORY_SHARE of the memory available; with less, the model's own
+    modules decode, to the same outputs."""
+    import torch
+
+    import bench.generation.engine as engine_module
+
+    config, models = GenerationConfig(max_new_tokens=30), {}
+    for fits in (True, False):
+        models[fits] = load_model(str(tiny_model_dir), dtype="float32")
+        size = sum(m.weight.nbytes for m in models[fits].model.modules() if isinstance(m, torch.nn.Linear))
+        room = size / engine_module.PACK_MEMORY_SHARE
+        monkeypatch.setattr(engine_module, "available_bytes", lambda: int(room) + (1 if fits else -1))
+        assert (linears_of(models[fits].model, pack=True).packed is not None) == fits
+    prompts = prompts_for(models[True])
+    texts = {fits: [g.text for g in Engine(m).generate(prompts, config)] for fits, m in models.items()}
+    assert texts[True] == texts[False]
+
+
+def test_packed_weights_give_the_same_bf16_logits_bit_for_bit(tiny_model_dir):
+    """oneDNN's bf16 product is the same with its weights packed once as with `F.linear`'s reorder per call, so
+    packing does not change a bf16 output."""
+    import torch
+
+    model = load_model(str(tiny_model_dir), dtype="bfloat16")
+    token_lists = [model.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts_for(model)]
+    prefix = common_prefix(token_lists)
+    logits = []
+    for pack in (False, True):
+        with torch.inference_mode():
+            decoder = PackedDecoder(model.model, token_lists[0][:prefix], 5, 128, linears_of(model.model, pack))
+            first = decoder.step(torch.zeros(0, dtype=torch.long), [t[prefix:] for t in token_lists])
+            logits.append((first, decoder.step(first.float().argmax(-1), [])))
+    assert torch.equal(logits[0][0], logits[1][0]) and torch.equal(logits[0][1], logits[1][1])
+
+
+def test_lora_layers_are_never_packed_so_samples_follow_the_adapter(tiny_model_dir, tmp_path):
+    """Trainers sample from a PEFT model whose adapters change every step: its projections run as they are (a
+    packed copy would go stale), so the engine's outputs follow the adapter's current weights."""
+    import dataclasses
+
+    import torch
+    from peft import PeftModel
+
+    config = GenerationConfig(max_new_tokens=30)
+    base = load_model(str(tiny_model_dir), dtype="float32")
+    prompts = prompts_for(base)
+    plain = [g.text for g in Engine(base).generate(prompts, config)]
+    adapted = load_model(str(tiny_model_dir), dtype="float32")
+    adapted.model = PeftModel.from_pretrained(adapted.model, make_adapter(tiny_model_dir, tmp_path / "adapter"))
+    assert linears_of(adapted.model, pack=True).packed is None
+    engine = Engine(dataclasses.replace(adapted, adapter_sha256="random"))
+    assert [g.text for g in engine.generate(prompts, config)] != plain
+    with torch.no_grad():
+        for name, param in adapted.model.named_parameters():
+            if "lora_B" in name:
+                param.zero_()
+    assert [g.text for g in engine.generate(prompts, config)] == plain
 
 
 @pytest.mark.parametrize("packed,batch_size", [(True, 8), (True, 2), (False, 8)])
