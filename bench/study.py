@@ -15,6 +15,7 @@ from rich.console import Console
 
 from bench.distributed import world
 from bench.generation.models import PROMPT_FORMATS
+from bench.machine import machine
 from bench.memory import PeakRSS
 from bench.store import write_json
 from bench.types import BenchError
@@ -161,7 +162,7 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
     timings["total"] = round(sum(timings.values()), 1)
     work, work_peaks = _work_seconds(Path(results_dir), profile.name, runs, [name for _, _, name, _ in teachers])
     write_json(Path(results_dir) / "reports" / profile.name / "stages.json",
-               {**timings, "work": work, "peak_rss_mib": peaks, "work_peak_rss_mib": work_peaks})
+               {**timings, "work": work, "peak_rss_mib": peaks, "work_peak_rss_mib": work_peaks, "machine": machine()})
     console.print("stage seconds: " + json.dumps(timings))
     console.print("work seconds, when it was done: " + json.dumps(work))
     console.print("peak resident MiB per stage: " + json.dumps(peaks) + "; when the work was done: "

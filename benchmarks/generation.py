@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ import torch
 from bench.data import load_task_data, resolve_data_dir
 from bench.generation.engine import Engine, PackedDecoder, common_prefix
 from bench.generation.models import cpu_has_native_bf16, load_model
+from bench.machine import describe, machine
 from bench.types import GenerationConfig
 from tasks.code import humaneval
 from tasks.drift import drift
@@ -227,14 +227,6 @@ def profile_engine(engine: Engine, prompts: list[str], config: GenerationConfig)
         + f", Python and the rest {max(wall - operators, 0):.1f} s ({max(wall - operators, 0) / wall:.0%})")
 
 
-def machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
-    flags = next((line for line in lscpu.splitlines() if line.startswith("Flags")), "")
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags.split()]
-    return f"{name}, {torch.get_num_threads()} threads, flags: {' '.join(wanted) or 'none of avx2/avx512'}"
-
-
 def measure(model, shape: Shape, name: str, dtype: str, data_dir, args) -> tuple[list, list, list, Flops, float]:
     """Ours, HF `generate` and lm-eval's hf backend at each batch size on one workload: (rows, our outputs, HF's
     tokens, the needed FLOPs, the bound in seconds); a row is (method, batch, tokens, seconds, FLOPs performed)."""
@@ -319,7 +311,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     data_dir = resolve_data_dir(args.data_dir)
-    print(f"machine: {machine()}; torch {torch.__version__}", flush=True)
+    print(f"machine: {describe(machine())}; torch {torch.__version__}", flush=True)
     summary = []
     for spec in args.models.split(","):
         fp32_texts: dict[str, list[str]] = {}

@@ -28,7 +28,8 @@ from bench.data import load_task_data, resolve_data_dir
 from bench.generation.engine import Engine
 from bench.evaluation.judge import DEFAULT_JUDGE, LOCAL_PREFIX, Judge, Preference, order_statistics
 from bench.generation.models import load_model, resolve_dtype
-from generation import machine, matmul_rates
+from bench.machine import describe, machine
+from generation import matmul_rates
 from tasks.helpfulness import alpaca_eval
 
 
@@ -88,7 +89,7 @@ def main() -> None:
     if not args.judge.startswith(LOCAL_PREFIX):
         parser.error("--judge: this benchmark measures a local judge (local:MODEL)")
     dtype = resolve_dtype(args.dtype)
-    print(f"machine: {machine()}; judge {args.judge} in {dtype}; torch {torch.__version__}")
+    print(f"machine: {describe(machine())}; judge {args.judge} in {dtype}; torch {torch.__version__}")
     rates = matmul_rates(getattr(torch, dtype), (64, 1536, 8960))
     print(f"matmul: {rates['square'] / 1e9:.1f} GFLOP/s (2048^3), {rates['decode'] / 1e9:.1f} GFLOP/s (64x1536x8960)")
     examples = load_task_data(alpaca_eval, resolve_data_dir(args.data_dir)).examples

@@ -85,9 +85,9 @@ def main() -> None:
         task, limit = args.limits.split("=")
         print(json.dumps(run_backend(args.child, args.model, args.dtypes, task, data_dir, int(limit))))
         return
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    print(next((line for line in cpu if line.startswith("Model name")), "?"))
-    print("flags with bf16 matmul: " + ("avx512_bf16" if "avx512_bf16" in " ".join(cpu) else "none"))
+    from bench.machine import describe, machine
+
+    print(f"machine: {describe(machine())}")
     backends = ["engine"] + [f"hf-{b}" for b in args.hf_batch_sizes.split(",")]
     for dtype in args.dtypes.split(","):
         for task in args.limits.split(","):

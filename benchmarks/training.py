@@ -232,13 +232,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    import platform
-    import subprocess
+    from bench.machine import describe, machine
 
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), platform.processor())
-    flags = next((l.split(":", 1)[1].split() for l in cpu.splitlines() if l.startswith("Flags")), [])
-    print(f"machine: {model}; {', '.join(f for f in flags if f.startswith('avx512') or f == 'avx2')}", flush=True)
+    print(f"machine: {describe(machine())}", flush=True)
     methods = [m.strip() for m in args.methods.split(",")]
     for method in methods:
         if method in DISTIL_TRL:

@@ -170,11 +170,13 @@ def trained_already(job: TrainJob, config: Any) -> bool:
 
 
 def provenance(job: TrainJob, config: Any) -> dict[str, Any]:
-    """The train.json fields that trace an adapter: identity, package versions, the commit, the command."""
+    """The train.json fields that trace an adapter: identity, package versions, the commit, the machine (bf16
+    training rounds by CPU and thread count too), the command."""
     from bench.execution.runner import git_commit, package_versions
+    from bench.machine import machine
 
     return {"identity": identity(job, config), "data_sha256": job.data_sha256, "packages": package_versions(),
-            "git": git_commit(), "command": sys.argv}
+            "git": git_commit(), "machine": machine(), "command": sys.argv}
 
 
 def base_record(job: TrainJob, config: Any, model_dir: Path, weights_sha256: str, dtype: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from bench.analysis.compare import HEAD_TO_HEAD, RunScores
+from bench.machine import machine
 from bench.store import read_jsonl, write_json, write_jsonl
 from bench.types import BenchError
 
@@ -32,22 +33,6 @@ def save_baseline(results_dir: Path, run: RunScores, out_dir: Path) -> Path:
     write_json(out_dir / BASELINE_FILE, {"run": run.name, "record": run.record, "machine": machine(),
                                          "metrics": {t: m for t, m in run.metrics.items() if not t.endswith(HEAD_TO_HEAD)}})
     return out_dir
-
-
-def machine() -> dict[str, Any]:
-    """The CPU and the vector instructions that decide float rounding, so a re-run knows when it may differ."""
-    import platform
-
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    return {"cpu": name, "arch": platform.machine(), "simd": sorted(flags & SIMD_FLAGS)}
-
-
-SIMD_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma"}
 
 
 def rerun_argv(saved: dict[str, Any], results_dir: Path, data_dir: str | None) -> list[str]:

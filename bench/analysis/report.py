@@ -16,19 +16,20 @@ import pandas as pd
 
 from bench.analysis.compare import LOWER_IS_BETTER, RAW_METRICS, TRAINING_SEED_RUN, Comparison, scale
 from bench.analysis.gate import NOT_GATED, Verdict
+from bench.machine import describe, same_rounding
 from bench.store import atomic_write_text, write_json
 
 
 def provenance(run_record: dict[str, Any]) -> dict[str, Any]:
     """What a report's reader needs to trace a run's numbers: model and adapter hashes, data sha256s, dtype, prompt
-    format, packages and git commit (the rest stays in the run's run.json)."""
+    format, packages, git commit and machine (the rest stays in the run's run.json)."""
     identity = run_record.get("identity", {})
     return {"model": run_record.get("model"), "fingerprint": identity.get("fingerprint"),
             "weights_sha256": identity.get("weights_sha256"), "adapter_sha256": identity.get("adapter_sha256"),
             "dtype": identity.get("dtype"), "prompt_format": identity.get("prompt_format", "chat"),
             "limit": identity.get("limit"),
             "data_sha256": {task: d.get("sha256") for task, d in (run_record.get("data") or {}).items()},
-            "packages": run_record.get("packages"), "git": run_record.get("git"),
+            "packages": run_record.get("packages"), "git": run_record.get("git"), "machine": run_record.get("machine"),
             "finished": run_record.get("finished"),
             "peak_rss_mib": max((run_record.get("peak_rss_mib") or {}).values(), default=None)}
 
@@ -268,14 +269,21 @@ def verdict_markdown(comparison: Comparison) -> str:
 
 
 def provenance_lines(comparison: Comparison) -> str:
+    """Each run's provenance line, after a warning where the runs were made on machines that round differently (a
+    paired delta then holds rounding as well as training)."""
     lines = []
+    machines = {name: record["machine"] for name, record in comparison.records.items() if record.get("machine")}
+    if any(not same_rounding(m, other) for m in machines.values() for other in machines.values()):
+        lines.append("\n**Runs made on different machines** (their floats may round differently, bf16 most of all): "
+                     + "; ".join(f"{name}: {describe(m)}" for name, m in machines.items()) + "\n")
     for name, record in comparison.records.items():
         p = provenance(record)
         git = p["git"] or {}
         peak = f", peak RSS {p['peak_rss_mib'] / 1024:.1f} GiB" if p["peak_rss_mib"] else ""
+        on = f", on {describe(p['machine'])}" if p["machine"] else ""
         lines.append(f"\n{name}: fingerprint {p['fingerprint']}, adapter sha256 {(p['adapter_sha256'] or 'none')[:16]}, "
                      f"{p['dtype']}, {p['prompt_format']} prompts, git {(git.get('commit') or 'unknown')[:12]}"
-                     f"{' (uncommitted changes)' if git.get('dirty') else ''}{peak}\n")
+                     f"{' (uncommitted changes)' if git.get('dirty') else ''}{peak}{on}\n")
     return "".join(lines)
 
 

@@ -22,6 +22,7 @@ from bench.evaluation.agreement import (BALANCED_SET, SHORT_MAX_CHARS, SHORT_PAI
 from bench.evaluation.judge import Judge, Preference, length_controlled, order_statistics, win_rates
 from bench.evaluation.lmeval import Harness
 from bench.generation.models import LoadedModel
+from bench.machine import machine
 from bench.memory import PeakRSS, peak_rss_mib
 from bench.execution.sandbox import OUTCOMES, Sandbox, isolation_notes
 from bench.analysis.stats import mean_ci
@@ -105,6 +106,7 @@ def run_record(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTas
         "git": git_commit(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "machine": machine(),
         "command": sys.argv,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "timings": {},

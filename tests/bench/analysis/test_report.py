@@ -94,6 +94,23 @@ def test_report_files(tmp_path):
     assert "<table>" in html and "data:image/png;base64," in html
 
 
+def test_report_names_each_runs_machine_and_warns_when_they_round_differently(tmp_path):
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor", "arch": "x86_64", "simd": ["avx2", "avx512_bf16"], "threads": 2,
+            "gpu": None}
+    records = {run: {"identity": {"fingerprint": f"{run}-fp"}, "machine": xeon} for run in ("seed", "sft")}
+    md = (write_report(tmp_path / "same", comparison(table(), "seed", {"sft": "math"}, records)) / "report.md").read_text()
+    assert "sft: fingerprint sft-fp" in md and "on Intel(R) Xeon(R) Processor, 2 threads, avx2 avx512_bf16" in md
+    assert "different machines" not in md
+    records["sft"]["machine"] = xeon | {"threads": 1}
+    out = write_report(tmp_path / "apart", comparison(table(), "seed", {"sft": "math"}, records))
+    md = (out / "report.md").read_text()
+    assert "**Runs made on different machines**" in md and "sft: Intel(R) Xeon(R) Processor, 1 thread," in md
+    assert json.loads((out / "report.json").read_text())["provenance"]["sft"]["machine"]["threads"] == 1
+    records["seed"].pop("machine")  # a run from before machines were recorded: nothing to set it against
+    md = (write_report(tmp_path / "old", comparison(table(), "seed", {"sft": "math"}, records)) / "report.md").read_text()
+    assert "different machines" not in md
+
+
 def test_trained_capability_reads_the_adapters_train_json(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps({"capability": "tooluse"}))
     assert trained_capability({"model": {"adapter": str(tmp_path)}}) == "tooluse"
