@@ -492,17 +492,14 @@ def cmd_baseline_check(args: argparse.Namespace, console: Console) -> int:
     """Re-run a baseline's evaluation afresh and require every prediction to be the same (greedy decoding)."""
     import tempfile
 
-    from bench.analysis.baselines import BASELINE_FILE, changed_predictions, read_baseline, rerun_argv
-    from bench.machine import describe, machine, same_rounding
+    from bench.analysis.baselines import BASELINE_FILE, changed_predictions, read_baseline, rerun_argv, rounding_note
 
     baseline = Path(args.dir)
     if not (baseline / BASELINE_FILE).is_file():
         raise BenchError(f"{baseline}: not a baseline directory (no {BASELINE_FILE})")
     saved = read_baseline(baseline / BASELINE_FILE)
-    here = machine()
-    if not same_rounding(saved.get("machine", {}), here):
-        console.print(f"[yellow]baseline made on {describe(saved.get('machine', {}))}, this is {describe(here)}: "
-                      f"float rounding may differ[/yellow]")
+    if note := rounding_note(saved):
+        console.print(f"[yellow]{note}[/yellow]")
     with tempfile.TemporaryDirectory(prefix="forgetbench-baseline-") as tmp:
         code = main(rerun_argv(saved, Path(tmp), args.data_dir))
         if code != 0:

@@ -32,13 +32,16 @@ def machine() -> dict[str, Any]:
 def describe(found: dict[str, Any]) -> str:
     """One line: `Intel(R) Xeon(R) Processor (CPUID 6/143/8), 2 threads, amx_bf16 avx2 avx512_bf16 avx512f fma`."""
     simd = " ".join(found.get("simd") or []) or "no avx2/avx512"
-    threads = found.get("threads", "?")
+    threads = found.get("threads")
+    threads = "" if threads is None else f", {threads} thread{'' if threads == 1 else 's'}"
     gpu = f", GPU {found['gpu']}" if found.get("gpu") else ""
     cpuid = f" (CPUID {found['cpuid']})" if found.get("cpuid") else ""
-    return f"{found.get('cpu', '?')}{cpuid}, {threads} thread{'' if threads == 1 else 's'}, {simd}{gpu}"
+    return f"{found.get('cpu', '?')}{cpuid}{threads}, {simd}{gpu}"
 
 
 def same_rounding(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two machines compute the same floats: the same CPU (name, CPUID, cache), SIMD flags, thread count
-    and GPU, each compared where both records have it (records before 2026-12-05 have the name and flags only)."""
-    return all(a[k] == b[k] for k in ("cpu", "cpuid", "cache", "simd", "threads", "gpu") if k in a and k in b)
+    """Whether two machines compute the same floats: the same architecture, CPU (name, CPUID, cache), SIMD flags,
+    thread count and GPU, each compared where both records have it (records before 2026-12-05 have the name, the
+    architecture and the flags only)."""
+    keys = ("arch", "cpu", "cpuid", "cache", "simd", "threads", "gpu")
+    return all(a[k] == b[k] for k in keys if k in a and k in b)

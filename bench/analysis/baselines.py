@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from bench.analysis.compare import HEAD_TO_HEAD, RunScores
-from bench.machine import machine
+from bench.machine import describe, machine, same_rounding
 from bench.store import read_jsonl, write_json, write_jsonl
 from bench.types import BenchError
 
@@ -30,9 +30,18 @@ def save_baseline(results_dir: Path, run: RunScores, out_dir: Path) -> Path:
         rows = read_jsonl(results_dir / "runs" / run.name / task / "predictions.jsonl")
         write_jsonl(out_dir / f"{task}.jsonl", [{"id": r["id"], "score": r["score"], "output": r.get("output")}
                                                 for r in rows])
-    write_json(out_dir / BASELINE_FILE, {"run": run.name, "record": run.record, "machine": machine(),
+    write_json(out_dir / BASELINE_FILE, {"run": run.name, "record": run.record, "machine": run.record.get("machine") or machine(),
                                          "metrics": {t: m for t, m in run.metrics.items() if not t.endswith(HEAD_TO_HEAD)}})
     return out_dir
+
+
+def rounding_note(saved: dict[str, Any]) -> str | None:
+    """Why a re-run here may round differently from the baseline's run; None where that ran on a machine like this."""
+    here, made_on = machine(), saved["record"].get("machine") or saved.get("machine")
+    if made_on and same_rounding(made_on, here):
+        return None
+    return (f"baseline made on {describe(made_on) if made_on else 'an unrecorded machine'}, this is {describe(here)}: "
+            "float rounding may differ")
 
 
 def rerun_argv(saved: dict[str, Any], results_dir: Path, data_dir: str | None) -> list[str]:

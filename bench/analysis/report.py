@@ -272,10 +272,11 @@ def provenance_lines(comparison: Comparison) -> str:
     """Each run's provenance line, after a warning where the runs were made on machines that round differently (a
     paired delta then holds rounding as well as training)."""
     lines = []
-    machines = {name: record["machine"] for name, record in comparison.records.items() if record.get("machine")}
-    if any(not same_rounding(m, other) for m in machines.values() for other in machines.values()):
+    machines = [(name, m) for name, record in comparison.records.items()
+                for m in record.get("shard_machines") or [record.get("machine")] if m]
+    if any(not same_rounding(m, other) for _, m in machines for _, other in machines):
         lines.append("\n**Runs made on different machines** (their floats may round differently, bf16 most of all): "
-                     + "; ".join(f"{name}: {describe(m)}" for name, m in machines.items()) + "\n")
+                     + "; ".join(f"{name}: {describe(m)}" for name, m in machines) + "\n")
     for name, record in comparison.records.items():
         p = provenance(record)
         git = p["git"] or {}

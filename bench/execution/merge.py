@@ -68,7 +68,8 @@ def merge_runs(parts: list[RunStore], store: RunStore,
     record = {**runs[0], "name": store.name, "identity": identity, "shards": [r["name"] for r in runs],
               "timings": {name: round(sum(r["timings"].get(name, 0.0) for r in runs), 3) for name in names},
               "peak_rss_mib": {name: max(r["peak_rss_mib"].get(name, 0.0) for r in runs) for name in names},
-              "started": min(r["started"] for r in runs)}
+              "started": min(r["started"] for r in runs),
+              "shard_machines": [r.get("machine") for r in runs]}  # each shard's: launchers may span hosts
     record["timings"]["total"] = round(sum(record["timings"][name] for name in names), 3)
     record.pop("complete", None)
     store.begin(record)

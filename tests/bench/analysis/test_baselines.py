@@ -49,6 +49,19 @@ def test_a_changed_prediction_is_listed_with_its_id_and_a_diff(tmp_path):
     assert any("only in the baseline" in c for c in changed_predictions(tmp_path / "baseline", fresh))
 
 
+def test_baseline_check_says_when_the_baseline_ran_on_a_machine_that_rounds_differently(tmp_path):
+    from bench.analysis.baselines import read_baseline, rounding_note
+    from bench.machine import machine
+
+    saved = read_baseline(saved_baseline(tmp_path) / "baseline.json")
+    assert saved["machine"] == machine() and rounding_note(saved) is None  # made here: nothing to say
+    saved["record"]["machine"] = machine() | {"threads": machine()["threads"] + 1}  # the run's own machine counts
+    assert "float rounding may differ" in rounding_note(saved)
+    saved["record"].pop("machine")
+    saved.pop("machine")
+    assert rounding_note(saved).startswith("baseline made on an unrecorded machine")
+
+
 def saved_baseline(tmp_path):
     runs(tmp_path, candidate_lost=12)
     assert main(["baseline", "save", "base", str(tmp_path / "baseline"), "--results-dir", str(tmp_path)]) == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.machine import machine
 from conftest import ROOT, make_adapter
 
 TASKS = "gsm8k,humaneval,ifeval,drift,alpaca_eval,arc_easy"
@@ -93,6 +94,7 @@ def test_three_shards_merged_are_the_run_made_whole(capsys, tiny_model_dir, fixt
     assert main(["merge", *names, "--name", "tuned", "--results-dir", str(parts)]) == 0
     assert "merged from 3 shards" in capsys.readouterr().out
     assert_same_run(read_run(whole, "tuned"), read_run(parts, "tuned"))
+    assert read_run(parts, "tuned")[0]["shard_machines"] == [machine()] * 3  # each shard's, in shard order
     outputs = json.loads((parts / "runs" / "tuned" / "alpaca_eval" / "model_outputs.json").read_text())
     assert outputs == json.loads((whole / "runs" / "tuned" / "alpaca_eval" / "model_outputs.json").read_text())
     assert main(["merge", *names, "--name", "tuned", "--results-dir", str(parts)]) == 0  # merged already: reused
