@@ -20,7 +20,8 @@ per token, the output head 2 x vocab x hidden per logits row, attention 4 x laye
 (query, key) pair. Ours: what the engine ran (its `PackedDecoder.step` calls are recorded). HF `generate` and
 lm-eval (which calls `generate` on batches sorted by prompt length): left-padded prefill of every batch and, until
 its longest row ends, a decode step for every row, finished or not. `--profile` adds, per workload, where our
-engine's time goes (torch.profiler, operators grouped). Quote ratios and fractions: machines vary.
+engine's time goes (torch.profiler, operators grouped). `--repeats N` runs every method N times in rounds, the
+order rotated each round, and takes each one's median. Quote ratios and fractions: machines vary.
 """
 from __future__ import annotations
 
@@ -129,14 +130,13 @@ class StepRecorder:
             recorder.flops.rest += recorder.shape.attention(p * (p + 1) // 2)
 
         def recording_step(decoder, tokens, prompts):
-            live, p = len(tokens), decoder.prefix
-            width = int(decoder.lengths[:live].max()) + 1 if live else 0
-            sizes = [len(x) for x in prompts]
-            s = recorder.shape
+            live, p, sizes = len(tokens), decoder.prefix, [len(x) for x in prompts]
+            logits = step(decoder, tokens, prompts)
+            s = recorder.shape  # live rows attend over the cache's whole width (masked past each row's end)
             recorder.flops.prefill += s.linear(sum(sizes))
-            recorder.flops.rest += (s.linear(live) + s.head(live + len(sizes)) + s.attention(live * (p + width))
+            recorder.flops.rest += (s.linear(live) + s.head(live + len(sizes)) + s.attention(live * decoder.capacity)
                                     + s.attention(sum(n * (p + n) for n in sizes)))
-            return step(decoder, tokens, prompts)
+            return logits
 
         PackedDecoder.__init__, PackedDecoder.step = recording_init, recording_step
         return self
@@ -162,13 +162,22 @@ def matmul_rates(dtype: torch.dtype, decode_shape: tuple[int, int, int], repeats
     return rates
 
 
-def timed(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return result, statistics.median(times)
+def rounds(methods: dict, repeats: int, recorder: StepRecorder) -> tuple[dict, dict[str, float]]:
+    """Each method once a round, the order rotated each round (this virtual machine's memory costs change over a
+    process's life: first-touched pages are slow), our engine's work recorded: (last outputs and the recorder,
+    median seconds per method)."""
+    names, outputs, times = list(methods), {"recorder": recorder}, {name: [] for name in methods}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            started = time.perf_counter()
+            if name == "forgetbench":
+                with recorder:
+                    outputs[name] = methods[name]()
+            else:
+                outputs[name] = methods[name]()
+            times[name].append(time.perf_counter() - started)
+            print(f"  round {r + 1}: {name} {times[name][-1]:.1f} s", flush=True)
+    return outputs, {name: statistics.median(t) for name, t in times.items()}
 
 
 def hf_generate(model, token_lists: list[list[int]], max_new_tokens: int) -> list[list[int]]:
@@ -245,21 +254,25 @@ def measure(model, shape: Shape, name: str, dtype: str, data_dir, args) -> tuple
     started = time.perf_counter()
     engine.generate(prompts[:2], GenerationConfig(max_new_tokens=4))  # warm-up: packs the weights (engine.Linears)
     print(f"our warm-up, the weights' one-time packing included: {time.perf_counter() - started:.1f} s", flush=True)
-    reference, hf_seconds = timed(lambda: hf_generate(model, tokens, max_new_tokens), args.repeats)
+    batches = sorted({min(int(b), n_prompts) for b in args.lm_eval_batch_sizes.split(",")})
+    methods = {"forgetbench": lambda: engine.generate(prompts, config),
+               "HF generate": lambda: hf_generate(model, tokens, max_new_tokens),
+               **{f"lm-eval {b}": lambda b=b: lm_eval_generate(model, prompts, b, dtype, max_new_tokens)
+                  for b in batches}}
+    outputs, seconds = rounds(methods, args.repeats, StepRecorder(shape))
+    ours, reference, recorder = outputs["forgetbench"], outputs["HF generate"], outputs["recorder"]
     generated = [len(r) for r in reference]
     work = needed(shape, tokens, generated)
-    with StepRecorder(shape) as recorder:
-        ours, seconds = timed(lambda: engine.generate(prompts, config), args.repeats)
     ours_flops = Flops(recorder.flops.prefill / args.repeats, recorder.flops.rest / args.repeats)
-    rows = [("forgetbench", n_prompts, sum(g.n_tokens for g in ours), seconds, ours_flops),
-            ("HF generate", n_prompts, sum(generated), hf_seconds, padded_batches(shape, tokens, generated, n_prompts))]
+    rows = [("forgetbench", n_prompts, sum(g.n_tokens for g in ours), seconds["forgetbench"], ours_flops),
+            ("HF generate", n_prompts, sum(generated), seconds["HF generate"],
+             padded_batches(shape, tokens, generated, n_prompts))]
     by_length = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
-    for batch in sorted({min(int(b), n_prompts) for b in args.lm_eval_batch_sizes.split(",")}):
-        texts, lm_seconds = timed(lambda: lm_eval_generate(model, prompts, batch, dtype, max_new_tokens),
-                                  args.repeats)
+    for batch in batches:
+        texts = outputs[f"lm-eval {batch}"]
         counts = [min(len(model.tokenizer(t, add_special_tokens=False).input_ids) + 1, max_new_tokens) for t in texts]
         lm_flops = padded_batches(shape, [tokens[i] for i in by_length], [generated[i] for i in by_length], batch)
-        rows.append(("lm-eval hf", batch, sum(counts), lm_seconds, lm_flops))
+        rows.append(("lm-eval hf", batch, sum(counts), seconds[f"lm-eval {batch}"], lm_flops))
     if args.profile:
         profile_engine(engine, prompts, config)
     return rows, ours, list(zip(tokens, reference)), work, work.bound_seconds(rates)

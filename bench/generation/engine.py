@@ -30,12 +30,13 @@ from bench.generation.models import LoadedModel
 from bench.memory import available_bytes
 from bench.types import GenerationConfig
 
-ENGINE_VERSION = 2  # part of every cache key: bump it when a change to decoding can change outputs
+ENGINE_VERSION = 3  # part of every cache key: bump it when a change to decoding can change outputs
 PACKED_ARCHITECTURES = ("llama", "mistral", "qwen2")  # decoders of the same layer shape as transformers' Llama
-MAX_PREFILL_TOKENS = 8192  # prompt tokens admitted per forward pass: bounds the prefill's activations
+MAX_PREFILL_TOKENS = 1024  # prompt tokens a forward pass: bounds its activations. Faster than 8192 (docs/engine.md)
 KV_MEMORY_SHARE = 0.5  # of the memory available when decoding starts: the most the slot cache may take
 HEAD_ROWS = 512  # LM-head rows at a time when scoring: 512 x 151,936 fp32 logits are 311 MB
 DECODE_ROWS_HINT = 16  # the rows oneDNN's weight layout is chosen for (any number runs)
+CACHE_GROWTH = 128  # positions the decode cache widens by (engine.PackedDecoder._reserve)
 PACKED_ROWS = 256  # passes of more rows (prefill, scoring) run the model's own modules: no faster packed
 PACK_MEMORY_SHARE = 0.5  # of the memory available at first use: the most the prepacked weight copies may take
 
@@ -374,13 +375,16 @@ class PackedDecoder:
         weight = model.get_output_embeddings().weight
         self.device, self.dtype = weight.device, weight.dtype
         self.prefix = len(prefix)
-        # Keys are kept transposed ([slot, head, dim, position]) so that a decode step's scores are a matmul over a
-        # view, with no copy of the cache. Zeros, not empty: a masked value still gets multiplied by 0 (0 x NaN = NaN).
-        width = self.prefix + length
-        self.keys = [torch.zeros((slots, self.n_kv, self.head_dim, width), dtype=self.dtype, device=self.device)
+        self.slots, self.width = slots, self.prefix + length  # the most positions a row may hold
+        # Keys are kept transposed ([slot, head, dim, position]) so that a decode step's scores are a matmul, and
+        # the cache's position axis is only as wide as the longest row needs (`_reserve`), so that the live rows'
+        # keys and values are contiguous: a slice of a wider cache is copied by every batched matmul in bf16.
+        self.capacity = 0
+        self.keys = [torch.zeros((slots, self.n_kv, self.head_dim, 0), dtype=self.dtype, device=self.device)
                      for _ in self.decoder.layers]
-        self.values = [torch.zeros((slots, self.n_kv, width, self.head_dim), dtype=self.dtype, device=self.device)
+        self.values = [torch.zeros((slots, self.n_kv, 0, self.head_dim), dtype=self.dtype, device=self.device)
                        for _ in self.decoder.layers]
+        self._reserve(self.prefix)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=self.device)  # positions after the prefix
 
         def attend_prefix(layer: int, q, k, v):
@@ -405,11 +409,12 @@ class PackedDecoder:
         arange = lambda n: torch.arange(n, device=device)
         positions = self.lengths[:live]  # where each live row's token goes
         rows = arange(live)
-        width = prefix + int(positions.max()) + 1 if live else 0
-        beyond = torch.zeros((live, 1, 1, width), dtype=self.dtype, device=device).masked_fill_(
-            (arange(width)[None] > prefix + positions[:, None])[:, None, None], float("-inf"))  # past each row's end
         sizes = [len(p) for p in prompts]
         longest = max(sizes, default=0)
+        self._reserve(max(prefix + int(positions.max()) + 1 if live else 0, prefix + longest))
+        width = self.capacity
+        beyond = torch.zeros((live, 1, 1, width), dtype=self.dtype, device=device).masked_fill_(
+            (arange(width)[None] > prefix + positions[:, None])[:, None, None], float("-inf"))  # past each row's end
         segment = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(sizes)] + [arange(0)])
         offset = torch.cat([arange(n) for n in sizes] + [arange(0)])  # each prompt token's position in its prompt
         slot = live + segment
@@ -424,9 +429,9 @@ class PackedDecoder:
                 values[rows, :, prefix + positions] = v[:live]
                 # One query per row: two batched matmuls over the row's slot beat the CPU's flash kernel here.
                 grouped = q[:live].view(live, self.n_kv, -1, self.head_dim)  # the query heads of each KV head
-                scores = (grouped @ keys[:live, :, :, :width]) * self.scaling + beyond
+                scores = (grouped @ keys[:live]) * self.scaling + beyond
                 weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-                out.append((weights @ values[:live, :, :width]).reshape(live, -1))
+                out.append((weights @ values[:live]).reshape(live, -1))
             if sizes:
                 keys[slot, :, :, prefix + offset] = k[live:]
                 values[slot, :, prefix + offset] = v[live:]
@@ -452,6 +457,25 @@ class PackedDecoder:
         if starts is not None:
             return list(logits.split([n - start for start, n in zip(starts, sizes)]))
         return logits
+
+    def _reserve(self, width: int) -> None:
+        """Widen the cache to hold `width` positions a row, in steps of CACHE_GROWTH (at most `self.width`): the
+        masked positions past a row's end cost less than a copy of the cache at every step."""
+        import torch
+
+        if width <= self.capacity:
+            return
+        capacity = min(self.width, -(-width // CACHE_GROWTH) * CACHE_GROWTH)
+        shape = (self.slots, self.n_kv)
+        for i, (keys, values) in enumerate(zip(self.keys, self.values)):  # a layer at a time: little extra memory
+            # Zeros, not empty: a masked position's value is still multiplied by 0 (0 x NaN = NaN).
+            wider = torch.zeros(shape + (self.head_dim, capacity), dtype=self.dtype, device=self.device)
+            wider[..., :self.capacity] = keys
+            self.keys[i] = wider
+            wider = torch.zeros(shape + (capacity, self.head_dim), dtype=self.dtype, device=self.device)
+            wider[:, :, :self.capacity] = values
+            self.values[i] = wider
+        self.capacity = capacity
 
     def release(self, ended: set[int], live: int) -> list[int]:
         """Free the `ended` slots by moving the last live rows into them; returns the old slot of each new slot."""

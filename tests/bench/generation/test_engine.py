@@ -104,6 +104,31 @@ def test_rows_that_stop_early_free_their_slot_for_waiting_prompts(tiny):
     assert len({g.n_tokens for g in alone}) > 1, "rows end at different steps"
 
 
+def test_a_cache_widened_a_few_positions_at_a_time_gives_the_same_outputs(tiny, monkeypatch):
+    """The decode cache grows with its longest row (a copy every CACHE_GROWTH positions, here 3), also while rows
+    finish and waiting prompts take their slots; the outputs equal those of a cache wide enough from the start."""
+    import bench.generation.engine as engine_module
+
+    prompts = prompts_for(tiny, QUESTIONS * 2)
+    texts = [g.text for g in Engine(tiny, batch_size=3).generate(prompts[:5], GenerationConfig(max_new_tokens=30))]
+    stop = next(t[k:k + 3] for t in texts for k in range(8, len(t) - 3)  # ends some rows early, not all
+                if len({u.find(t[k:k + 3]) for u in texts}) > 1)
+    config = GenerationConfig(max_new_tokens=30, stop=(stop,))
+    wide = Engine(tiny, batch_size=3).generate(prompts, config)
+    capacities = []
+    reserve = PackedDecoder._reserve
+
+    def recorded(self, width: int) -> None:
+        reserve(self, width)
+        capacities.append(self.capacity)
+
+    monkeypatch.setattr(engine_module, "CACHE_GROWTH", 3)
+    monkeypatch.setattr(PackedDecoder, "_reserve", recorded)
+    narrow = Engine(tiny, batch_size=3).generate(prompts, config)
+    assert [(g.text, g.n_tokens, g.finish) for g in narrow] == [(g.text, g.n_tokens, g.finish) for g in wide]
+    assert len(set(capacities)) > 3 and len({g.finish for g in wide}) == 2
+
+
 def test_samples_are_seeded_per_prompt_and_do_not_depend_on_batch_size(tiny):
     prompts = prompts_for(tiny)
     config = GenerationConfig(max_new_tokens=20, temperature=1.0, seed=7)
