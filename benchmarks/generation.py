@@ -162,19 +162,14 @@ def matmul_rates(dtype: torch.dtype, decode_shape: tuple[int, int, int], repeats
     return rates
 
 
-def rounds(methods: dict, repeats: int, recorder: StepRecorder) -> tuple[dict, dict[str, float]]:
+def rounds(methods: dict, repeats: int) -> tuple[dict, dict[str, float]]:
     """Each method once a round, the order rotated each round (this virtual machine's memory costs change over a
-    process's life: first-touched pages are slow), our engine's work recorded: (last outputs and the recorder,
-    median seconds per method)."""
-    names, outputs, times = list(methods), {"recorder": recorder}, {name: [] for name in methods}
+    process's life: first-touched pages are slow): (each method's last output, its median seconds)."""
+    names, outputs, times = list(methods), {}, {name: [] for name in methods}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
             started = time.perf_counter()
-            if name == "forgetbench":
-                with recorder:
-                    outputs[name] = methods[name]()
-            else:
-                outputs[name] = methods[name]()
+            outputs[name] = methods[name]()
             times[name].append(time.perf_counter() - started)
             print(f"  round {r + 1}: {name} {times[name][-1]:.1f} s", flush=True)
     return outputs, {name: statistics.median(t) for name, t in times.items()}
@@ -255,12 +250,17 @@ def measure(model, shape: Shape, name: str, dtype: str, data_dir, args) -> tuple
     engine.generate(prompts[:2], GenerationConfig(max_new_tokens=4))  # warm-up: packs the weights (engine.Linears)
     print(f"our warm-up, the weights' one-time packing included: {time.perf_counter() - started:.1f} s", flush=True)
     batches = sorted({min(int(b), n_prompts) for b in args.lm_eval_batch_sizes.split(",")})
-    methods = {"forgetbench": lambda: engine.generate(prompts, config),
-               "HF generate": lambda: hf_generate(model, tokens, max_new_tokens),
+    recorder = StepRecorder(shape)
+
+    def ours():
+        with recorder:
+            return engine.generate(prompts, config)
+
+    methods = {"forgetbench": ours, "HF generate": lambda: hf_generate(model, tokens, max_new_tokens),
                **{f"lm-eval {b}": lambda b=b: lm_eval_generate(model, prompts, b, dtype, max_new_tokens)
                   for b in batches}}
-    outputs, seconds = rounds(methods, args.repeats, StepRecorder(shape))
-    ours, reference, recorder = outputs["forgetbench"], outputs["HF generate"], outputs["recorder"]
+    outputs, seconds = rounds(methods, args.repeats)
+    ours, reference = outputs["forgetbench"], outputs["HF generate"]
     generated = [len(r) for r in reference]
     work = needed(shape, tokens, generated)
     ours_flops = Flops(recorder.flops.prefill / args.repeats, recorder.flops.rest / args.repeats)

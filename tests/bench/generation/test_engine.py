@@ -87,16 +87,17 @@ def test_teacher_forced_logits_equal_a_plain_forward_in_any_number_of_chunks(tin
         assert torch.allclose(a, expected, atol=1e-5) and torch.allclose(b, expected, atol=1e-5)
 
 
+def uneven_stop(texts: list[str]) -> str:
+    """A stop sequence that ends rows at different places: not in every output, or found at different offsets."""
+    return next(t[k:k + 3] for t in texts for k in range(8, len(t) - 3) if len({u.find(t[k:k + 3]) for u in texts}) > 1)
+
+
 def test_rows_that_stop_early_free_their_slot_for_waiting_prompts(tiny):
     """Uneven outputs: stop sequences end some rows early; the prompts waiting behind them are admitted mid-batch
     and every output equals the one it gets with a slot of its own."""
     prompts = prompts_for(tiny, QUESTIONS * 3)
     free = Engine(tiny, batch_size=64).generate(prompts, GenerationConfig(max_new_tokens=40))
-    texts = [g.text for g in free[:5]]
-    # a stop sequence that ends rows at different places (one not in every output, or found at different offsets)
-    stop = next(t[k:k + 3] for t in texts for k in range(8, len(t) - 3)
-                if len({u.find(t[k:k + 3]) for u in texts}) > 1)
-    config = GenerationConfig(max_new_tokens=40, stop=(stop,))
+    config = GenerationConfig(max_new_tokens=40, stop=(uneven_stop([g.text for g in free[:5]]),))
     alone = [Engine(tiny, batch_size=1).generate([p], config)[0] for p in prompts[:5]] * 3
     for batch_size in (2, 4):
         mixed = Engine(tiny, batch_size=batch_size).generate(prompts, config)
@@ -110,10 +111,8 @@ def test_a_cache_widened_a_few_positions_at_a_time_gives_the_same_outputs(tiny, 
     import bench.generation.engine as engine_module
 
     prompts = prompts_for(tiny, QUESTIONS * 2)
-    texts = [g.text for g in Engine(tiny, batch_size=3).generate(prompts[:5], GenerationConfig(max_new_tokens=30))]
-    stop = next(t[k:k + 3] for t in texts for k in range(8, len(t) - 3)  # ends some rows early, not all
-                if len({u.find(t[k:k + 3]) for u in texts}) > 1)
-    config = GenerationConfig(max_new_tokens=30, stop=(stop,))
+    free = Engine(tiny, batch_size=3).generate(prompts[:5], GenerationConfig(max_new_tokens=30))
+    config = GenerationConfig(max_new_tokens=30, stop=(uneven_stop([g.text for g in free]),))
     wide = Engine(tiny, batch_size=3).generate(prompts, config)
     capacities = []
     reserve = PackedDecoder._reserve
