@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.generation.models import PROMPT_FORMATS
+from bench.memory import keep_freed_memory
 from bench.store import RunStore
 from fine_tune import METHODS
 from bench.types import BenchError, HarnessTask, Task
@@ -746,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["judge"] and len(argv) > 1 and argv[1] not in ("agreement", "outputs", "-h", "--help"):
         argv.insert(1, "outputs")  # `bench judge FILE`, as before there were two
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     console = Console(stderr=False, quiet=os.environ.get("RANK", "0") != "0")  # under a launcher, rank 0 speaks
     try:
         return args.func(args, console) or 0

@@ -36,6 +36,7 @@ from bench.data import load_task_data, resolve_data_dir
 from bench.generation.engine import Engine, PackedDecoder, common_prefix
 from bench.generation.models import cpu_has_native_bf16, load_model
 from bench.machine import describe, machine
+from bench.memory import keep_freed_memory
 from bench.types import GenerationConfig
 from tasks.code import humaneval
 from tasks.drift import drift
@@ -323,6 +324,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
+    keep_freed_memory()  # as the bench CLI does: the peers run under the same allocator settings
     data_dir = resolve_data_dir(args.data_dir)
     print(f"machine: {describe(machine())}; torch {torch.__version__}", flush=True)
     summary = []

@@ -29,6 +29,7 @@ from bench.generation.engine import Engine
 from bench.evaluation.judge import DEFAULT_JUDGE, LOCAL_PREFIX, Judge, Preference, order_statistics
 from bench.generation.models import load_model, resolve_dtype
 from bench.machine import describe, machine
+from bench.memory import keep_freed_memory
 from generation import matmul_rates
 from tasks.helpfulness import alpaca_eval
 
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--runs", help="a results directory whose judged runs to set against `longest`")
     args = parser.parse_args()
+    keep_freed_memory()  # as the bench CLI does: the peers run under the same allocator settings
     if not args.judge.startswith(LOCAL_PREFIX):
         parser.error("--judge: this benchmark measures a local judge (local:MODEL)")
     dtype = resolve_dtype(args.dtype)

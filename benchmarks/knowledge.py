@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--child")
     args = parser.parse_args()
     from bench.data import resolve_data_dir
+    from bench.memory import keep_freed_memory
+
+    keep_freed_memory()  # as the bench CLI does: the peers run under the same allocator settings
 
     data_dir = resolve_data_dir(args.data_dir)
     if args.child:

@@ -230,6 +230,9 @@ def main() -> None:
                                                           "profile's, else the trainer's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from bench.memory import keep_freed_memory
+
+    keep_freed_memory()  # as the bench CLI does: the peers run under the same allocator settings
     if args.worker:
         return worker(args)
     from bench.machine import describe, machine
