@@ -88,7 +88,8 @@ class Engine:
 
     def settings(self, config: GenerationConfig) -> dict:
         """Everything besides the model and the prompt that decides the output: the cache key's third part."""
-        settings = {**asdict(config), "stop": list(config.stop), "dtype": self.model.dtype, "engine": ENGINE_VERSION}
+        settings = {**asdict(config), "stop": list(config.stop), "dtype": self.model.dtype, "engine": ENGINE_VERSION,
+                    "packed_weights": self.packed and packs_weights(self.model.model)}
         if config.temperature == 0:
             del settings["seed"]  # greedy ignores it: keep greedy keys (and caches) independent of it
         return settings
@@ -521,12 +522,13 @@ class Linears:
 
     For decoding on a CPU, their weights are reordered once into oneDNN's blocked layout, q/k/v as one product and
     gate/up as one: `F.linear` reorders its weight on every call, which at decode shapes (a few rows by a large
-    weight) costs about as much as the product, so these run 1.4-1.9x faster (docs/engine.md). bf16 results are the
-    same bit for bit; fp32's come from oneDNN's kernel instead of MKL's and round differently (about 1e-6
-    relative). Passes of more than PACKED_ROWS rows (prefill) gain nothing and run the model's own modules. The
-    copies take the layers' size again, so they are made only where they fit in PACK_MEMORY_SHARE of the memory
-    available; elsewhere (a GPU, fp16, a CPU without bf16 support, projections that are not plain `nn.Linear`,
-    such as LoRA layers in training, memory too short) the model's own modules run."""
+    weight) costs about as much as the product, so these run 1.4-1.9x faster (docs/engine.md). bf16 products are
+    the same bit for bit at nearly every shape, not all (a 1-row product of width 4,864: 1e-4 of its outputs), so
+    bf16 outputs can part where logits tie; fp32's come from oneDNN's kernel instead of MKL's and round differently
+    (about 1e-6 relative). Passes of more than PACKED_ROWS rows (prefill) gain nothing and run the model's own
+    modules. The copies take the layers' size again, so they are made only where they fit in PACK_MEMORY_SHARE of
+    the memory available; elsewhere (a GPU, fp16, a CPU without bf16 support, projections that are not plain
+    `nn.Linear`, such as LoRA layers in training, memory too short) the model's own modules run."""
 
     def __init__(self, model, packed: dict | None):
         self.layers = model.get_decoder().layers
@@ -563,6 +565,7 @@ class Linears:
 
 
 _PACKED = weakref.WeakKeyDictionary()  # model -> its packed Linears, made once
+_PACKS = weakref.WeakKeyDictionary()  # model -> whether decoding packs its weights, decided once
 
 
 def linears_of(model, pack: bool) -> Linears:
@@ -570,13 +573,25 @@ def linears_of(model, pack: bool) -> Linears:
     if not pack:
         return Linears(model, None)
     if model not in _PACKED:
-        _PACKED[model] = Linears(model, _prepack(model))
+        _PACKED[model] = Linears(model, _prepack(_projection_groups(model)) if packs_weights(model) else None)
     return _PACKED[model]
 
 
-def _prepack(model) -> dict | None:
-    """`Linears`' packed weights: per group of projections and layer, (weight, bias, output sizes); None where the
-    model's own modules must run."""
+def packs_weights(model) -> bool:
+    """Whether decoding runs `model`'s linear layers through packed copies (`Linears`). Decided at the first ask and
+    kept, as it depends on the memory available then; bf16 outputs can differ packed or not (docs/engine.md), so it
+    is one of the generation settings (`Engine.settings`)."""
+    if model not in _PACKS:
+        groups = _projection_groups(model)
+        available = available_bytes()
+        size = 0 if groups is None else sum(m.weight.nbytes for group_list in groups.values()
+                                            for group in group_list for m in group)
+        _PACKS[model] = groups is not None and (available is None or size <= PACK_MEMORY_SHARE * available)
+    return _PACKS[model]
+
+
+def _projection_groups(model) -> dict[str, list[tuple]] | None:
+    """The projections `Linears` packs, per group and layer; None where the model's own modules must run."""
     import torch
 
     head = model.get_output_embeddings()
@@ -595,9 +610,12 @@ def _prepack(model) -> dict | None:
     if any(type(m) is not torch.nn.Linear for m in modules) or any(
             len({m.bias is None for m in group}) > 1 for group_list in groups.values() for group in group_list):
         return None
-    available = available_bytes()
-    if available is not None and sum(m.weight.nbytes for m in modules) > PACK_MEMORY_SHARE * available:
-        return None
+    return groups
+
+
+def _prepack(groups: dict[str, list[tuple]]) -> dict:
+    """`Linears`' packed weights: per group of projections and layer, (weight, bias, output sizes)."""
+    import torch
 
     def pack(group: tuple):
         weight = torch.cat([m.weight.detach() for m in group])

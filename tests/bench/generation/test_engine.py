@@ -189,7 +189,8 @@ def test_packed_prefill_logits_equal_a_full_forward(tiny, pack):
 
 def test_weights_pack_only_where_the_copies_fit_and_outputs_stay_the_same(tiny_model_dir, monkeypatch):
     """The packed weight copies take at most PACK_MEMORY_SHARE of the memory available; with less, the model's own
-    modules decode, to the same outputs."""
+    modules decode, to the same fp32 outputs. The choice is made once per model and is a generation setting (bf16
+    outputs can differ with it): a cache never serves one's outputs to the other, and run.json records it."""
     import torch
 
     import bench.generation.engine as engine_module
@@ -201,14 +202,18 @@ def test_weights_pack_only_where_the_copies_fit_and_outputs_stay_the_same(tiny_m
         room = size / engine_module.PACK_MEMORY_SHARE
         monkeypatch.setattr(engine_module, "available_bytes", lambda: int(room) + (1 if fits else -1))
         assert (linears_of(models[fits].model, pack=True).packed is not None) == fits
+        monkeypatch.setattr(engine_module, "available_bytes", lambda: 1 if fits else 2 ** 50)
+        assert Engine(models[fits]).settings(config)["packed_weights"] == fits, "decided once, whatever memory is left"
     prompts = prompts_for(models[True])
     texts = {fits: [g.text for g in Engine(m).generate(prompts, config)] for fits, m in models.items()}
     assert texts[True] == texts[False]
+    assert Engine(models[True]).settings(config) != Engine(models[False]).settings(config)
 
 
 def test_packed_weights_give_the_same_bf16_logits_bit_for_bit(tiny_model_dir):
     """oneDNN's bf16 product is the same with its weights packed once as with `F.linear`'s reorder per call, so
-    packing does not change a bf16 output."""
+    packing does not change this model's bf16 logits (a rare product of a real model rounds differently:
+    docs/engine.md)."""
     import torch
 
     model = load_model(str(tiny_model_dir), dtype="bfloat16")
