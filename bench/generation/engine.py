@@ -573,7 +573,8 @@ def linears_of(model, pack: bool) -> Linears:
     if not pack:
         return Linears(model, None)
     if model not in _PACKED:
-        _PACKED[model] = Linears(model, _prepack(_projection_groups(model)) if packs_weights(model) else None)
+        groups = _projection_groups(model)  # None once LoRA layers replace the projections, whatever was decided
+        _PACKED[model] = Linears(model, _prepack(groups) if groups is not None and packs_weights(model) else None)
     return _PACKED[model]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, build_tiny_model, make_adapter
 from bench.generation.cache import Cache
-from bench.generation.engine import Engine, PackedDecoder, common_prefix, linears_of
+from bench.generation.engine import Engine, PackedDecoder, common_prefix, linears_of, packs_weights
 from bench.generation.models import load_model
 from bench.types import GenerationConfig
 
@@ -234,7 +234,7 @@ def test_lora_layers_are_never_packed_so_samples_follow_the_adapter(tiny_model_d
     import dataclasses
 
     import torch
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel, get_peft_model
 
     config = GenerationConfig(max_new_tokens=30)
     base = load_model(str(tiny_model_dir), dtype="float32")
@@ -243,6 +243,10 @@ def test_lora_layers_are_never_packed_so_samples_follow_the_adapter(tiny_model_d
     adapted = load_model(str(tiny_model_dir), dtype="float32")
     adapted.model = PeftModel.from_pretrained(adapted.model, make_adapter(tiny_model_dir, tmp_path / "adapter"))
     assert linears_of(adapted.model, pack=True).packed is None
+    injected = load_model(str(tiny_model_dir), dtype="float32")
+    assert packs_weights(injected.model)  # decided before adapters replace its projections in place
+    get_peft_model(injected.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert linears_of(injected.model, pack=True).packed is None
     engine = Engine(dataclasses.replace(adapted, adapter_sha256="random"))
     assert [g.text for g in engine.generate(prompts, config)] != plain
     with torch.no_grad():
