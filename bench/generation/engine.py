@@ -409,13 +409,14 @@ class PackedDecoder:
         live, device, prefix = len(tokens), self.device, self.prefix
         arange = lambda n: torch.arange(n, device=device)
         positions = self.lengths[:live]  # where each live row's token goes
+        at = prefix + positions  # their cache positions
         rows = arange(live)
         sizes = [len(p) for p in prompts]
         longest = max(sizes, default=0)
         self._reserve(max(prefix + int(positions.max()) + 1 if live else 0, prefix + longest))
         width = self.capacity
         beyond = torch.zeros((live, 1, 1, width), dtype=self.dtype, device=device).masked_fill_(
-            (arange(width)[None] > prefix + positions[:, None])[:, None, None], float("-inf"))  # past each row's end
+            (arange(width)[None] > at[:, None])[:, None, None], float("-inf"))  # past each row's end
         segment = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(sizes)] + [arange(0)])
         offset = torch.cat([arange(n) for n in sizes] + [arange(0)])  # each prompt token's position in its prompt
         slot = live + segment
@@ -426,8 +427,8 @@ class PackedDecoder:
             keys, values = self.keys[layer], self.values[layer]
             out = []
             if live:
-                keys[rows, :, :, prefix + positions] = k[:live]
-                values[rows, :, prefix + positions] = v[:live]
+                keys[rows, :, :, at] = k[:live]
+                values[rows, :, at] = v[:live]
                 # One query per row: two batched matmuls over the row's slot beat the CPU's flash kernel here.
                 grouped = q[:live].view(live, self.n_kv, -1, self.head_dim)  # the query heads of each KV head
                 scores = (grouped @ keys[:live]) * self.scaling + beyond
@@ -444,7 +445,7 @@ class PackedDecoder:
                         enable_gqa=True)
                     out.append(attended[0].transpose(0, 1).reshape(n, -1))
                     start += n
-            return torch.cat(out)
+            return out[0] if len(out) == 1 else torch.cat(out)
 
         ends = live + torch.tensor(sizes, dtype=torch.long, device=device).cumsum(0)
         if starts is None:
@@ -619,7 +620,8 @@ def _prepack(groups: dict[str, list[tuple]]) -> dict:
     import torch
 
     def pack(group: tuple):
-        weight = torch.cat([m.weight.detach() for m in group])
+        # A group of one is reordered from the module's own weight: a concatenated copy would only add page faults.
+        weight = group[0].weight.detach() if len(group) == 1 else torch.cat([m.weight.detach() for m in group])
         bias = None if group[0].bias is None else torch.cat([m.bias.detach() for m in group])
         return torch.ops.mkldnn._reorder_linear_weight(weight, DECODE_ROWS_HINT), bias, [m.out_features for m in group]
 
