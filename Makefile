@@ -47,7 +47,7 @@ docs: install
 # The study of profiles/$(PROFILE).toml: train SFT and SDFT, evaluate seed and both, compare (results/reports/).
 # Every stage reuses finished work, so a second run only re-reads; a killed run resumes.
 # A profile that judges helpfulness locally (tiny-helpfulness) installs the judge first; the small study its models.
-reproduce: install $(if $(filter tiny-helpfulness,$(PROFILE)),judge,) $(if $(filter small,$(PROFILE)),small,)
+reproduce: install $(if $(filter tiny-helpfulness,$(PROFILE)),judge,) $(if $(filter small small-seeds,$(PROFILE)),small,)
 	$(BIN)/bench reproduce --profile $(PROFILE) $(DATA_ARG)
 
 # The harness's own committed baseline (results/baselines/harness): the embedded model in float32, greedy, on small

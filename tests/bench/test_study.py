@@ -35,7 +35,7 @@ def test_paper_profile_is_the_studys_configuration_line_by_line():
     assert paper.prompt_format == "study"
 
 
-@pytest.mark.parametrize("name", ["tiny", "paper", "tiny-helpfulness", "tiny-seeds", "small"])
+@pytest.mark.parametrize("name", ["tiny", "paper", "tiny-helpfulness", "tiny-seeds", "small", "small-seeds"])
 def test_shipped_profiles_name_known_tasks_and_valid_training(name):
     from fine_tune import METHODS
     from fine_tune.common import config_from_dict
@@ -173,6 +173,17 @@ def test_the_seeded_tiny_profile_is_the_tiny_study_over_three_seeds():
     assert (seeded.sft, seeded.tasks, seeded.task_limits, seeded.max_new_tokens, seeded.train_limit) == \
         (tiny.sft, tiny.tasks, tiny.task_limits, tiny.max_new_tokens, tiny.train_limit)
     assert load_profile("paper").training_seeds == [0, 1, 2]
+
+
+def test_the_seeded_small_profile_is_the_small_study_and_its_first_seed_the_trainers_default():
+    from fine_tune.common import Optimization
+
+    small, seeded = load_profile("small"), load_profile("small-seeds")
+    assert seeded.methods == ["sft", "sdft"] and seeded.training_seeds[0] == Optimization().training_seed
+    assert (seeded.model, seeded.dtype, seeded.train_task, seeded.train_limit, seeded.sft, seeded.tasks,
+            seeded.task_limits, seeded.max_new_tokens, seeded.limit, seeded.batch_size) == \
+        (small.model, small.dtype, small.train_task, small.train_limit, small.sft, small.tasks,
+         small.task_limits, small.max_new_tokens, small.limit, small.batch_size)
 
 
 def distil_profile(tmp_path, seed_dir, teacher_dir):
