@@ -231,7 +231,14 @@ def _hash_files(files: list[Path]) -> str:
 
 
 def adapter_sha256(adapter_dir: Path) -> str:
-    return _hash_files([adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"])
+    """sha256 over the adapter's weights and its config with sorted keys and `target_modules` sorted: PEFT writes
+    that list from a set, in an order that differs between processes, so one adapter trained twice would hash twice."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    digest.update(_hash_files([adapter_dir / "adapter_model.safetensors"]).encode())
+    return digest.hexdigest()
 
 
 def weights_sha256(model_dir: Path) -> str:

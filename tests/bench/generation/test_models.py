@@ -20,6 +20,24 @@ def test_fingerprint_is_stable_and_names_weights_adapter_and_dtype(tiny_model_di
     assert with_adapter.adapter_sha256 and with_adapter.fingerprint != a.fingerprint
 
 
+def test_one_adapter_saved_twice_hashes_the_same_whatever_the_order_peft_wrote_its_modules(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from bench.generation.models import adapter_sha256
+
+    first = make_adapter(tiny_model_dir, tmp_path / "first")
+    second = shutil.copytree(first, tmp_path / "second")
+    config = json.loads((second / "adapter_config.json").read_text())
+    config["target_modules"] = sorted(config["target_modules"], reverse=True)  # as another process's set order
+    (second / "adapter_config.json").write_text(json.dumps(config, indent=4))
+    assert adapter_sha256(second) == adapter_sha256(first)
+    assert adapter_sha256(make_adapter(tiny_model_dir, tmp_path / "other", seed=1)) != adapter_sha256(first)
+    config["r"] = 8  # the same weights under another config: another adapter
+    (second / "adapter_config.json").write_text(json.dumps(config))
+    assert adapter_sha256(second) != adapter_sha256(first)
+
+
 def test_adapter_changes_the_outputs(tiny_model_dir, tmp_path):
     adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
     base = load_model(str(tiny_model_dir), dtype="float32")
