@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import resolve_data_dir
-from bench.generation.models import adapter_sha256
+from bench.generation.models import adapter_sha256, unsorted_adapter_sha256
 from bench.memory import peak_rss_mib
 from bench.store import write_json
 from bench.types import BenchError
@@ -163,7 +163,10 @@ def trained_already(job: TrainJob, config: Any) -> bool:
     done = job.out_dir / "train.json"
     if not done.is_file():
         return False
-    if recorded_identity(json.loads(done.read_text())) != identity(job, config):
+    expected = identity(job, config)
+    earlier = {**expected, "teacher_adapter_sha256": unsorted_adapter_sha256(Path(job.teacher_adapter))} \
+        if job.teacher_adapter else None  # recorded before 2a3432b sorted the hash's module list
+    if recorded_identity(json.loads(done.read_text())) not in (expected, earlier):
         raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} was trained with other settings; choose "
                          f"another --name")
     return True

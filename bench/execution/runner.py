@@ -21,7 +21,7 @@ from bench.evaluation.agreement import (BALANCED_SET, SHORT_MAX_CHARS, SHORT_PAI
                                        unmeasured)
 from bench.evaluation.judge import Judge, Preference, length_controlled, order_statistics, win_rates
 from bench.evaluation.lmeval import Harness
-from bench.generation.models import LoadedModel
+from bench.generation.models import LoadedModel, unsorted_adapter_sha256
 from bench.machine import machine
 from bench.memory import PeakRSS, peak_rss_mib
 from bench.execution.sandbox import OUTCOMES, Sandbox, isolation_notes
@@ -87,6 +87,15 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
     }
 
 
+def earlier_identity(model: LoadedModel, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The same run's identity as recorded before adapter hashes sorted PEFT's module list (2a3432b), so that runs
+    finished then are reused, not refused; None without an adapter directory."""
+    if model.adapter is None or not Path(model.adapter).is_dir():
+        return None
+    earlier = replace(model, adapter_sha256=unsorted_adapter_sha256(Path(model.adapter)))
+    return {**identity, "adapter_sha256": earlier.adapter_sha256, "fingerprint": earlier.fingerprint}
+
+
 def run_record(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
                store: RunStore, identity: dict[str, Any], sandbox: Sandbox | None, harness: Harness | None,
                judge: Judge | None) -> dict[str, Any]:
@@ -136,7 +145,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
     identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness, seed and seed[0], judge)
     if shard is not None:
         identity["shard"] = {"index": shard.index, "count": shard.count}
-    if store.finished_with(identity):
+    if store.finished_with(identity, earlier_identity(model, identity)):
         return {t.name: _read_metrics(store, t.name) for t in tasks}
     record = run_record(model, engine, tasks, data, store, identity, sandbox, harness, judge)
     if shard is not None:

@@ -241,6 +241,12 @@ def adapter_sha256(adapter_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def unsorted_adapter_sha256(adapter_dir: Path) -> str:
+    """The adapter hash before 2a3432b (the files' bytes as PEFT wrote them): runs and checkpoints recorded with it
+    stay valid (`bench.execution.runner.earlier_identity`, `fine_tune.common.trained_already`)."""
+    return _hash_files([adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"])
+
+
 def weights_sha256(model_dir: Path) -> str:
     files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
     if not files:

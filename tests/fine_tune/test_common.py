@@ -105,6 +105,24 @@ def test_a_finished_checkpoint_is_reused_only_with_its_identity(tmp_path):
     assert recorded_identity({"identity": old}) == record, "checkpoints from before training_seed stay valid"
 
 
+def test_a_gkd_checkpoint_recorded_with_the_teacher_adapter_hash_of_before_2a3432b_is_reused(tmp_path):
+    from bench.generation.models import unsorted_adapter_sha256
+
+    adapter = tmp_path / "teacher"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"target_modules": ["v_proj", "q_proj"]}')  # PEFT's set order
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    done = job(tmp_path, method="gkd", teacher="big", teacher_adapter=str(adapter))
+    done.out_dir.mkdir()
+    record = {**identity(done, GKDConfig()), "teacher_adapter_sha256": unsorted_adapter_sha256(adapter)}
+    assert record != identity(done, GKDConfig())
+    (done.out_dir / "train.json").write_text(json.dumps({"identity": record}))
+    assert trained_already(done, GKDConfig())
+    (done.out_dir / "train.json").write_text(json.dumps({"identity": {**record, "teacher_adapter_sha256": "0" * 64}}))
+    with pytest.raises(BenchError, match="trained with other settings"):
+        trained_already(done, GKDConfig())
+
+
 def test_the_train_log_writes_its_header_once(tmp_path):
     log = tmp_path / "train_log.csv"
     for step in (1, 2):

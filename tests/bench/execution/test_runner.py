@@ -61,3 +61,38 @@ def test_a_changed_data_file_is_another_run(capsys, tiny_model_dir, fixture_data
     path = data / "gsm8k" / "test.jsonl"
     path.write_text(path.read_text() + "\n")  # the same examples, other bytes: the sha256 is what is recorded
     assert main(argv) == 2 and "tasks differ" in capsys.readouterr().err
+
+
+def test_a_run_recorded_with_the_adapter_hash_of_before_2a3432b_is_reused(capsys, tiny_model_dir, fixture_data,
+                                                                         tmp_path):
+    """Runs finished while the adapter hash read PEFT's config bytes (its module list in set order) are the same
+    runs: re-running the command reads them back instead of refusing the name; any other adapter is still refused."""
+    import hashlib
+    import json
+
+    from conftest import make_adapter
+
+    from bench.cli import main
+    from bench.generation.models import adapter_sha256, unsorted_adapter_sha256
+
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["target_modules"] = sorted(config["target_modules"], reverse=True)  # as another process wrote it
+    config_path.write_text(json.dumps(config, indent=2))
+    assert unsorted_adapter_sha256(adapter) != adapter_sha256(adapter)
+    argv = ["eval", str(tiny_model_dir), "--adapter", str(adapter), "--tasks", "gsm8k", "--limit", "2", "--dtype",
+            "float32", "--data-dir", str(fixture_data), "--results-dir", str(tmp_path), "--name", "run"]
+    assert main(argv) == 0
+    path = tmp_path / "runs" / "run" / "run.json"
+    run = json.loads(path.read_text())
+    identity = run["identity"]
+    old = unsorted_adapter_sha256(adapter)
+    fingerprint = hashlib.sha256(f"{identity['weights_sha256']}:{old}:float32".encode()).hexdigest()[:16]
+    path.write_text(json.dumps({**run, "identity": {**identity, "adapter_sha256": old, "fingerprint": fingerprint}}))
+    recorded = path.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 0 and path.read_bytes() == recorded
+    run["identity"] = {**identity, "adapter_sha256": "0" * 64}
+    path.write_text(json.dumps(run))
+    assert main(argv) == 2 and "adapter_sha256" in capsys.readouterr().err
