@@ -231,7 +231,7 @@ def method_pairs(runs: list[RunScores]) -> pd.DataFrame:
 def seeded_row(references: list[RunScores], label: str, members: list[RunScores], task: str) -> dict[str, Any]:
     """A method over its training seeds against a reference (the seed model, or another method over the same
     seeds, paired by seed number): the mean over seeds of the paired delta, its interval from a bootstrap over seeds
-    and examples (crossed: bench.analysis.stats.crossed_means), each seed's delta, how many agree in sign."""
+    and examples (crossed: bench.analysis.stats.crossed_means), each seed's delta and number, how many agree in sign."""
     count = max(len(references), len(members))
     if {len(references), len(members)} - {1, count}:
         raise BenchError(f"{label}: {len(references)} and {len(members)} training seeds cannot be paired by seed")
@@ -257,6 +257,7 @@ def seeded_row(references: list[RunScores], label: str, members: list[RunScores]
             "pass_fail": all(is_binary(ref, other) for ref, other, _ in pairs),
             "right_to_wrong": int(sum(np.sum(d < 0) for d in diffs)), "wrong_to_right": int(sum(np.sum(d > 0) for d in diffs)),
             "detectable": float(np.hypot(within, between)), "seed_deltas": deltas,
+            "seed_numbers": [training_seed_number(r) for r in (members if len(members) == count else references)],
             "seeds_agreeing": int(max(sum(d > 0 for d in deltas), sum(d < 0 for d in deltas)))}
 
 

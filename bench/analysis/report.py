@@ -50,7 +50,8 @@ def delta_cell(row: Any, newline: str) -> str:
             f"{k * row.delta_high:+.2f}] p={row.p_value:.3g}"
             f"{newline}{changes(row.right_to_wrong, row.wrong_to_right, row.get('pass_fail') is True)}")
     if isinstance(row.get("seed_deltas"), list):
-        cell += (f"{newline}seeds: {', '.join(f'{k * d:+.2f}' for d in row.seed_deltas)} "
+        cell += (f"{newline}seeds {', '.join(f's{n}' for n in row.seed_numbers)}: "
+                 f"{', '.join(f'{k * d:+.2f}' for d in row.seed_deltas)} "
                  f"({int(row.seeds_agreeing)}/{len(row.seed_deltas)} agree in sign)")
     if pd.notna(row.get("detectable")):
         cell += f"{newline}detectable ±{k * row.detectable:.2f}"

@@ -94,13 +94,14 @@ def test_a_method_over_training_seeds_gets_an_interval_over_seeds_and_examples_a
     table = compare(tmp_path, names).set_index("run")
     sft, sdft = table.loc["sft (3 seeds)"], table.loc["sdft (3 seeds)"]
     assert sft.delta == pytest.approx(-0.10) and sft.seed_deltas == pytest.approx([-0.10, -0.12, -0.08])
+    assert sft.seed_numbers == [0, 1, 2]
     assert sft.seeds_agreeing == 3 and sft.delta_high < 0 and sft.significant
     assert sdft.delta == pytest.approx(0.0) and sdft.seeds_agreeing == 1 and not sdft.significant
     assert sdft.delta_high - sdft.delta_low > 2 * (sft.delta_high - sft.delta_low), "the seed spread widens it"
     assert sdft.detectable > sft.detectable
     assert main(["compare", *names, "--results-dir", str(tmp_path), "--name", "seeds"]) == 0
     report = (tmp_path / "reports" / "seeds" / "report.md").read_text()
-    assert "seeds: -10.00, -12.00, -8.00 (3/3 agree in sign)" in report
+    assert "seeds s0, s1, s2: -10.00, -12.00, -8.00 (3/3 agree in sign)" in report
     ranking, pairs = report.split("### Each pair of methods")
     assert ranking.startswith("## Verdict\n\n- Forgetting on the untrained capabilities (points, least first): "
                               "1. sdft (3 seeds) ")
