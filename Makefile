@@ -44,7 +44,7 @@ test-fast: install
 docs: install
 	$(BIN)/mkdocs build --strict
 
-# The study of profiles/$(PROFILE).toml: train SFT and SDFT, evaluate seed and both, compare (results/reports/).
+# The study of profiles/$(PROFILE).toml: train its methods, evaluate the seed and each, compare (results/reports/).
 # Every stage reuses finished work, so a second run only re-reads; a killed run resumes.
 # A profile that judges helpfulness locally (tiny-helpfulness) installs the judge first; the small study its models.
 reproduce: install $(if $(filter tiny-helpfulness,$(PROFILE)),judge,) $(if $(filter small small-seeds,$(PROFILE)),small,)

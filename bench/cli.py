@@ -1,4 +1,4 @@
-"""`bench`: the command line. The top floor: the only module of bench/ that imports tasks/ (and later fine_tune/)."""
+"""`bench`: the command line. The top floor: the only module of bench/ that imports tasks/ and fine_tune/."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.generation.models import PROMPT_FORMATS
+from bench.generation.models import DTYPES, PROMPT_FORMATS
 from bench.memory import keep_freed_memory
 from bench.store import RunStore
 from fine_tune import METHODS
@@ -93,7 +93,6 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     from bench.execution.merge import merge_runs
     from bench.execution.runner import evaluate, judge_agreement
     from bench.generation.cache import Cache
-    from bench.store import RunStore
     from tasks import TASKS
 
     tasks = _selected_tasks(args)
@@ -184,7 +183,6 @@ def _eval_shard(args: argparse.Namespace, data: dict) -> tuple:
 
 def cmd_merge(args: argparse.Namespace, console: Console) -> None:
     from bench.execution.merge import merge_runs
-    from bench.store import RunStore
     from tasks import TASKS
 
     results_dir = Path(args.results_dir)
@@ -330,7 +328,6 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
 def _train_config(args: argparse.Namespace, cls: type):
     """The method's config: a profile's [sft] and [METHOD] tables, or --config; then the options, each of which
     only a method whose config has its key takes."""
-    from fine_tune import METHODS
     from fine_tune.common import config_from_dict, flat, load_config
 
     values = getattr(args, "config_values", None)  # from a profile's [sft] and [METHOD] tables
@@ -351,7 +348,6 @@ TRAIN_OPTIONS = ("epochs", "lmbda", "beta", "temperature", "seq_kd", "max_new_to
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
     from bench.distributed import barrier, world
-    from fine_tune import METHODS
     from fine_tune.common import finish, provenance, train_job, trained_already
 
     trainer, w = METHODS[args.method], world()
@@ -450,8 +446,6 @@ def cmd_judge_agreement(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_gate(args: argparse.Namespace, console: Console) -> int:
     """Exit 1 on a regression only; usage and data errors are 2 (main), and so is any crash."""
-    import os
-
     from bench.analysis.compare import load_run
     from bench.analysis.baselines import load_baseline
     from bench.analysis.gate import GateConfig, gate, is_run_dir, load_gate_config
@@ -582,7 +576,7 @@ def _eval_parser(commands) -> None:
     ev.add_argument("--temperature", type=_non_negative_float, help="sampling temperature (default: greedy)")
     ev.add_argument("--workers", type=_positive_int, help="programs run in parallel by the code sandbox (default: the cores)")
     ev.add_argument("--prompt-format", default="chat", choices=PROMPT_FORMATS, help=PROMPT_FORMAT_HELP)
-    ev.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
+    ev.add_argument("--dtype", default="auto", choices=DTYPES,
                     help="auto: bfloat16 where the hardware has it, else float32")
     ev.add_argument("--judge", help="judged tasks (alpaca_eval): local:MODEL (default: local:"
                     f"{JUDGE_HELP}) runs a model here with alpaca_eval's prompt, short:MODEL with a short prompt, "
@@ -619,7 +613,7 @@ def _train_parser(commands) -> None:
     tr.add_argument("--task", required=True, help="gsm8k, openfunction, alpaca, dolly or lima")
     tr.add_argument("--model", default="default", help="the seed model (default: the embedded SmolLM2-135M-Instruct)")
     tr.add_argument("--limit", type=_positive_int, help="the first N training examples")
-    tr.add_argument("--epochs", type=_non_negative_float, help="default: the study's (5 for gsm8k, openfunction; else 2)")
+    tr.add_argument("--epochs", type=_positive_float, help="default: the study's (5 for gsm8k, openfunction; else 2)")
     tr.add_argument("--config", help="a JSON or TOML file of the method's config keys (rank, alpha, learning_rate, "
                                      "...; gkd and onpolicy_sd add theirs: fine_tune/gkd.py, onpolicy_sd.py)")
     tr.add_argument("--teacher", help="gkd: the teacher model (same tokenizer and vocabulary as --model)")
@@ -638,7 +632,7 @@ def _train_parser(commands) -> None:
     tr.add_argument("--data-dir")
     tr.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
     tr.add_argument("--prompt-format", default="chat", choices=PROMPT_FORMATS, help=PROMPT_FORMAT_HELP)
-    tr.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
+    tr.add_argument("--dtype", default="auto", choices=DTYPES,
                     help="auto: bf16 autocast where the hardware has it, else float32")
     tr.set_defaults(func=cmd_train)
 
@@ -673,7 +667,7 @@ def _judge_parser(commands) -> None:
     ag.add_argument("--max-chars", type=_positive_int, help="only pairs whose two outputs are both shorter")
     ag.add_argument("--name", help="the run's name (default: agreement-JUDGE-PAIRS, from their hashes)")
     ag.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results")
-    ag.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"))
+    ag.add_argument("--dtype", default="auto", choices=DTYPES)
     ag.add_argument("--batch-size", type=_positive_int, default=64)
     ag.set_defaults(func=cmd_judge_agreement)
     jd = jd_commands.add_parser("outputs", help="judge alpaca_eval model outputs made elsewhere against the "
@@ -687,7 +681,7 @@ def _judge_parser(commands) -> None:
     jd.add_argument("--json", help="write the per-instruction preferences and the summary here")
     jd.add_argument("--data-dir")
     jd.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="default: results (its cache)")
-    jd.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"))
+    jd.add_argument("--dtype", default="auto", choices=DTYPES)
     jd.add_argument("--batch-size", type=_positive_int, default=64)
     jd.set_defaults(func=cmd_judge)
 
@@ -705,7 +699,7 @@ def _gate_parser(commands) -> None:
     gt.add_argument("--max-drop", type=_drops, default={}, metavar="TASK=POINTS,...",
                     help="allowed drops per task or capability")
     gt.add_argument("--require", type=_drops, default={}, metavar="TASK=MIN,...", help="floors on the candidate's scores")
-    gt.add_argument("--strict", action="store_true", help="a task whose n cannot show its allowed drop fails")
+    gt.add_argument("--strict", action="store_true", help="a task whose n cannot show its allowed drop, or any drop, fails")
     gt.add_argument("--markdown", help="write the report here (also appended to $GITHUB_STEP_SUMMARY when set)")
     gt.add_argument("--json", help="write the verdict as JSON here")
     gt.add_argument("--junit", help="write JUnit XML here (one testcase per task)")

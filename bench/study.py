@@ -91,6 +91,13 @@ def load_profile(spec: str) -> Profile:
                     "dict[str, Any]": dict}[types[key]]
         if not isinstance(value, expected) or isinstance(value, bool):
             raise BenchError(f"{path}: key {key!r} must be {types[key]}, got {type(value).__name__}")
+        if types[key] == "list[str]" and not all(isinstance(v, str) for v in value):
+            raise BenchError(f"{path}: key {key!r} must be a list of names")
+        counts = value.items() if types[key] == "dict[str, int]" else [(key, value)] if expected is int else []
+        for name, count in counts:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise BenchError(f"{path}: key {key!r}{'' if name == key else f' ({name})'} must be a whole number "
+                                 f"of at least 1, got {count!r}")
     for key in ("model", "train_task"):
         if key not in values:
             raise BenchError(f"{path}: missing key {key!r}")

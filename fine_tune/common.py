@@ -40,7 +40,7 @@ class Optimization:
 
     learning_rate: float = 1e-4
     scheduler: str = "cosine"
-    warmup_ratio: float = 0.0  # a fraction of the training steps
+    warmup_ratio: float = 0.0  # a fraction of the training steps, rounded up (as transformers does for SFT)
     epochs: float | None = None
     batch_size: int = 2
     gradient_accumulation: int = 4
@@ -72,9 +72,19 @@ def flat(config: Any) -> dict[str, Any]:
     return values
 
 
+# The values a LoRA or Optimization key may take, where its type alone allows ones no trainer can run (a method's own
+# keys are checked by its trainer's check_config).
+RANGES: dict[str, tuple[Any, str]] = {
+    **dict.fromkeys(("learning_rate", "epochs"), (lambda v: v > 0, "above 0")),
+    **dict.fromkeys(("warmup_ratio", "dropout"), (lambda v: 0 <= v < 1, "at least 0 and below 1")),
+    **dict.fromkeys(("rank", "alpha", "batch_size", "gradient_accumulation", "max_length", "save_steps"),
+                    (lambda v: v >= 1, "at least 1")),
+}
+
+
 def config_from_dict(values: dict[str, Any], where: str, cls: type, base: Any = None):
-    """A method's config from flat keys over `base` (default: the method's defaults); an unknown key or a value of
-    the wrong type is an error naming the key."""
+    """A method's config from flat keys over `base` (default: the method's defaults); an unknown key, a value of
+    the wrong type or out of its range (RANGES) is an error naming the key."""
     base = base if base is not None else cls()
     defaults = flat(base)
     for key, value in values.items():
@@ -86,6 +96,8 @@ def config_from_dict(values: dict[str, Any], where: str, cls: type, base: Any = 
             isinstance(value, expected) and not (expected is int and isinstance(value, bool))
         if not ok:
             raise BenchError(f"{where}: key {key!r} must be {expected.__name__}, got {type(value).__name__}")
+        if key in RANGES and value is not None and not RANGES[key][0](value):
+            raise BenchError(f"{where}: key {key!r} must be {RANGES[key][1]}, got {value!r}")
     merged = {**defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}}
     kwargs = {}
     for f in fields(base):

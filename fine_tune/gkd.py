@@ -24,8 +24,8 @@ from bench.types import BenchError
 from fine_tune.common import LoRA, Optimization, TrainJob, base_record
 from fine_tune.data import TrainExample
 from fine_tune.divergence import generalized_jsd
-from fine_tune.onpolicy import Method, Sequence, Student, check_fits, load_student, sample, save_student, \
-    train_on_policy
+from fine_tune.onpolicy import Method, Sequence, Student, check_fits, check_trainable, load_student, sample, \
+    save_student, train_on_policy
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,7 @@ def train_gkd(job: TrainJob, config: GKDConfig) -> dict[str, Any]:
 
     check_config(config)
     examples, opt = job.examples, config.optimization
-    if not examples:
-        raise BenchError(f"training task {job.task}: no training examples")
+    check_trainable(job.task, examples, opt)
     if job.teacher is None:
         raise BenchError("bench train gkd: needs --teacher MODEL (and --teacher-adapter DIR for an adapter on it)")
     student = load_student(job.model, config.lora, opt.training_seed, job.dtype, job.prompt_format)

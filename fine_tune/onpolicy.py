@@ -153,6 +153,14 @@ def step_order(n_examples: int, config: Optimization, task: str) -> list[list[in
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
+def check_trainable(task: str, examples: list[TrainExample], config: Optimization) -> None:
+    """Before any model loads: examples to train on, and epochs that make at least one optimizer step of them."""
+    if not examples:
+        raise BenchError(f"training task {task}: no training examples")
+    if not step_order(len(examples), config, task):
+        raise BenchError(f"{config.epochs_for(task):g} epochs of {len(examples)} examples make no training step")
+
+
 def student_logits(student: Student, sequences: list[Sequence]):
     """Logits [tokens, vocab] predicting each completion token, with gradients: one right-padded forward through
     the decoder, the LM head over completion positions only."""
@@ -240,7 +248,7 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
     steps = step_order(len(examples), config, task)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
-    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=round(config.warmup_ratio * len(steps)),
+    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * len(steps)),
                               num_training_steps=len(steps))
     state_dir, log_path = out_dir / "state", out_dir / "train_log.csv"
     done = load_state(w, state_dir, student, optimizer, scheduler)

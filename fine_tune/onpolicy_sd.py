@@ -20,8 +20,8 @@ from bench.types import BenchError
 from fine_tune.common import LoRA, Optimization, TrainJob, base_record
 from fine_tune.data import TrainExample
 from fine_tune.divergence import DIVERGENCES, divergence
-from fine_tune.onpolicy import Method, Sequence, Student, check_fits, load_student, sample, save_student, \
-    train_on_policy
+from fine_tune.onpolicy import Method, Sequence, Student, check_fits, check_trainable, load_student, sample, \
+    save_student, train_on_policy
 
 DEMONSTRATION = ("{instruction}\n\nThis is an example of a correct response:\n{reference}\n\n"
                  "Now write a response of your own.")
@@ -70,8 +70,7 @@ def train_onpolicy_sd(job: TrainJob, config: OnPolicySDConfig) -> dict[str, Any]
 
     check_config(config)
     examples, opt = job.examples, config.optimization
-    if not examples:
-        raise BenchError(f"training task {job.task}: no training examples")
+    check_trainable(job.task, examples, opt)
     student = load_student(job.model, config.lora, opt.training_seed, job.dtype, job.prompt_format)
     prompts = {ex.id: student.prompt_ids(ex) for ex in examples}
     teacher_prompts = {ex.id: student.prompt_ids(ex, teacher_messages(ex)) for ex in examples}

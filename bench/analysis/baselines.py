@@ -45,16 +45,31 @@ def rounding_note(saved: dict[str, Any]) -> str | None:
 
 
 def rerun_argv(saved: dict[str, Any], results_dir: Path, data_dir: str | None) -> list[str]:
-    """The `bench eval` that made a baseline, from its run record: same model, dtype, tasks, examples and judge."""
+    """The `bench eval` that made a baseline, from its run record: same model, dtype, tasks, limits, generation
+    settings and judge. A task the run skipped (a Hub-only task offline) is left out."""
     record, identity = saved["record"], saved["record"]["identity"]
-    tasks = list(identity["tasks"])
-    argv = ["eval", identity["model"], "--tasks", ",".join(tasks), "--dtype", identity["dtype"],
-            "--task-limits", ",".join(f"{t}={identity['tasks'][t]['n']}" for t in tasks),
+    entries = {t: e for t, e in identity["tasks"].items() if not e.get("skipped")}
+    # The limit each task was loaded with, not its n: a grouped task (mmlu) applies it to each of its subtasks.
+    limits = {t: e.get("limit", identity.get("limit")) for t, e in entries.items()}
+    # Drift's entry is the one that records the seed without a judge: it generates no text of its own.
+    generating = {t: e["generation"] for t, e in entries.items()
+                  if "generation" in e and ("judge" in e or "seed_fingerprint" not in e)}
+    argv = ["eval", identity["model"], "--tasks", ",".join(entries), "--dtype", identity["dtype"],
             "--name", saved["run"], "--results-dir", str(results_dir), "--batch-size", str(record.get("batch_size", 64)),
             "--prompt-format", identity.get("prompt_format", "chat")]
+    if any(limit is not None for limit in limits.values()):
+        argv += ["--task-limits", ",".join(f"{t}={limit}" for t, limit in limits.items() if limit is not None)]
+    if generating:
+        argv += ["--max-new-tokens", ",".join(f"{t}={g['max_new_tokens']}" for t, g in generating.items())]
+    temperature = max((g["temperature"] for g in generating.values()), default=0.0)
+    if temperature > 0:
+        argv += ["--temperature", str(temperature)]
+    samples = max((e.get("samples", 1) for e in entries.values()), default=1)
+    if samples > 1:
+        argv += ["--samples", str(samples)]
     if (record.get("model") or {}).get("adapter"):
         argv += ["--adapter", record["model"]["adapter"]]
-    judge = next((identity["tasks"][t]["judge"] for t in tasks if "judge" in identity["tasks"][t]), None)
+    judge = next((e["judge"] for e in entries.values() if "judge" in e), None)
     if judge:
         # The check compares predictions; the judge's agreement (a run of its own) is not re-measured.
         argv += ["--judge", judge["spec"], "--judge-orders", judge["orders"], "--judge-pairs", "none"]

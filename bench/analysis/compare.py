@@ -98,14 +98,10 @@ def aligned(reference: RunScores, other: RunScores, task: str) -> tuple[np.ndarr
     return merged["score_ref"].to_numpy(), merged["score_other"].to_numpy(), list(merged["id"])
 
 
-def compare(results_dir: Path, names: list[str]) -> pd.DataFrame:
-    """One row per (task, run): the score with its interval and, against the first run, the paired delta,
-    its interval, the test's p-value and the per-example flips. Tasks are those every run has."""
-    return compare_runs([load_run(results_dir, name) for name in names])
-
-
 def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
-    """`compare` on loaded runs (a committed baseline among them): the first is the reference."""
+    """One row per (task, run): the score with its interval and, against the first run (the reference; a committed
+    baseline may be one), the paired delta, its interval, the test's p-value and the per-example flips. Tasks are
+    those every run has."""
     if len(runs) < 2:
         raise BenchError("bench compare needs a reference run and at least one other run")
     names = [run.name for run in runs]
@@ -488,9 +484,11 @@ def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | Non
     """One row per (run, capability): both means, the retention ratio, and whether it was trained for; plus one
     row per run with the means over the capabilities it was not trained for, whose `forgetting` is -delta. A
     capability the reference scores 0 on has nothing to forget: it stays out of the mean (only gains could move it,
-    and at the floor's few examples one flip would outweigh every real loss), as in method_verdicts; so does one
-    measured only by a judge that does not inform (`uninformed`)."""
-    table = table[~table["metric"].isin(RAW_METRICS)]  # drift is in nats: reported beside, never averaged in
+    and at the floor's few examples one flip would outweigh every real loss), as in method_summaries; so does one
+    measured only by a judge that does not inform (`uninformed`). A judged task's head-to-head row measures the
+    same outputs again (the reference at 50% by construction): out of the means, as in method_summaries."""
+    # Drift is in nats: reported beside, never averaged in.
+    table = table[~table["metric"].isin(RAW_METRICS) & ~table["task"].str.endswith(HEAD_TO_HEAD)]
     means = table.groupby(["run", "capability"], sort=False)["score"].mean()
     rows = []
     for run in table["run"].unique():

@@ -133,6 +133,10 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig, tasks: l
     comparison = build_comparison([baseline, candidate])
     table = comparison.rows
     rows = table[table["run"] == candidate.name].reset_index(drop=True)
+    named = set(rows["task"]) | set(rows["capability"].dropna())
+    # A gate.toml may serve runs of other tasks, so a name matching none here is said, not refused: a typo shows.
+    notes += [f"max_drop {name}: matches no gated task or capability (ignored)"
+              for name in sorted(set(config.max_drop) - named)]
     base_scores = table[table["run"] == baseline.name].set_index("task")["score"]
     rows["baseline_score"] = rows["task"].map(base_scores)
     not_gated = {task: why for task, judge in comparison.judges.items() if (why := judge["not_informative"])}
@@ -152,7 +156,8 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig, tasks: l
         allowed = config.allowed_drop(r.task, r.capability)
         base, cand, _ = aligned(baseline, candidate, r.task)
         floor = k * detectable_difference(cand - base, is_binary(base, cand), alpha=config.alpha)
-        underpowered = allowed > 0 and floor > allowed  # only an allowance can be out of reach
+        # Too few examples for any drop to be significant, or for the allowance (0: any real drop) to be shown.
+        underpowered = floor == float("inf") or allowed > 0 and floor > allowed
         reasons = []
         if drop > allowed and r.p_holm < config.alpha:
             reasons.append(f"drop {drop:.2f} > allowed {allowed:g}, p_holm={r.p_holm:.3g}")

@@ -321,19 +321,19 @@ def html(title: str, comparison: Comparison) -> str:
     for kind, content in _sections(c):
         parts.append(_task_table_html(*content) if kind == "tasks" else _markdown_html("\n".join(content)))
     ranked, pairs = ranking_lines(c.ranking), verdict_lines(c.verdicts)
-    verdict = ("<h2>Verdict</h2><ul>" + "".join(f"<li>{_escape(line)}</li>" for line in ranked) + "</ul>"
+    verdict = ("<h2>Verdict</h2><ul>" + "".join(f"<li>{escape(line)}</li>" for line in ranked) + "</ul>"
                if ranked else "")
     if pairs:
         verdict += (f"<details{'' if ranked else ' open'}><summary>Each pair of methods</summary><ul>"
-                    + "".join(f"<li>{_escape(line)}</li>" for line in pairs) + "</ul></details>")
-    return ("<!doctype html><meta charset='utf-8'><title>forgetbench report: " + _escape(title) + "</title>"
+                    + "".join(f"<li>{escape(line)}</li>" for line in pairs) + "</ul></details>")
+    return ("<!doctype html><meta charset='utf-8'><title>forgetbench report: " + escape(title) + "</title>"
             "<style>body{font-family:sans-serif;max-width:1360px;margin:1.5em auto;padding:0 1em}"
             "table{border-collapse:collapse;margin:0.5em 0}td,th{padding:4px 8px;border-bottom:1px solid #ddd;"
             "text-align:right;vertical-align:top;font-size:13px}td:first-child,th:first-child{text-align:left}"
             "td.loss{background:#f8d0c8}td.gain{background:#cfe3f6}img{max-width:100%}p{max-width:1100px}</style>"
-            f"<h1>forgetbench report: {_escape(title)}</h1>"
-            f"<p>reference: {_escape(c.reference)}; methods: {_escape(', '.join(c.methods))}</p>"
-            + verdict + f"<img alt='deltas against {_escape(c.reference)}' src='data:image/png;base64,{png}'>"
+            f"<h1>forgetbench report: {escape(title)}</h1>"
+            f"<p>reference: {escape(c.reference)}; methods: {escape(', '.join(c.methods))}</p>"
+            + verdict + f"<img alt='deltas against {escape(c.reference)}' src='data:image/png;base64,{png}'>"
             + "".join(parts) + _markdown_html(provenance_lines(c)))
 
 
@@ -341,15 +341,15 @@ def _task_table_html(rows: pd.DataFrame, cell) -> str:
     """A table of tasks by runs; a cell whose delta is significant is coloured and says loss or gain in words, for
     readers who do not see the colour (a rise of drift's KL is a loss)."""
     columns, body = task_cells(rows, lambda r: r)
-    head = "".join(f"<th>{_escape(h)}</th>" for h in ["task", "metric", "n", *columns])
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["task", "metric", "n", *columns])
     lines = []
     for first, row_cells in body:
-        tds = [f"<td>{_escape(str(v))}</td>" for v in (first.task, first.metric, first.n)]
+        tds = [f"<td>{escape(str(v))}</td>" for v in (first.task, first.metric, first.n)]
         for r in row_cells:
             if isinstance(r, str):  # no row for this column
                 tds.append("<td></td>")
                 continue
-            text = _escape(cell(r, "\n")).replace("\n", "<br>")
+            text = escape(cell(r, "\n")).replace("\n", "<br>")
             if pd.notna(r.get("significant")) and bool(r.get("significant")) and pd.notna(r.get("delta")):
                 loss = (r["delta"] < 0) != (r["metric"] in LOWER_IS_BETTER)
                 label = "▼ significant loss" if loss else "▲ significant gain"
@@ -435,10 +435,6 @@ def _plot(comparison: Comparison) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _markdown_html(text: str) -> str:
     """Our own markdown as HTML: tables (pipes, one header row), `## ` headings, `- ` lists, paragraphs."""
     html, rows, items = [], [], []
@@ -453,7 +449,7 @@ def _markdown_html(text: str) -> str:
                         + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</table>")
             rows = []
         if line.startswith("- "):
-            items.append(f"<li>{_escape(line[2:])}</li>")
+            items.append(f"<li>{escape(line[2:])}</li>")
             continue
         if items:
             html.append("<ul>" + "".join(items) + "</ul>")
@@ -461,7 +457,7 @@ def _markdown_html(text: str) -> str:
         if line.startswith(("<details>", "</details>")):  # our own folding, as GitHub renders it
             html.append(line)
         elif line:
-            html.append(f"<h2>{_escape(line[3:])}</h2>" if line.startswith("## ") else f"<p>{_escape(line)}</p>")
+            html.append(f"<h2>{escape(line[3:])}</h2>" if line.startswith("## ") else f"<p>{escape(line)}</p>")
     return "".join(html)
 
 

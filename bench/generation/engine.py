@@ -13,7 +13,7 @@ layer by layer over:
 Other architectures run transformers' forward over length-sorted, left-padded batches with a DynamicCache.
 
 Outputs do not depend on the batch size up to floating-point ties and equal `model.generate`'s greedy outputs
-(tests/test_engine.py checks both paths). Finished generations go to the cache as soon as they finish.
+(tests/bench/generation/test_engine.py checks both paths). Finished generations go to the cache as soon as they finish.
 """
 from __future__ import annotations
 

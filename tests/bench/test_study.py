@@ -61,6 +61,13 @@ PROFILE_BASE = 'model = "default"\ntrain_task = "gsm8k"\n'
     ('suites = ["math"]\nmethods = ["sft", "ppo"]\n', "key 'methods': unknown method 'ppo'"),
     ('suites = ["math"]\nmethods = ["gkd", "sft"]\nteacher_adapter = "sft"\n',
      "names method 'sft', which must be trained before gkd"),
+    ('suites = ["math"]\nlimit = 0\n', "key 'limit' must be a whole number of at least 1, got 0"),
+    ('suites = ["math"]\ntrain_limit = -1\n', "key 'train_limit' must be a whole number of at least 1, got -1"),
+    ('suites = ["math"]\nbatch_size = 0\n', "key 'batch_size' must be a whole number of at least 1"),
+    ('suites = ["math"]\n[task_limits]\ngsm8k = "8"\n', "key 'task_limits' \\(gsm8k\\) must be a whole number of "
+     "at least 1, got '8'"),
+    ('suites = ["math"]\n[max_new_tokens]\nifeval = 0\n', "key 'max_new_tokens' \\(ifeval\\) must be a whole number"),
+    ('suites = ["math", 3]\n', "key 'suites' must be a list of names"),
 ])
 def test_profile_errors_name_the_key(tmp_path, extra, message):
     bad = tmp_path / "bad.toml"

@@ -37,6 +37,20 @@ def test_config_keys_and_types_are_checked():
         config_from_dict({"lmbda": 0.5}, "f", SFTConfig)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", 0, "must be above 0, got 0"),
+    ("learning_rate", -1e-4, "must be above 0"),
+    ("warmup_ratio", 1.0, "must be at least 0 and below 1, got 1.0"),
+    ("rank", 0, "must be at least 1, got 0"),
+    ("dropout", -0.1, "must be at least 0 and below 1"),
+    ("gradient_accumulation", 0, "must be at least 1"),
+])
+def test_a_value_no_trainer_can_run_is_an_error_naming_the_key(key, value, message):
+    """Epochs 0 would write an untrained adapter as complete; a warmup over every step never trains at full rate."""
+    with pytest.raises(BenchError, match=f"f: key '{key}' {message}"):
+        config_from_dict({key: value}, "f", GKDConfig)
+
+
 def test_flat_keys_round_trip_over_a_base():
     """A method's keys are flat in files and train.json; over a base config only the named keys change."""
     base = config_from_dict({"rank": 16, "lmbda": 1.0}, "f", GKDConfig)

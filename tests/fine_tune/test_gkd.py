@@ -104,6 +104,17 @@ def test_gkd_lowers_the_students_kl_to_the_teacher(capsys, tiny_model_dir, sft_t
     assert "adapter:" in out
 
 
+def test_epochs_too_few_for_one_step_is_one_line_and_writes_no_checkpoint(capsys, tiny_model_dir, fixture_data,
+                                                                          tmp_path):
+    code, _, err = bench(capsys, *gkd_args(tiny_model_dir, tiny_model_dir, fixture_data, tmp_path, "--limit", "2",
+                                           "--epochs", "0.1", "--name", "none"))
+    assert code == 2 and err == "bench: error: 0.1 epochs of 2 examples make no training step\n", "before any model loads"
+    assert not (tmp_path / "checkpoints" / "none" / "train.json").exists()
+    with pytest.raises(SystemExit) as exit:
+        main(gkd_args(tiny_model_dir, tiny_model_dir, fixture_data, tmp_path, "--epochs", "0"))
+    assert exit.value.code == 2 and "argument --epochs: must be above 0, got 0" in capsys.readouterr().err
+
+
 def test_lambda_zero_trains_on_the_dataset_and_seq_kd_on_the_teachers_samples(capsys, tiny_model_dir, fixture_data,
                                                                               tmp_path):
     for name, extra in (("dataset", ("--lmbda", "0")), ("seq-kd", ("--lmbda", "0", "--seq-kd"))):

@@ -3,6 +3,7 @@ are listed; a broken baseline is one line naming the file and the key."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,26 @@ def test_a_task_without_its_file_is_named(tmp_path, capsys):
     (baseline / "mmlu.jsonl").unlink()
     assert main(["gate", "cand", "--baseline", str(baseline), "--results-dir", str(tmp_path)]) == 2
     assert "task 'mmlu' in 'metrics' has no mmlu.jsonl beside it" in capsys.readouterr().err
+
+
+def test_a_baseline_check_reruns_the_saved_limits_token_caps_and_sampling():
+    """Each task's own limit (not its n: mmlu's limit is per subject), its token cap and the sampling settings come
+    back; a task the run skipped (hellaswag offline) is left out, and drift gets no token cap of its own."""
+    from bench.analysis.baselines import rerun_argv
+    from bench.cli import _selected_tasks, build_parser
+
+    sampled = {"max_new_tokens": 192, "stop": [], "temperature": 0.7, "seed": 0, "dtype": "float32", "engine": 3}
+    identity = {"model": "default", "dtype": "float32", "limit": 5, "tasks": {
+        "mmlu": {"n": 285, "harness": {}, "skipped": None},
+        "hellaswag": {"n": 0, "harness": {}, "skipped": "Hub-only, offline"},
+        "ifeval": {"n": 5, "generation": sampled, "samples": 2},
+        "gsm8k": {"n": 3, "generation": {**sampled, "max_new_tokens": 512}, "samples": 2, "limit": 3},
+        "drift": {"n": 5, "generation": {**sampled, "temperature": 0.0}, "seed_fingerprint": "abc"}}}
+    argv = rerun_argv({"run": "seed", "record": {"identity": identity, "batch_size": 8}}, Path("/tmp/fresh"), "DATA")
+    args = build_parser().parse_args(argv)
+    assert args.tasks == ["mmlu", "ifeval", "gsm8k", "drift"]
+    assert args.task_limits == {"mmlu": 5, "ifeval": 5, "gsm8k": 3, "drift": 5}
+    assert args.max_new_tokens == {"ifeval": 192, "gsm8k": 512}
+    assert (args.temperature, args.samples, args.batch_size, args.data_dir) == (0.7, 2, 8, "DATA")
+    caps = {t.name: t.generation.max_new_tokens for t in _selected_tasks(args) if hasattr(t, "generation")}
+    assert caps["ifeval"] == 192 and caps["gsm8k"] == 512

@@ -6,11 +6,15 @@ import pytest
 
 from conftest import write_run
 from bench.cli import main
-from bench.analysis.compare import compare, flips
+from bench.analysis.compare import compare_runs, flips, load_run
 from bench.analysis.stats import mcnemar_exact, paired_bootstrap_ci, sign_flip_p
 from bench.store import RunStore
 from bench.types import BenchError
 
+
+
+def compare_runs_named(results_dir, names):
+    return compare_runs([load_run(results_dir, name) for name in names])
 
 def test_mcnemar_exact_p_values():
     assert mcnemar_exact(0, 6) == pytest.approx(2 * 0.5 ** 6)
@@ -32,7 +36,7 @@ def test_compare_pairs_examples_by_id_whatever_their_order(tmp_path):
     tuned = [(f"q{i}", 0.0 if i < 15 else 1.0 if i < 20 else 0.0) for i in range(40)][::-1]  # 15 right->wrong
     write_run(tmp_path, "seed", {"gsm8k": seed})
     write_run(tmp_path, "sft", {"gsm8k": tuned})
-    table = compare(tmp_path, ["seed", "sft"]).set_index("run")
+    table = compare_runs_named(tmp_path, ["seed", "sft"]).set_index("run")
     assert table.loc["seed", "score"] == 0.5 and np.isnan(table.loc["seed", "delta"])
     row = table.loc["sft"]
     assert row.delta == pytest.approx(-15 / 40) and row.right_to_wrong == 15 and row.wrong_to_right == 0
@@ -46,16 +50,16 @@ def test_different_examples_missing_runs_and_tasks_are_errors(tmp_path, capsys):
     write_run(tmp_path, "seed", {"gsm8k": [("a", 1.0), ("b", 0.0)]})
     write_run(tmp_path, "other", {"gsm8k": [("a", 1.0), ("c", 0.0)]})
     with pytest.raises(BenchError, match="task gsm8k: runs seed and other scored different examples"):
-        compare(tmp_path, ["seed", "other"])
+        compare_runs_named(tmp_path, ["seed", "other"])
     assert main(["compare", "seed", "nope", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no run 'nope'" in err and "other, seed" in err and err.count("\n") == 1
     write_run(tmp_path, "twice", {"gsm8k": [("a", 1.0), ("a", 0.0)]})
     with pytest.raises(BenchError, match="task gsm8k: run twice scored example 'a' more than once"):
-        compare(tmp_path, ["seed", "twice"])
+        compare_runs_named(tmp_path, ["seed", "twice"])
     write_run(tmp_path, "nan", {"gsm8k": [("a", 1.0), ("b", float("nan"))]})
     with pytest.raises(BenchError, match="task gsm8k: run nan has a score that is not a finite number .example 'b'"):
-        compare(tmp_path, ["seed", "nan"])
+        compare_runs_named(tmp_path, ["seed", "nan"])
     write_run(tmp_path, "same", {"gsm8k": [("b", 1.0), ("a", 1.0)]})
     assert main(["compare", "seed", "same", "--results-dir", str(tmp_path), "--flips", "nope"]) == 2
     assert "--flips nope" in capsys.readouterr().err
@@ -72,7 +76,7 @@ def test_cli_prints_the_table_and_flips(tmp_path, capsys):
 def test_scores_that_are_not_pass_fail_change_down_or_up(tmp_path, capsys):
     write_run(tmp_path, "seed", {"drift": [(f"i{i}", 0.0) for i in range(8)]})
     write_run(tmp_path, "sft", {"drift": [(f"i{i}", 0.1 * (i + 1)) for i in range(8)]})
-    row = compare(tmp_path, ["seed", "sft"]).set_index("run").loc["sft"]
+    row = compare_runs_named(tmp_path, ["seed", "sft"]).set_index("run").loc["sft"]
     assert row.test == "paired sign-flip permutation" and (row.right_to_wrong, row.wrong_to_right) == (0, 8)
     assert set(flips(tmp_path, "seed", "sft", "drift")["direction"]) == {"up"}
     assert main(["compare", "seed", "sft", "--results-dir", str(tmp_path)]) == 0
@@ -91,7 +95,7 @@ def test_a_method_over_training_seeds_gets_an_interval_over_seeds_and_examples_a
         rows = [(i, 0.0 if k < lost else 1.0 if 50 <= k < 50 - lost else v) for k, (i, v) in enumerate(seed)]
         write_run(tmp_path, f"sdft-s{s}", {"arc": rows})
     names = ["seed"] + [f"sft-s{s}" for s in range(3)] + [f"sdft-s{s}" for s in range(3)]
-    table = compare(tmp_path, names).set_index("run")
+    table = compare_runs_named(tmp_path, names).set_index("run")
     sft, sdft = table.loc["sft (3 seeds)"], table.loc["sdft (3 seeds)"]
     assert sft.delta == pytest.approx(-0.10) and sft.seed_deltas == pytest.approx([-0.10, -0.12, -0.08])
     assert sft.seed_numbers == [0, 1, 2]
@@ -150,7 +154,7 @@ def test_two_methods_head_to_head_by_seed_and_for_single_runs(tmp_path, capsys):
     write_run(tmp_path, "a", {"arc": [(i, 1.0 if k < 60 else 0.0) for k, (i, _) in enumerate(seed)]})
     write_run(tmp_path, "b", {"arc": [(i, 1.0 if k < 45 else 0.0) for k, (i, _) in enumerate(seed)]})
     [single] = method_pairs([load_run(tmp_path, "a"), load_run(tmp_path, "b")]).to_dict("records")
-    direct = compare(tmp_path, ["a", "b"]).set_index("run").loc["b"]
+    direct = compare_runs_named(tmp_path, ["a", "b"]).set_index("run").loc["b"]
     assert (single["delta"], single["p_value"], single["test"]) == (direct.delta, direct.p_value, direct.test)
     assert single["right_to_wrong"] == 15 and single["wrong_to_right"] == 0
 
@@ -168,4 +172,4 @@ def test_runs_generated_with_different_token_caps_are_not_paired(tmp_path):
         store.finish({"identity": identity})
     with pytest.raises(BenchError, match=r"task ifeval: runs seed and sft generated with different settings "
                                          r"\(\{'max_new_tokens': 1280\} vs \{'max_new_tokens': 512\}\)"):
-        compare(tmp_path, ["seed", "sft"])
+        compare_runs_named(tmp_path, ["seed", "sft"])

@@ -77,6 +77,23 @@ def test_an_underpowered_slice_is_said_and_fails_under_strict(tmp_path, capsys):
     assert gate(tmp_path, "--default-max-drop", "10", "--strict") == 1
 
 
+def test_a_slice_too_small_for_any_drop_fails_under_strict_at_the_default_allowance(tmp_path, capsys):
+    """5 pass/fail examples: even all 5 lost gives McNemar's p = 1/16, never below 0.05."""
+    runs(tmp_path, candidate_lost=0, n=5)
+    assert gate(tmp_path) == 0
+    assert "(underpowered)" in capsys.readouterr().out
+    assert gate(tmp_path, "--strict") == 1
+    runs(tmp_path / "more", candidate_lost=0, n=60)
+    assert gate(tmp_path / "more", "--strict") == 0, "60 examples can show a drop: not underpowered at allowance 0"
+
+
+def test_a_max_drop_naming_no_gated_task_or_capability_is_said(tmp_path, capsys):
+    runs(tmp_path, candidate_lost=0)
+    assert gate(tmp_path, "--max-drop", "gsm8k=2,knowlege=3") == 0
+    out = capsys.readouterr().out
+    assert "max_drop knowlege: matches no gated task or capability (ignored)" in out and "max_drop gsm8k" not in out
+
+
 def test_a_floor_fails_a_candidate_below_it(tmp_path):
     runs(tmp_path, candidate_lost=0)
     assert gate(tmp_path, "--require", "mmlu=60") == 1

@@ -59,6 +59,17 @@ def test_a_capability_judged_by_a_judge_that_does_not_inform_stays_out_of_mean_f
     assert mean.loc[label, "forgetting"] == pytest.approx(0.075), "the mean of knowledge alone"
 
 
+def test_a_head_to_head_row_stays_out_of_mean_forgetting_as_in_the_ranking():
+    """alpaca_eval_vs_seed judges the same outputs again against the seed's (the seed at 50% by construction): the
+    capability's mean is its own task's, as method_summaries (the verdict) counts it."""
+    judged = table().assign(task="alpaca_eval", capability="helpfulness", score=lambda f: f["score"] + 0.2)
+    head_to_head = table().assign(task="alpaca_eval_vs_seed", capability="helpfulness",
+                                  score=lambda f: f["run"].map({"seed": 0.5, "sft": 0.9}))
+    with_head = forgetting(pd.concat([table(), judged, head_to_head]), "seed", {"sft": "math"}).set_index("capability")
+    without = forgetting(pd.concat([table(), judged]), "seed", {"sft": "math"}).set_index("capability")
+    pd.testing.assert_frame_equal(with_head, without)
+
+
 def test_judge_lines_say_whether_a_judge_informs_and_on_what():
     informs = {"run": "agreement-a", "n": 98, "agreement": 0.72, "ci_low": 0.62, "ci_high": 0.80,
                "minus_longer": 0.05, "minus_longer_low": 0.01, "minus_longer_high": 0.09, "longer_output": 0.67,
