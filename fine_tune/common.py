@@ -225,12 +225,13 @@ def append_log_row(path: Path, columns: list[str], row: list[Any]) -> None:
 
 
 def keep_log_rows(path: Path, last_step: int) -> None:
-    """Drop train_log.csv rows after the step training resumes from: those steps are trained (and logged) again."""
+    """Drop train_log.csv rows after the step training resumes from: those steps are trained (and logged) again. A
+    row a kill cut short (fewer fields than the header, or none) is dropped too: rows are appended in place."""
     if not path.is_file():
         return
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    kept = [row for row in rows[1:] if int(row[0]) <= last_step]
+    kept = [row for row in rows[1:] if len(row) == len(rows[0]) and int(row[0]) <= last_step]
     if not kept:
         path.unlink()
         return

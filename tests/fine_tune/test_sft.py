@@ -120,5 +120,8 @@ def test_a_checkpoint_half_written_by_a_kill_is_dropped_and_the_log_cut_back(tmp
     log.write_text("step,loss,lr,tokens_per_s\n" + "".join(f"{i},1.0,0.1,5\n" for i in range(1, 7)))
     keep_log_rows(log, 4)
     assert [int(r["step"]) for r in csv.DictReader(log.open())] == [1, 2, 3, 4]
+    log.write_text(log.read_text() + "\n5,1.0,0.1,5\n1")  # a blank line, step 5, and step 1x cut short by a kill
+    keep_log_rows(log, 5)
+    assert [int(r["step"]) for r in csv.DictReader(log.open())] == [1, 2, 3, 4, 5]
     keep_log_rows(log, 0)
     assert not log.exists()
