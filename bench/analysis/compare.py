@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis.stats import (BOOTSTRAP_SEED, POWER_Z, crossed_means, detectable_difference, mcnemar_exact,
-                                  paired_bootstrap_ci, sign_flip_p)
+                                  holm, paired_bootstrap_ci, sign_flip_p)
 from bench.evaluation.agreement import why_not_informative
 from bench.store import RUN_FILE, read_jsonl
 from bench.types import BenchError
@@ -324,7 +324,9 @@ def method_summaries(reference: RunScores, runs: list[RunScores], trained: dict[
     replicate draws the seeds (paired by seed number) and one resample of each task's examples, shared by all
     methods."""
     methods = methods_of(runs)
-    tasks = [t for t in reference.tasks if all(t in r.tasks for members in methods.values() for r in members)]
+    # A judged task's head-to-head row measures the same outputs again: out, as in forgetting().
+    tasks = [t for t in reference.tasks if not t.endswith(HEAD_TO_HEAD)
+             and all(t in r.tasks for members in methods.values() for r in members)]
     if not tasks:
         return {}
     kinds = {t: reference.metrics[t].get("metric") for t in tasks}
@@ -354,6 +356,15 @@ def method_summaries(reference: RunScores, runs: list[RunScores], trained: dict[
     return summaries
 
 
+TIE = 1e-12  # replicates closer than this are tied: the same examples drawn, summed in another order
+
+
+def less_share(diff: np.ndarray) -> float:
+    """The share of replicates where a difference is below 0, a tie counted half: the order's probability, so the
+    two orders' shares add to 1 and neither wins the ties."""
+    return float(np.mean(diff < -TIE) + 0.5 * np.mean(np.abs(diff) <= TIE))
+
+
 def method_verdicts(summaries: dict[str, MethodSummary]) -> list[dict[str, Any]]:
     """For each pair of methods, which forgets less on the capabilities it was not trained for and which drifts less,
     each with the difference's interval and the probability over the joint bootstrap that the order holds."""
@@ -370,7 +381,7 @@ def method_verdicts(summaries: dict[str, MethodSummary]) -> list[dict[str, Any]]
                 row |= {f"{key}_a": getattr(sa, key), f"{key}_b": getattr(sb, key),
                         f"{key}_diff": getattr(sa, key) - getattr(sb, key),
                         f"{key}_low": float(np.quantile(diff, 0.025)), f"{key}_high": float(np.quantile(diff, 0.975)),
-                        f"p_a_less_{key}": float(np.mean(diff < 0))}
+                        f"p_a_less_{key}": less_share(diff)}
             verdicts.append(row)
     return verdicts
 
@@ -378,26 +389,31 @@ def method_verdicts(summaries: dict[str, MethodSummary]) -> list[dict[str, Any]]
 def method_ranking(summaries: dict[str, MethodSummary], rows: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
     """The verdict a reader wants first: the methods ordered by mean forgetting (least first) and by drift (least
     first), each with its interval, the probability over the joint bootstrap that it is the least of all, and what
-    it rests on: its tasks with their n, and the single tasks whose loss against the reference is significant."""
+    it rests on: its tasks with their n, and the single tasks whose loss against the reference is significant
+    after Holm's correction across that method's tasks (and before it, as the task table's marks are)."""
     ranking: dict[str, list[dict[str, Any]]] = {}
     for key in ("forgetting", "drift"):
         names = [n for n, s in summaries.items() if not np.isnan(getattr(s, key))]
         if not names:
             continue
         draws = np.stack([getattr(summaries[n], f"{key}_draws") for n in names])
-        best = np.bincount(np.argmin(draws, axis=0), minlength=len(names)) / draws.shape[1]
+        # Methods tied for least in a replicate share it (ties are common: pass/fail scores on shared draws).
+        least = np.isclose(draws, draws.min(axis=0), rtol=0, atol=TIE)
+        best = (least / least.sum(axis=0)).mean(axis=1)
         entries = []
         for i, name in enumerate(names):
             s = summaries[name]
             tasks = getattr(s, f"{key}_tasks")
             own = rows[(rows["run"] == name) & rows["task"].isin(tasks)]
-            worse = own[own["significant"].fillna(False).astype(bool) &
-                        ((own["delta"] > 0) == own["metric"].isin(LOWER_IS_BETTER))]
+            loss = (own["delta"] > 0) == own["metric"].isin(LOWER_IS_BETTER)
+            worse = own[own["significant"].fillna(False).astype(bool) & loss]
+            corrected = own[(np.array(holm(own["p_value"].astype(float).tolist())) < 1 - LEVEL) & loss]
             entries.append({"method": name, "seeds": s.seeds, key: getattr(s, key),
                             "low": float(np.quantile(getattr(s, f"{key}_draws"), 0.025)),
                             "high": float(np.quantile(getattr(s, f"{key}_draws"), 0.975)),
                             "p_least": float(best[i]), "tasks": {t: int(n) for t, n in zip(own["task"], own["n"])},
-                            "significant_losses": list(worse["task"]) if key == "forgetting" else []})
+                            "significant_losses": list(corrected["task"]) if key == "forgetting" else [],
+                            "significant_losses_uncorrected": list(worse["task"]) if key == "forgetting" else []})
         ranking[key] = sorted(entries, key=lambda e: e[key])
     return ranking
 
@@ -413,7 +429,7 @@ class Comparison:
     trained: dict[str, str | None]  # per run and method: the capability it was trained for
     capabilities: pd.DataFrame  # per (run, capability): retention; per run, mean forgetting on the untrained ones
     drift: pd.DataFrame  # per run: KL from the reference beside forgetting and gain
-    drift_rho: float | None  # Spearman's rank correlation of KL with forgetting over the runs
+    drift_rho: float | None  # Spearman's rank correlation of KL with forgetting over the training runs
     ranking: dict[str, list[dict[str, Any]]]  # the verdict first: methods by forgetting and by drift
     verdicts: list[dict[str, Any]]  # each pair of methods
     instructions: pd.DataFrame  # IFEval's per-kind counts per run
@@ -421,6 +437,7 @@ class Comparison:
     training_seed_runs: set[str]  # single training seeds of a method also shown over its seeds
     judges: dict[str, dict[str, Any]] = field(default_factory=dict)  # per judged task: its judge's agreement, and
     # `not_informative`, the reason its win rates say nothing (None where they do)
+    drift_rho_runs: list[str] = field(default_factory=list)  # the runs drift_rho is over (no method's seed mean)
 
     @property
     def methods(self) -> list[str]:
@@ -439,14 +456,15 @@ def build_comparison(runs: list[RunScores], trained: dict[str, str | None] | Non
     judges = judge_agreements([run.metrics for run in runs])
     uninformed = uninformed_capabilities(rows, judges)
     capabilities = forgetting(rows, runs[0].name, trained, uninformed)
-    drift, rho = drift_against_forgetting(rows, capabilities)
+    over_seeds = {training_seeds_label(stem, members) for stem, members in training_seed_groups(runs[1:]).items()}
+    drift, rho, rho_runs = drift_against_forgetting(rows, capabilities, over_seeds)
     # A ranking needs two methods; one candidate against its baseline (the gate) skips the bootstrap.
     summaries = method_summaries(runs[0], runs[1:], trained, uninformed=uninformed) \
         if len(methods_of(runs[1:])) >= 2 else {}
     return Comparison(runs[0].name, rows, method_pairs(runs[1:]), trained, capabilities, drift, rho,
                       method_ranking(summaries, rows) if len(summaries) >= 2 else {},
                       method_verdicts(summaries) if len(summaries) >= 2 else [], instruction_breakdown(runs),
-                      records, single_training_seed_runs(list(rows["run"].unique())), judges)
+                      records, single_training_seed_runs(list(rows["run"].unique())), judges, rho_runs)
 
 
 def judge_agreements(runs_metrics: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -518,17 +536,20 @@ def forgetting(table: pd.DataFrame, reference: str, trained: dict[str, str | Non
                                        "forgetting"])
 
 
-def drift_against_forgetting(table: pd.DataFrame, capabilities: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
+def drift_against_forgetting(table: pd.DataFrame, capabilities: pd.DataFrame, over_seeds: set[str] = frozenset()
+                             ) -> tuple[pd.DataFrame, float | None, list[str]]:
     """Per fine-tuned run: its KL from the reference (the first drift task), its mean forgetting and its gain; and
-    Spearman's rank correlation of KL with forgetting over the runs (three or more): does drift predict what a
-    method forgets (RL's Razor, arXiv 2509.04259)?"""
+    Spearman's rank correlation of KL with forgetting over the training runs (three or more), with the runs it is
+    over: does drift predict what a method forgets (RL's Razor, arXiv 2509.04259)? A method's mean over its seeds
+    (`over_seeds`) is a row of the table but not a run of its own: counted in the correlation, it would count its
+    seeds twice."""
     from scipy.stats import spearmanr
 
     if capabilities.empty:  # only drift was compared: no forgetting to set it against
-        return pd.DataFrame(), None
+        return pd.DataFrame(), None, []
     drift = table[table["metric"].isin(RAW_METRICS) & table["run"].isin(capabilities["run"])]
     if drift.empty:
-        return pd.DataFrame(), None
+        return pd.DataFrame(), None, []
     first = drift[drift["task"] == drift["task"].iloc[0]]
     rows = []
     for _, r in first.iterrows():
@@ -540,7 +561,8 @@ def drift_against_forgetting(table: pd.DataFrame, capabilities: pd.DataFrame) ->
                      "gain": gain.iloc[0] if len(gain) else float("nan")})
     frame = pd.DataFrame(rows)
     known = frame.dropna(subset=["kl", "forgetting"])
+    known = known[~known["run"].isin(over_seeds)]
     rho = None
     if len(known) >= 3 and known["kl"].nunique() > 1 and known["forgetting"].nunique() > 1:
         rho = float(spearmanr(known["kl"], known["forgetting"]).statistic)
-    return frame, rho
+    return frame, rho, list(known["run"])

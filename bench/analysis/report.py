@@ -82,8 +82,11 @@ def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
                                         ("drift", "nats", 1.0, "drifts less from the reference")):
             if f"{key}_diff" not in v:
                 continue
+            if v[f"{key}_diff"] == 0:
+                lines.append(f"{v['a']} and {v['b']} do not differ in {key}: {scale_ * v[f'{key}_a']:.2f} {unit} each")
+                continue
             less, more = (v["a"], v["b"]) if v[f"{key}_diff"] < 0 else (v["b"], v["a"])
-            p = v[f"p_a_less_{key}"] if less == v["a"] else 1 - v[f"p_a_less_{key}"]
+            p = v[f"p_a_less_{key}"] if less == v["a"] else 1 - v[f"p_a_less_{key}"]  # ties count half to each
             lines.append(f"{less} {verb} than {more}: {scale_ * v[f'{key}_a']:.2f} ({v['a']}) vs "
                          f"{scale_ * v[f'{key}_b']:.2f} ({v['b']}) {unit}, difference {scale_ * v[f'{key}_diff']:+.2f} "
                          f"[{scale_ * v[f'{key}_low']:+.2f}, {scale_ * v[f'{key}_high']:+.2f}]; the order holds in "
@@ -156,11 +159,14 @@ def ranking_lines(ranking: dict[str, list[dict[str, Any]]]) -> list[str]:
         rests = ", ".join(f"{task} (n={n})" for task, n in first["tasks"].items())
         losses = "; ".join(f"{e['method']}: {', '.join(e['significant_losses'])}" for e in entries
                            if e["significant_losses"])
+        uncorrected = "; ".join(f"{e['method']}: {', '.join(e['significant_losses_uncorrected'])}" for e in entries
+                                if e.get("significant_losses_uncorrected"))
         seeds = {e["seeds"] for e in entries}
         over = "training seeds and examples" if seeds != {1} else "examples only (one training seed each)"
         said = "" if key == "drift" else (  # drift is one task, whose KL above 0 is the measure itself
-            f"; significant single-task losses against the reference: {losses}" if losses else
-            "; no single task's loss against the reference is significant")
+            f"; single-task losses against the reference significant after Holm across each method's tasks: {losses}"
+            if losses else "; no single task's loss against the reference is significant after Holm across each "
+                           "method's tasks") + (f" (before Holm: {uncorrected})" if uncorrected != losses else "")
         lines.append(f"{what} ({unit}, least first): {ranked}. Least-of-all probabilities from one joint bootstrap "
                      f"over {over}; it rests on {rests}{said}.")
     return lines
@@ -233,7 +239,9 @@ def _sections(comparison: Comparison) -> list[tuple[str, Any]]:
                   "gain (points) |", "|---|---|---|---|"]
         lines += [f"| {r.run} | {r.kl:.4f} | {100 * r.forgetting:+.2f} | {100 * r.gain:+.2f} |"
                   for r in c.drift.itertuples()]
-        lines += ["", f"Spearman's rank correlation of KL with mean forgetting over {len(c.drift)} runs: "
+        lines += ["", f"Spearman's rank correlation of KL with mean forgetting over {len(c.drift_rho_runs)} training runs"
+                      + (" (each seed's; a method's mean over its seeds is not a run of its own)"
+                         if c.training_seed_runs else "") + ": "
                       + (f"{c.drift_rho:+.2f}" if c.drift_rho is not None else "not defined (fewer than 3 runs, or ties)")
                       + " (does drift from the seed predict forgetting? RL's Razor, arXiv 2509.04259)."]
     sections.append(("md", lines))
@@ -296,7 +304,8 @@ def report_json(comparison: Comparison) -> dict[str, Any]:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tasks": records(c.rows),
             "capabilities": records(c.capabilities), "ranking": c.ranking, "verdict": c.verdicts,
             "head_to_head": records(c.pairs), "by_instruction": records(c.instructions),
-            "drift_vs_forgetting": {"runs": records(c.drift), "spearman_kl_forgetting": c.drift_rho},
+            "drift_vs_forgetting": {"runs": records(c.drift), "spearman_kl_forgetting": c.drift_rho,
+                                    "spearman_runs": c.drift_rho_runs},
             "judges": c.judges,
             "provenance": {name: provenance(record) for name, record in c.records.items()}}
 

@@ -117,10 +117,11 @@ def sign_flip_p(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, r
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (monotone, capped at 1)."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    adjusted, running = [0.0] * len(p_values), 0.0
+    """Holm's step-down adjusted p-values (monotone, capped at 1); a NaN (no test) stays NaN, outside the family."""
+    tested = [i for i, p in enumerate(p_values) if not np.isnan(p)]
+    order = sorted(tested, key=lambda i: p_values[i])
+    adjusted, running = [float("nan")] * len(p_values), 0.0
     for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        running = max(running, min(1.0, (len(order) - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted

@@ -19,9 +19,10 @@ def comparison(rows: pd.DataFrame, reference: str, trained: dict, records: dict 
                instructions: pd.DataFrame | None = None) -> Comparison:
     """A Comparison of given rows (no pairs, no ranking), its capability and drift figures computed as compare does."""
     capabilities = forgetting(rows, reference, trained)
-    drift, rho = drift_against_forgetting(rows, capabilities)
+    drift, rho, rho_runs = drift_against_forgetting(rows, capabilities)
     return Comparison(reference, rows, pd.DataFrame(), trained, capabilities, drift, rho, {}, [],
-                      instructions if instructions is not None else pd.DataFrame(), records or {}, set())
+                      instructions if instructions is not None else pd.DataFrame(), records or {}, set(),
+                      drift_rho_runs=rho_runs)
 
 
 def table() -> pd.DataFrame:
@@ -148,7 +149,7 @@ def four_method_table() -> pd.DataFrame:
 
 def test_drift_is_set_against_forgetting_and_gain_with_a_rank_correlation(tmp_path):
     frame = four_method_table()
-    razor, rho = drift_against_forgetting(frame, forgetting(frame, "seed", {r: "math" for r in "abc"}))
+    razor, rho, _ = drift_against_forgetting(frame, forgetting(frame, "seed", {r: "math" for r in "abc"}))
     assert list(razor["run"]) == ["a", "b", "c"] and list(razor["kl"]) == [0.05, 0.20, 0.10]
     assert list(razor["forgetting"]) == pytest.approx([0.02, 0.10, 0.05])
     assert list(razor["gain"]) == pytest.approx([0.20, 0.22, 0.15])
@@ -156,7 +157,7 @@ def test_drift_is_set_against_forgetting_and_gain_with_a_rank_correlation(tmp_pa
     out = write_report(tmp_path / "r", comparison(frame, "seed", {r: "math" for r in "abc"}))
     md = (out / "report.md").read_text()
     assert "| b | 0.2000 | +10.00 | +22.00 |" in md and "Spearman's rank correlation of KL with mean forgetting" \
-        " over 3 runs: +1.00" in md
+        " over 3 training runs: +1.00" in md
     report = json.loads((out / "report.json").read_text())
     assert report["drift_vs_forgetting"]["spearman_kl_forgetting"] == pytest.approx(1.0)
     two = frame[frame["run"].isin(["seed", "a", "b"])]
