@@ -698,7 +698,7 @@ def _gate_parser(commands) -> None:
                     help="the drop any task may show before it can fail (default 0)")
     gt.add_argument("--max-drop", type=_drops, default={}, metavar="TASK=POINTS,...",
                     help="allowed drops per task or capability")
-    gt.add_argument("--require", type=_drops, default={}, metavar="TASK=MIN,...", help="floors on the candidate's scores")
+    gt.add_argument("--require", type=_drops, default={}, metavar="TASK=MIN,...", help="floors on the candidate's scores (a ceiling on drift's KL)")
     gt.add_argument("--strict", action="store_true", help="a task whose n cannot show its allowed drop, or any drop, fails")
     gt.add_argument("--markdown", help="write the report here (also appended to $GITHUB_STEP_SUMMARY when set)")
     gt.add_argument("--json", help="write the verdict as JSON here")

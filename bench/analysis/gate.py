@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis.compare import LOWER_IS_BETTER, RunScores, aligned, build_comparison, is_binary, scale
-from bench.analysis.stats import detectable_difference, holm
+from bench.analysis.stats import detectable_difference, holm, mean_ci
 from bench.store import RUN_FILE
 from bench.types import BenchError
 
@@ -83,10 +83,13 @@ def differences(baseline: RunScores, candidate: RunScores) -> list[str]:
 def shared_examples(baseline: RunScores, candidate: RunScores) -> tuple[RunScores, RunScores, list[str]]:
     """Both runs restricted, task by task, to the examples both scored; what was left out is noted."""
     notes, base_tasks, cand_tasks = [], {}, {}
-    for task in baseline.tasks.keys() & candidate.tasks.keys():
+    for task in sorted(baseline.tasks.keys() ^ candidate.tasks.keys()):
+        notes.append(f"{task}: not gated, scored only by the {'baseline' if task in baseline.tasks else 'candidate'}")
+    for task in [t for t in baseline.tasks if t in candidate.tasks]:
         base, cand = baseline.tasks[task], candidate.tasks[task]
         shared = set(base["id"]) & set(cand["id"])
         if not shared:
+            notes.append(f"{task}: not gated, no example scored by both runs")
             continue
         if len(shared) < max(len(base), len(cand)):
             notes.append(f"{task}: gated on the {len(shared)} examples both scored ({len(base)} in the baseline, "
@@ -96,8 +99,16 @@ def shared_examples(baseline: RunScores, candidate: RunScores) -> tuple[RunScore
 
 
 def with_tasks(run: RunScores, tasks: dict[str, pd.DataFrame]) -> RunScores:
-    """The run restricted to these tasks' (and examples') scores."""
-    return replace(run, tasks=tasks, metrics={t: run.metrics[t] for t in tasks})
+    """The run restricted to these tasks' (and examples') scores; a task's mean, interval and n are those of the
+    examples kept, so every figure of a gated row is over the examples its test compares."""
+    metrics = {}
+    for task, frame in tasks.items():
+        metrics[task] = run.metrics[task]
+        if len(frame) != len(run.tasks[task]):
+            low, high, _ = mean_ci(frame["score"].tolist())
+            metrics[task] = {**metrics[task], "mean": float(frame["score"].mean()), "ci_low": low, "ci_high": high,
+                             "n": len(frame)}
+    return replace(run, tasks=tasks, metrics=metrics)
 
 
 @dataclass
@@ -155,14 +166,17 @@ def gate(baseline: RunScores, candidate: RunScores, config: GateConfig, tasks: l
         drop = k * (r.delta if lower_is_better else -r.delta)
         allowed = config.allowed_drop(r.task, r.capability)
         base, cand, _ = aligned(baseline, candidate, r.task)
-        floor = k * detectable_difference(cand - base, is_binary(base, cand), alpha=config.alpha)
+        # At Holm's strictest step (alpha over the gated tasks): a drop this size fails even as the smallest p.
+        floor = k * detectable_difference(cand - base, is_binary(base, cand), alpha=config.alpha / int(gated.sum()))
         # Too few examples for any drop to be significant, or for the allowance (0: any real drop) to be shown.
         underpowered = floor == float("inf") or allowed > 0 and floor > allowed
         reasons = []
         if drop > allowed and r.p_holm < config.alpha:
             reasons.append(f"drop {drop:.2f} > allowed {allowed:g}, p_holm={r.p_holm:.3g}")
-        if r.task in config.require and k * r.score < config.require[r.task]:
-            reasons.append(f"score {k * r.score:.2f} below the floor {config.require[r.task]:g}")
+        if r.task in config.require and (k * r.score > config.require[r.task] if lower_is_better
+                                         else k * r.score < config.require[r.task]):
+            reasons.append(f"score {k * r.score:.2f} {'above the ceiling' if lower_is_better else 'below the floor'} "
+                           f"{config.require[r.task]:g}")
         if config.strict and underpowered:
             reasons.append(f"underpowered: n={int(r.n)} cannot show a drop under {floor:.2f}")
         verdicts.append({"drop": drop, "allowed_drop": allowed, "detectable_drop": floor, "underpowered": underpowered,

@@ -487,8 +487,8 @@ def gate_markdown(verdict: Verdict) -> str:
             + (f" Not gated: {', '.join(not_gated['task'])} (a judge no better than the longer output decides "
                f"nothing)." if len(not_gated) else "")
             + f" Alpha {config.alpha:g} (Holm across the gated tasks); a task fails when its drop exceeds its allowed drop "
-              f"and the paired test says it is real; detectable drop: the smallest drop these examples show at alpha "
-              f"{config.alpha:g} with 80% power.\n")
+              f"and the paired test says it is real; detectable drop: the smallest drop these examples show with 80% "
+              f"power at Holm's strictest step, alpha {config.alpha:g} / {gated}.\n")
     lines = [head, "| task | n | baseline | candidate | Δ [95% CI] | p (Holm) | allowed drop | detectable drop | "
                    "changed (down / up) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in rows.iterrows():

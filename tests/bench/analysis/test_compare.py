@@ -173,3 +173,68 @@ def test_runs_generated_with_different_token_caps_are_not_paired(tmp_path):
     with pytest.raises(BenchError, match=r"task ifeval: runs seed and sft generated with different settings "
                                          r"\(\{'max_new_tokens': 1280\} vs \{'max_new_tokens': 512\}\)"):
         compare_runs_named(tmp_path, ["seed", "sft"])
+
+
+def test_ties_in_the_bootstrap_count_half_to_each_method_whatever_their_order(tmp_path):
+    """Two methods that differ on one example of 200 tie in about a third of the replicates (that example not drawn):
+    neither the first-named method nor the pair's second gets those ties; identical methods are 50/50, said so."""
+    from bench.analysis.compare import build_comparison
+    from bench.analysis.report import verdict_lines
+
+    seed = [(f"q{i}", 1.0 if i < 100 else 0.0) for i in range(200)]
+    write_run(tmp_path, "seed", {"code": seed})
+    write_run(tmp_path, "a", {"code": [(i, 0.0 if k < 5 else s) for k, (i, s) in enumerate(seed)]})
+    write_run(tmp_path, "b", {"code": [(i, 0.0 if k < 6 else s) for k, (i, s) in enumerate(seed)]})
+    write_run(tmp_path, "twin", {"code": [(i, 0.0 if k < 5 else s) for k, (i, s) in enumerate(seed)]})
+
+    def least(names):
+        c = build_comparison([load_run(tmp_path, n) for n in names])
+        return {e["method"]: e["p_least"] for e in c.ranking["forgetting"]}, c.verdicts
+
+    (ab, [v_ab]), (ba, [v_ba]) = least(["seed", "a", "b"]), least(["seed", "b", "a"])
+    assert ab == pytest.approx(ba) and ab["a"] + ab["b"] == pytest.approx(1.0)
+    assert 0.78 < ab["a"] < 0.85, "a is least where the one example is drawn (63%), and in half the others"
+    assert v_ab["p_a_less_forgetting"] == pytest.approx(1 - v_ba["p_a_less_forgetting"]) == pytest.approx(ab["a"])
+    twins, [v] = least(["seed", "a", "twin"])
+    assert twins == {"a": 0.5, "twin": 0.5} and v["p_a_less_forgetting"] == 0.5
+    assert verdict_lines([v])[0].startswith("a and twin do not differ in forgetting: 2.50 points each")
+
+
+def test_single_task_losses_in_the_verdict_are_significant_after_holm_across_the_methods_tasks(tmp_path):
+    """Four tasks, each lost on 6 of 100 examples (exact McNemar p = 0.031): each significant alone, none after Holm
+    across the four; a loss on 12 (p = 0.0005) stays significant."""
+    from bench.analysis.compare import build_comparison
+
+    seed = [(f"q{i}", 1.0 if i < 50 else 0.0) for i in range(100)]
+    tasks = ("t1", "t2", "t3", "t4")
+    write_run(tmp_path, "seed", {t: seed for t in tasks})
+    write_run(tmp_path, "small", {t: [(i, 0.0 if k < 6 else s) for k, (i, s) in enumerate(seed)] for t in tasks})
+    write_run(tmp_path, "large", {t: [(i, 0.0 if k < (12 if t == "t1" else 0) else s) for k, (i, s) in enumerate(seed)]
+                                  for t in tasks})
+    ranking = {e["method"]: e for e in build_comparison([load_run(tmp_path, n) for n in ("seed", "small", "large")]
+                                                        ).ranking["forgetting"]}
+    assert ranking["small"]["significant_losses_uncorrected"] == list(tasks)
+    assert ranking["small"]["significant_losses"] == []
+    assert ranking["large"]["significant_losses"] == ranking["large"]["significant_losses_uncorrected"] == ["t1"]
+    assert main(["compare", "seed", "small", "large", "--results-dir", str(tmp_path), "--name", "holm"]) == 0
+    md = (tmp_path / "reports" / "holm" / "report.md").read_text()
+    assert "significant after Holm across each method's tasks: large: t1 (before Holm: large: t1; small: t1, t2, t3, " \
+           "t4)" in md
+
+
+def test_drift_against_forgetting_correlates_the_training_runs_not_also_their_seed_means(tmp_path):
+    import json
+
+    from bench.analysis.compare import build_comparison
+
+    arc = [(f"a{i}", 1.0 if i < 50 else 0.0) for i in range(100)]
+    write_run(tmp_path, "seed", {"arc": arc, "drift": [(f"d{i}", 0.0) for i in range(8)]})
+    for run, lost, kl in (("sft-s1", 2, 0.10), ("sft-s2", 4, 0.20), ("sdft-s1", 6, 0.30), ("sdft-s2", 8, 0.40)):
+        write_run(tmp_path, run, {"arc": [(i, 0.0 if k < lost else s) for k, (i, s) in enumerate(arc)],
+                                  "drift": [(f"d{i}", kl) for i in range(8)]})
+    for path in tmp_path.glob("runs/*/drift/metrics.json"):
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"metric": "kl", "capability": "drift"}))
+    names = ["seed", "sft-s1", "sft-s2", "sdft-s1", "sdft-s2"]
+    c = build_comparison([load_run(tmp_path, n) for n in names])
+    assert set(c.drift["run"]) == {*names[1:], "sft (2 seeds)", "sdft (2 seeds)"}, "the table shows the means too"
+    assert c.drift_rho_runs == names[1:] and c.drift_rho == pytest.approx(1.0)
