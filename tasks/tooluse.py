@@ -61,25 +61,34 @@ def parse_call(text: str) -> tuple[str, dict[str, Any]] | None:
 
 def _literal(node: ast.AST) -> Any:
     try:
-        return ("literal", ast.literal_eval(node))
+        return ("literal", _booleans_apart(ast.literal_eval(node)))
     except (ValueError, SyntaxError, TypeError):
         return ("source", ast.unparse(node))
 
 
+def _booleans_apart(value: Any) -> Any:
+    """The value with each bool tagged, so that True is not 1 (Python's ==); 2 and 2.0 stay equal."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (list, tuple, set)):
+        return type(value)(_booleans_apart(v) for v in value) if not isinstance(value, set) else \
+            frozenset(_booleans_apart(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _booleans_apart(v) for k, v in value.items()}
+    return value
+
+
 def first_call(output: str) -> tuple[str, dict[str, Any]] | None:
-    """The first parseable call in the output: from each `name(` on, the shortest text that parses as a call."""
+    """The first parseable call in the output: from each `name(` on, the shortest text that parses as a call (ending
+    at some `)`: a bracket inside a string argument does not end it)."""
     for match in DOTTED_CALL.finditer(output):
         start = match.start()
         if start > 0 and (output[start - 1].isalnum() or output[start - 1] in "_."):
             continue
-        depth = 0
-        for end in range(match.end() - 1, len(output)):
-            depth += {"(": 1, ")": -1}.get(output[end], 0)
-            if depth == 0:
-                call = parse_call(output[start:end + 1])
-                if call is not None:
-                    return call
-                break
+        for end in (i for i in range(match.end(), len(output)) if output[i] == ")"):
+            call = parse_call(output[start:end + 1])
+            if call is not None:
+                return call
     return None
 
 

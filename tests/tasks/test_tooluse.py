@@ -74,6 +74,15 @@ def test_ast_score(output: str, ast_ok: bool) -> None:
     assert score_call(output, example).others["ast"] == float(ast_ok)
 
 
+def test_ast_score_tells_booleans_from_numbers_and_reads_brackets_inside_strings() -> None:
+    flag = Example("openfunction-0", "q", 'weather.get(city="Paris", detailed=True, days=[True])')
+    assert score_call('weather.get(city="Paris", detailed=True, days=[True])', flag).others["ast"] == 1.0
+    assert score_call('weather.get(city="Paris", detailed=1, days=[True])', flag).others["ast"] == 0.0
+    assert score_call('weather.get(city="Paris", detailed=True, days=[1])', flag).others["ast"] == 0.0
+    smile = Example("openfunction-0", "q", 'search.query(q="smile :)", limit=5)')
+    assert score_call('Use search.query(q="smile :)", limit=5).', smile).others["ast"] == 1.0
+
+
 def test_first_call_skips_unparseable_and_keeps_non_literals() -> None:
     assert first_call("print(x y) then f(a=g(1))") == ("f", {"a": ("source", "g(1)")})
     assert first_call("obj.method(1, k=[1, 2])") == ("obj.method", {"0": ("literal", 1), "k": ("literal", [1, 2])})
