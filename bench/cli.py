@@ -46,8 +46,8 @@ def _non_negative_float(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not number >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {value}")
     return number
 
 
@@ -348,7 +348,7 @@ TRAIN_OPTIONS = ("epochs", "lmbda", "beta", "temperature", "seq_kd", "max_new_to
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
     from bench.distributed import barrier, world
-    from fine_tune.common import finish, provenance, train_job, trained_already
+    from fine_tune.common import begin_training, finish, provenance, train_job, trained_already
 
     trainer, w = METHODS[args.method], world()
     teacher, teacher_adapter = getattr(args, "teacher", None), getattr(args, "teacher_adapter", None)
@@ -369,6 +369,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         job.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BenchError(f"--results-dir {args.results_dir}: not writable ({e.strerror})") from None
+    if w.main:
+        begin_training(job, config)
     record = {**trainer.train(job, config), **provenance(job, config)}
     if not w.main:  # rank 0 writes the checkpoint; the others wait for it
         barrier(w)
@@ -384,8 +386,20 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
     from bench.study import load_profile, reproduce
+    from fine_tune.data import TRAIN_TASKS
 
-    reproduce(load_profile(args.profile), args.data_dir, args.results_dir, console,
+    profile = load_profile(args.profile)
+    # What the train and eval stages would refuse, refused before the first stage (hours before the evaluation).
+    if profile.train_task not in TRAIN_TASKS:
+        raise BenchError(f"--profile {args.profile}: key 'train_task': unknown training task {profile.train_task!r}; "
+                         f"choose from: {', '.join(TRAIN_TASKS)}")
+    try:
+        _selected_tasks(argparse.Namespace(suite=profile.suites, tasks=profile.tasks, temperature=None, samples=1,
+                                           task_limits=profile.task_limits, max_new_tokens=profile.max_new_tokens))
+    except BenchError as e:
+        said = str(e).replace("--task-limits", "key 'task_limits'").replace("--max-new-tokens", "key 'max_new_tokens'")
+        raise BenchError(f"--profile {args.profile}: {said}") from None
+    reproduce(profile, args.data_dir, args.results_dir, console,
               {"train": cmd_train, "eval": cmd_eval, "compare": cmd_compare})
 
 

@@ -71,13 +71,13 @@ class RunStore:
         path = self.dir / RUN_FILE
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def finished_with(self, identity: dict[str, Any], earlier: dict[str, Any] | None = None) -> bool:
-        """True when a complete run with this identity (or the `earlier` form of the same one) exists; a complete
+    def finished_with(self, identity: dict[str, Any], earlier: list[dict[str, Any]] = ()) -> bool:
+        """True when a complete run with this identity (or an `earlier` form of the same one) exists; a complete
         run with another identity is an error."""
         run = self.read_run()
         if run is None or not run.get("complete"):
             return False
-        if run["identity"] not in (identity, earlier):
+        if run["identity"] != identity and run["identity"] not in earlier:
             changed = sorted(k for k in identity.keys() | run["identity"].keys()
                              if identity.get(k) != run["identity"].get(k))
             raise BenchError(f"run {self.name} in {self.dir} is complete with other settings "

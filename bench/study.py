@@ -14,7 +14,7 @@ from typing import Any, Callable
 from rich.console import Console
 
 from bench.distributed import world
-from bench.generation.models import PROMPT_FORMATS
+from bench.generation.models import DTYPES, PROMPT_FORMATS
 from bench.machine import machine
 from bench.memory import PeakRSS
 from bench.store import write_json
@@ -103,6 +103,8 @@ def load_profile(spec: str) -> Profile:
             raise BenchError(f"{path}: missing key {key!r}")
     if values.get("prompt_format", "chat") not in PROMPT_FORMATS:
         raise BenchError(f"{path}: key 'prompt_format' must be one of {', '.join(PROMPT_FORMATS)}")
+    if values.get("dtype", "auto") not in DTYPES:
+        raise BenchError(f"{path}: key 'dtype' must be one of {', '.join(DTYPES)}")
     if not values.get("suites") and not values.get("tasks"):
         raise BenchError(f"{path}: name the evaluation in 'suites' or 'tasks'")
     methods = values.get("methods", ["sft", "sdft"])

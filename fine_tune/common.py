@@ -74,8 +74,11 @@ def flat(config: Any) -> dict[str, Any]:
 
 # The values a LoRA or Optimization key may take, where its type alone allows ones no trainer can run (a method's own
 # keys are checked by its trainer's check_config).
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")  # transformers' get_scheduler names that need no arguments of their own
 RANGES: dict[str, tuple[Any, str]] = {
-    **dict.fromkeys(("learning_rate", "epochs"), (lambda v: v > 0, "above 0")),
+    "scheduler": (lambda v: v in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
+    **dict.fromkeys(("learning_rate", "epochs"), (lambda v: 0 < v < float("inf"), "finite and above 0")),
     **dict.fromkeys(("warmup_ratio", "dropout"), (lambda v: 0 <= v < 1, "at least 0 and below 1")),
     **dict.fromkeys(("rank", "alpha", "batch_size", "gradient_accumulation", "max_length", "save_steps"),
                     (lambda v: v >= 1, "at least 1")),
@@ -184,6 +187,25 @@ def trained_already(job: TrainJob, config: Any) -> bool:
     return True
 
 
+STARTED = "started.json"  # an unfinished training's identity: what its resume state was trained under
+
+
+def begin_training(job: TrainJob, config: Any) -> None:
+    """Record the identity an unfinished checkpoint resumes under; a leftover of a training with other settings (or
+    settings not recorded) is an error, not a hybrid adapter recorded under this job's settings."""
+    expected = identity(job, config)
+    path = job.out_dir / STARTED
+    if path.is_file():
+        if json.loads(path.read_text()) != expected:
+            raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training with other "
+                             f"settings; delete it to train again, or choose another --name")
+        return
+    if job.out_dir.is_dir() and any(job.out_dir.iterdir()):
+        raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training whose "
+                         f"settings were not recorded; delete it to train again, or choose another --name")
+    write_json(path, expected)
+
+
 def provenance(job: TrainJob, config: Any) -> dict[str, Any]:
     """The train.json fields that trace an adapter: identity, package versions, the commit, the machine (bf16
     training rounds by CPU and thread count too), the command."""
@@ -279,8 +301,11 @@ def save_adapter(model: Any, out_dir: Path, **kwargs: Any) -> None:
 
 
 def finish(out_dir: Path, record: dict[str, Any]) -> None:
-    """loss.png, then train.json last, atomically: its presence says the checkpoint is complete."""
-    shutil.rmtree(out_dir / "trainer", ignore_errors=True)
+    """loss.png, then train.json, atomically: its presence says the checkpoint is complete; then the resume state
+    goes (a kill before train.json keeps it, so nothing is trained twice)."""
     if (out_dir / "train_log.csv").is_file():
         plot_loss(out_dir / "train_log.csv", out_dir / "loss.png", f"{record['method']} {record['task']}")
     write_json(out_dir / "train.json", record)
+    for state in ("trainer", "state"):  # SFT's Trainer checkpoints, the on-policy trainers' state
+        shutil.rmtree(out_dir / state, ignore_errors=True)
+    (out_dir / STARTED).unlink(missing_ok=True)

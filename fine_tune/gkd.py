@@ -13,9 +13,7 @@ plus an optional adapter, merged; its logits come from the engine's packed teach
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bench.generation.engine import Engine
@@ -60,18 +58,6 @@ def check_same_vocabulary(student: Student, teacher: LoadedModel) -> None:
                          f"logits, {student.tokenizer.name_or_path}); GKD needs a teacher with the same tokenizer")
 
 
-def load_teacher(spec: str, adapter: str | None, dtype: str, prompt_format: str) -> LoadedModel:
-    """The teacher, its adapter merged; an adapter whose train.json names other base weights is refused."""
-    record = Path(adapter) / "train.json" if adapter else None
-    teacher = load_model(spec, adapter, dtype, prompt_format, option="--teacher-adapter")
-    if record is not None and record.is_file():
-        base = json.loads(record.read_text()).get("weights_sha256")
-        if base and base != teacher.weights_sha256:
-            raise BenchError(f"--teacher-adapter {adapter}: trained on other base weights than --teacher {spec} "
-                             f"({base[:12]} vs {teacher.weights_sha256[:12]})")
-    return teacher
-
-
 def train_gkd(job: TrainJob, config: GKDConfig) -> dict[str, Any]:
     """Train the student's adapter by GKD from the job's teacher; returns the train.json record."""
     import torch
@@ -82,7 +68,7 @@ def train_gkd(job: TrainJob, config: GKDConfig) -> dict[str, Any]:
     if job.teacher is None:
         raise BenchError("bench train gkd: needs --teacher MODEL (and --teacher-adapter DIR for an adapter on it)")
     student = load_student(job.model, config.lora, opt.training_seed, job.dtype, job.prompt_format)
-    teacher = load_teacher(job.teacher, job.teacher_adapter, student.dtype, job.prompt_format)
+    teacher = load_model(job.teacher, job.teacher_adapter, student.dtype, job.prompt_format, option="--teacher-adapter")
     check_same_vocabulary(student, teacher)
     teacher_engine = Engine(teacher, cache=None)
     prompts = {ex.id: student.prompt_ids(ex) for ex in examples}

@@ -379,7 +379,7 @@ def throughput(totals: Counter, seconds: dict[str, float]) -> dict[str, Any]:
 
 
 def save_student(student: Student, out_dir: Path) -> None:
-    """Rank 0 saves the student's adapter (named `default`; an EMA teacher's is not saved); the resume state goes."""
+    """Rank 0 saves the student's adapter (named `default`; an EMA teacher's is not saved); the resume state goes
+    once train.json is written (fine_tune.common.finish)."""
     if world().main:
         save_adapter(student.model, out_dir, selected_adapters=["default"])
-        shutil.rmtree(out_dir / "state", ignore_errors=True)

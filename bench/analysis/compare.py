@@ -109,8 +109,17 @@ def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
     tasks = [t for t in reference.tasks if all(t in r.tasks for r in runs[1:])]
     if not tasks:
         raise BenchError(f"runs {', '.join(names)} have no task in common")
+    formats = {r.name: r.record.get("identity", {}).get("prompt_format", "chat") for r in runs}
+    if other := next((n for n, f in formats.items() if f != formats[reference.name]), None):
+        raise BenchError(f"runs {reference.name} and {other} were prompted in different formats ({formats[reference.name]} "
+                         f"vs {formats[other]}); evaluate both alike (--prompt-format)")
     rows = []
     for task in tasks:
+        data = {r.name: r.record.get("identity", {}).get("tasks", {}).get(task, {}).get("data_sha256") for r in runs}
+        if other := next((n for n, sha in data.items() if sha != data[reference.name]), None):
+            raise BenchError(f"task {task}: runs {reference.name} and {other} read different data (sha256 "
+                             f"{str(data[reference.name])[:12]} vs {str(data[other])[:12]}); evaluate both on the same "
+                             f"--data-dir")
         for key in ("judge", "generation"):  # a run judged or generated otherwise measured something else
             settings = {r.name: r.metrics[task].get(key) for r in runs}
             other = next((name for name, value in settings.items() if value != settings[reference.name]), None)

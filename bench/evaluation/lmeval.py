@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from bench.data import LoadedData, read_jsonl, sha256_file
 from bench.distributed import world
+from bench.generation.engine import ENGINE_VERSION
 from bench.types import BenchError, Example, HarnessTask
 
 PREFIX = "forgetbench_"
@@ -166,8 +167,9 @@ class Harness:
 
     def __init__(self, model, engine, cache_dir: Path, data_dir: Path | None):
         self.model, self.engine, self.data_dir = model, engine, data_dir
-        # "-engine2": requests packed across documents since 2026-12-04; bf16 sums differ from the per-document path's
-        self.cache = cache_dir / "lm_eval" / f"{model.fingerprint}-engine2"
+        # Per engine version: how requests are packed into passes changes bf16 sums (across documents since
+        # 2026-12-04, at most MAX_PREFILL_TOKENS a pass since version 3).
+        self.cache = cache_dir / "lm_eval" / f"{model.cache_id}-engine{ENGINE_VERSION}"
         self._lm = None
 
     def settings(self) -> dict[str, Any]:

@@ -45,9 +45,14 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_commit() -> dict[str, Any] | None:
-    """The forgetbench checkout's commit, and whether it had uncommitted changes; None outside a git checkout."""
+    """The forgetbench checkout's commit, and whether it had uncommitted changes; None outside a git checkout (an
+    install into a venv inside another repository must not record that repository's commit)."""
     root = Path(__file__).resolve().parents[2]
     try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             check=True)
+        if Path(top.stdout.strip()).resolve() != root:
+            return None
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
         status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True, check=True)
@@ -78,6 +83,7 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
         "fingerprint": model.fingerprint,
         "weights_sha256": model.weights_sha256,
         "adapter_sha256": model.adapter_sha256,
+        "decoding_sha256": model.decoding_sha256,
         "dtype": model.dtype,
         **({"prompt_format": model.prompt_format} if model.prompt_format != "chat" else {}),  # runs before it stay valid
         "limit": limit,
@@ -87,13 +93,15 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
     }
 
 
-def earlier_identity(model: LoadedModel, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """The same run's identity as recorded before adapter hashes sorted PEFT's module list (2a3432b), so that runs
-    finished then are reused, not refused; None without an adapter directory."""
-    if model.adapter is None or not Path(model.adapter).is_dir():
-        return None
-    earlier = replace(model, adapter_sha256=unsorted_adapter_sha256(Path(model.adapter)))
-    return {**identity, "adapter_sha256": earlier.adapter_sha256, "fingerprint": earlier.fingerprint}
+def earlier_identities(model: LoadedModel, identity: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same run's identity as recorded before, so that runs finished then are reused, not refused: before the
+    decoding files were hashed (no `decoding_sha256`), and, with an adapter, also before adapter hashes sorted PEFT's
+    module list (2a3432b)."""
+    forms = [{k: v for k, v in identity.items() if k != "decoding_sha256"}]
+    if model.adapter is not None and Path(model.adapter).is_dir():
+        earlier = replace(model, adapter_sha256=unsorted_adapter_sha256(Path(model.adapter)))
+        forms.append({**forms[0], "adapter_sha256": earlier.adapter_sha256, "fingerprint": earlier.fingerprint})
+    return forms
 
 
 def run_record(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask], data: dict[str, LoadedData],
@@ -145,7 +153,7 @@ def evaluate(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessTask]
     identity = run_identity(model, engine, tasks, data, limit, sandbox, samples, harness, seed and seed[0], judge)
     if shard is not None:
         identity["shard"] = {"index": shard.index, "count": shard.count}
-    if store.finished_with(identity, earlier_identity(model, identity)):
+    if store.finished_with(identity, earlier_identities(model, identity)):
         return {t.name: _read_metrics(store, t.name) for t in tasks}
     record = run_record(model, engine, tasks, data, store, identity, sandbox, harness, judge)
     if shard is not None:
@@ -401,7 +409,8 @@ def summarize(values: list[float]) -> dict[str, Any]:
 def execute(programs: list[str], sandbox: Sandbox, cache: Cache | None, progress=None,
             label: str = "execute") -> list[dict[str, Any]]:
     """Run each program once in the sandbox; outcomes are cached in small chunks, so a killed run re-executes
-    at most the programs that were running."""
+    at most the programs that were running. A wall-time timeout is not cached: it says as much about the machine's
+    load at the time (its CPU time stayed under the limit) as about the program."""
     settings = sandbox.settings()
     keys = [cache_key("sandbox", p, settings) for p in programs]
     done = cache.get_outcomes(keys) if cache is not None else {}
@@ -414,7 +423,7 @@ def execute(programs: list[str], sandbox: Sandbox, cache: Cache | None, progress
         batch = todo[start:start + chunk]
         fresh = {k: asdict(o) for k, o in zip(batch, sandbox.run_many([source[k] for k in batch]))}
         if cache is not None:
-            cache.put_outcomes(fresh)
+            cache.put_outcomes({k: o for k, o in fresh.items() if o["error_type"] != "WallTimeLimit"})
         done.update(fresh)
         if progress is not None:
             rate = (start + len(batch)) / (time.perf_counter() - started)

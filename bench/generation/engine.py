@@ -89,7 +89,10 @@ class Engine:
     def settings(self, config: GenerationConfig) -> dict:
         """Everything besides the model and the prompt that decides the output: the cache key's third part."""
         settings = {**asdict(config), "stop": list(config.stop), "dtype": self.model.dtype, "engine": ENGINE_VERSION,
-                    "packed_weights": self.packed and packs_weights(self.model.model)}
+                    "packed_weights": self.packed and packs_weights(self.model.model),
+                    # GPU kernels round otherwise: a cache shared with a CPU machine must not mix their outputs (on
+                    # the CPU the key is as before, so earlier caches and runs stay valid).
+                    **({"device": self.model.device} if self.model.device != "cpu" else {})}
         if config.temperature == 0:
             del settings["seed"]  # greedy ignores it: keep greedy keys (and caches) independent of it
         return settings
@@ -103,7 +106,7 @@ class Engine:
         keys, items = [], []
         for p in prompts:
             for i in range(samples):
-                keys.append(cache_key(self.model.fingerprint, p, {**settings, "sample": i} if samples > 1 else settings))
+                keys.append(cache_key(self.model.cache_id, p, {**settings, "sample": i} if samples > 1 else settings))
                 items.append(p)
         done = self.cache.get_many(keys) if self.cache is not None else {}
         results = {k: Generation(g.text, g.n_tokens, g.finish, cached=True) for k, g in done.items()}

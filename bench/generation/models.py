@@ -40,12 +40,20 @@ class LoadedModel:
     adapter: str | None = None
     adapter_sha256: str | None = None
     prompt_format: str = "chat"  # or "study" (render_prompt)
+    decoding_sha256: str | None = None  # the files besides the weights that decide outputs (DECODING_FILES)
 
     @property
     def fingerprint(self) -> str:
         """Identifies the exact weights that generate: base weights plus adapter, and the dtype they run in."""
         parts = f"{self.weights_sha256}:{self.adapter_sha256 or '-'}:{self.dtype}"
         return hashlib.sha256(parts.encode()).hexdigest()[:16]
+
+    @property
+    def cache_id(self) -> str:
+        """The model part of a cache key: the fingerprint and the decoding files, so that a model whose config,
+        generation config or tokenizer changed under the same weights (a Hub revision adding an end-of-turn id)
+        is never served the outputs of before."""
+        return hashlib.sha256(f"{self.fingerprint}:{self.decoding_sha256 or '-'}".encode()).hexdigest()[:16]
 
     def render(self, prompt: Prompt, template: str = "chat") -> str:
         return render_prompt(self.tokenizer, prompt, is_plain(self.prompt_format, template))
@@ -206,14 +214,15 @@ def resolve_model_dir(spec: str) -> Path:
 
 
 def _hash_files(files: list[Path]) -> str:
-    """sha256 over the files' names and bytes, memoised by (path, size, mtime) so repeated runs do not re-read GBs."""
+    """sha256 over the files' names and bytes, memoised by (path, inode, size, mtime, ctime) so repeated runs do not
+    re-read GBs: a file replaced by one of the same size with its mtime kept (cp -p, rsync -a) has a new ctime."""
     digest = hashlib.sha256()
     memo_path = cache_dir() / "file-hashes.json"
     memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
     changed = False
     for f in sorted(files):
         stat = f.stat()
-        key = f"{f.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        key = f"{f.resolve()}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
         if key not in memo:
             h = hashlib.sha256()
             with open(f, "rb") as fh:
@@ -243,8 +252,19 @@ def adapter_sha256(adapter_dir: Path) -> str:
 
 def unsorted_adapter_sha256(adapter_dir: Path) -> str:
     """The adapter hash before 2a3432b (the files' bytes as PEFT wrote them): runs and checkpoints recorded with it
-    stay valid (`bench.execution.runner.earlier_identity`, `fine_tune.common.trained_already`)."""
+    stay valid (`bench.execution.runner.earlier_identities`, `fine_tune.common.trained_already`)."""
     return _hash_files([adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"])
+
+
+DECODING_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
+                  "chat_template.jinja", "chat_template.json")
+
+
+def decoding_sha256(model_dir: Path) -> str:
+    """sha256 over the model directory's files besides the weights that decide its outputs: architecture and rope
+    (config), end-of-turn ids (generation config), tokenizer and chat template."""
+    return _hash_files([model_dir / name for name in DECODING_FILES if (model_dir / name).is_file()])
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -277,12 +297,19 @@ def cpu_has_native_bf16() -> bool:
 
 def load_model(spec: str, adapter: str | None = None, dtype: str = "auto",
                prompt_format: str = "chat", option: str = "--adapter") -> LoadedModel:
-    """`option` is the command-line option that named the adapter, for its errors."""
+    """`option` is the command-line option that named the adapter, for its errors. An adapter whose train.json names
+    other base weights is refused: merged into weights it was not trained on, it measures neither."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = resolve_dtype(dtype)
     model_dir = resolve_model_dir(spec)
+    base_sha256 = weights_sha256(model_dir)
+    record = Path(adapter) / "train.json" if adapter is not None else None
+    trained_on = json.loads(record.read_text()).get("weights_sha256") if record and record.is_file() else None
+    if trained_on and trained_on != base_sha256:
+        raise BenchError(f"{option} {adapter}: trained on other base weights than model {spec} "
+                         f"({trained_on[:12]} vs {base_sha256[:12]})")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -299,8 +326,8 @@ def load_model(spec: str, adapter: str | None = None, dtype: str = "auto",
         model, adapter_sha = _apply_adapter(model, Path(adapter), spec, option)
     model.to(device).eval()
     return LoadedModel(spec=spec, path=model_dir, model=model, tokenizer=tokenizer, dtype=dtype, device=device,
-                       weights_sha256=weights_sha256(model_dir), adapter=adapter, adapter_sha256=adapter_sha,
-                       prompt_format=prompt_format)
+                       weights_sha256=base_sha256, adapter=adapter, adapter_sha256=adapter_sha,
+                       prompt_format=prompt_format, decoding_sha256=decoding_sha256(model_dir))
 
 
 def _apply_adapter(model: Any, adapter_dir: Path, spec: str, option: str) -> tuple[Any, str]:

@@ -68,12 +68,31 @@ PROFILE_BASE = 'model = "default"\ntrain_task = "gsm8k"\n'
      "at least 1, got '8'"),
     ('suites = ["math"]\n[max_new_tokens]\nifeval = 0\n', "key 'max_new_tokens' \\(ifeval\\) must be a whole number"),
     ('suites = ["math", 3]\n', "key 'suites' must be a list of names"),
+    ('suites = ["math"]\ndtype = "bf16"\n', "key 'dtype' must be one of auto, bfloat16, float32"),
 ])
 def test_profile_errors_name_the_key(tmp_path, extra, message):
     bad = tmp_path / "bad.toml"
     bad.write_text(PROFILE_BASE + extra)
     with pytest.raises(BenchError, match=message):
         load_profile(str(bad))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('suites = ["maths"]\n', "--profile .*bad.toml: unknown suite 'maths'"),
+    ('tasks = ["gsm8kk"]\n', "--profile .*bad.toml: unknown task 'gsm8kk'"),
+    ('suites = ["math"]\n[task_limits]\nifeval = 5\n', "--profile .*bad.toml: key 'task_limits': ifeval not among the "
+     "selected tasks"),
+    ('suites = ["math"]\n[max_new_tokens]\ndrift = 5\n', "key 'max_new_tokens': drift not among"),
+])
+def test_a_profile_naming_what_no_stage_could_run_fails_before_the_first_stage(tmp_path, capsys, extra, message):
+    """Before, an unknown task or a limit for a task not selected failed at the evaluation, after hours of training."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(PROFILE_BASE + extra)
+    assert main(["reproduce", "--profile", str(bad), "--results-dir", str(tmp_path / "r")]) == 2
+    assert re.search(message, capsys.readouterr().err) and not (tmp_path / "r" / "checkpoints").exists()
+    bad.write_text(PROFILE_BASE.replace('train_task = "gsm8k"', 'train_task = "gsm9k"') + 'suites = ["math"]\n')
+    assert main(["reproduce", "--profile", str(bad), "--results-dir", str(tmp_path / "r")]) == 2
+    assert "key 'train_task': unknown training task 'gsm9k'" in capsys.readouterr().err
 
 
 def test_unknown_profile_is_an_error():

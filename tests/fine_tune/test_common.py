@@ -38,8 +38,10 @@ def test_config_keys_and_types_are_checked():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("epochs", 0, "must be above 0, got 0"),
-    ("learning_rate", -1e-4, "must be above 0"),
+    ("epochs", 0, "must be finite and above 0, got 0"),
+    ("epochs", float("inf"), "must be finite and above 0, got inf"),
+    ("learning_rate", -1e-4, "must be finite and above 0"),
+    ("scheduler", "cosinee", "must be one of linear, cosine, "),
     ("warmup_ratio", 1.0, "must be at least 0 and below 1, got 1.0"),
     ("rank", 0, "must be at least 1, got 0"),
     ("dropout", -0.1, "must be at least 0 and below 1"),
@@ -117,6 +119,28 @@ def test_a_finished_checkpoint_is_reused_only_with_its_identity(tmp_path):
         trained_already(job(tmp_path, limit=11), SFTConfig())
     old = {**record, "config": {("seed" if k == "training_seed" else k): v for k, v in record["config"].items()}}
     assert recorded_identity({"identity": old}) == record, "checkpoints from before training_seed stay valid"
+
+
+def test_an_unfinished_training_resumes_only_under_the_settings_it_started_with(tmp_path):
+    """A killed training leaves its resume state: a re-run with another learning rate (or limit) must not continue
+    it into a hybrid adapter recorded under the new settings."""
+    from fine_tune.common import STARTED, begin_training, finish
+
+    started = job(tmp_path)
+    started.out_dir.mkdir()
+    begin_training(started, SFTConfig())
+    (started.out_dir / "trainer" / "checkpoint-50").mkdir(parents=True)  # what a kill leaves
+    begin_training(started, SFTConfig())  # the same settings: resumes
+    other = config_from_dict({"learning_rate": 1e-3}, "f", SFTConfig)
+    with pytest.raises(BenchError, match="checkpoint ckpt in .* holds an unfinished training with other settings"):
+        begin_training(started, other)
+    with pytest.raises(BenchError, match="holds an unfinished training with other settings"):
+        begin_training(job(tmp_path, limit=11), SFTConfig())
+    (started.out_dir / STARTED).unlink()
+    with pytest.raises(BenchError, match="holds an unfinished training whose settings were not recorded"):
+        begin_training(started, SFTConfig())
+    finish(started.out_dir, {"identity": identity(started, SFTConfig()), "method": "sft", "task": "gsm8k"})
+    assert not (started.out_dir / STARTED).exists() and trained_already(started, SFTConfig())
 
 
 def test_a_gkd_checkpoint_recorded_with_the_teacher_adapter_hash_of_before_2a3432b_is_reused(tmp_path):

@@ -238,3 +238,23 @@ def test_drift_against_forgetting_correlates_the_training_runs_not_also_their_se
     c = build_comparison([load_run(tmp_path, n) for n in names])
     assert set(c.drift["run"]) == {*names[1:], "sft (2 seeds)", "sdft (2 seeds)"}, "the table shows the means too"
     assert c.drift_rho_runs == names[1:] and c.drift_rho == pytest.approx(1.0)
+
+
+def test_runs_that_read_other_data_or_other_prompt_formats_are_not_paired(tmp_path):
+    """The same ids over another mirror (fixed answers) or another prompt format measure something else."""
+    import json
+
+    rows = [(f"q{i}", float(i % 2)) for i in range(10)]
+    for name in ("seed", "same", "remirrored", "plain"):
+        write_run(tmp_path, name, {"gsm8k": rows})
+        path = tmp_path / "runs" / name / "run.json"
+        run = json.loads(path.read_text())
+        run["identity"]["tasks"]["gsm8k"]["data_sha256"] = "b" * 64 if name == "remirrored" else "a" * 64
+        if name == "plain":
+            run["identity"]["prompt_format"] = "study"
+        path.write_text(json.dumps(run))
+    assert len(compare_runs_named(tmp_path, ["seed", "same"])) == 2
+    with pytest.raises(BenchError, match="task gsm8k: runs seed and remirrored read different data .*--data-dir"):
+        compare_runs_named(tmp_path, ["seed", "same", "remirrored"])
+    with pytest.raises(BenchError, match=r"runs seed and plain were prompted in different formats \(chat vs study\)"):
+        compare_runs_named(tmp_path, ["seed", "plain"])

@@ -86,7 +86,7 @@ def test_a_run_recorded_with_the_adapter_hash_of_before_2a3432b_is_reused(capsys
     assert main(argv) == 0
     path = tmp_path / "runs" / "run" / "run.json"
     run = json.loads(path.read_text())
-    identity = run["identity"]
+    identity = {k: v for k, v in run["identity"].items() if k != "decoding_sha256"}  # not recorded then
     old = unsorted_adapter_sha256(adapter)
     fingerprint = hashlib.sha256(f"{identity['weights_sha256']}:{old}:float32".encode()).hexdigest()[:16]
     path.write_text(json.dumps({**run, "identity": {**identity, "adapter_sha256": old, "fingerprint": fingerprint}}))
@@ -96,3 +96,56 @@ def test_a_run_recorded_with_the_adapter_hash_of_before_2a3432b_is_reused(capsys
     run["identity"] = {**identity, "adapter_sha256": "0" * 64}
     path.write_text(json.dumps(run))
     assert main(argv) == 2 and "adapter_sha256" in capsys.readouterr().err
+
+
+def test_the_commit_recorded_is_forgetbenchs_not_that_of_a_repository_it_is_installed_inside(tmp_path, monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    from bench.execution import runner
+
+    root = Path(runner.__file__).resolve().parents[2]
+    if (root / ".git").exists():  # a checkout (CI's clone): its own commit
+        assert runner.git_commit()["commit"] == subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                                               capture_output=True, text=True).stdout.strip()
+    user = tmp_path / "user-repo"
+    installed = user / ".venv" / "lib" / "site-packages" / "bench" / "execution" / "runner.py"
+    installed.parent.mkdir(parents=True)
+    installed.write_text("")
+    subprocess.run(["git", "init", "-q", str(user)], check=True)
+    subprocess.run(["git", "-C", str(user), "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q",
+                    "--allow-empty", "-m", "user's"], check=True)
+    monkeypatch.setattr(runner, "__file__", str(installed))
+    assert runner.git_commit() is None
+
+
+def test_a_model_whose_tokenizer_or_generation_config_changed_is_another_model(capsys, tiny_model_dir, fixture_data,
+                                                                              tmp_path):
+    """Same weights, another end-of-turn id (as a Hub revision may bring): the cache must not serve the outputs of
+    before, and a finished run of the old files is not this run; runs recorded before the decoding files were
+    hashed are reused."""
+    import json
+    import shutil
+
+    from bench.cli import main
+    from bench.generation.models import load_model
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    argv = ["eval", str(model_dir), "--tasks", "gsm8k", "--limit", "2", "--dtype", "float32", "--data-dir",
+            str(fixture_data), "--results-dir", str(tmp_path), "--name", "run"]
+    assert main(argv) == 0
+    before = load_model(str(model_dir), dtype="float32")
+    path = tmp_path / "runs" / "run" / "run.json"
+    run = json.loads(path.read_text())
+    assert run["identity"]["decoding_sha256"] == before.decoding_sha256
+    path.write_text(json.dumps({**run, "identity": {k: v for k, v in run["identity"].items()
+                                                    if k != "decoding_sha256"}}))
+    recorded = path.read_bytes()
+    assert main(argv) == 0 and path.read_bytes() == recorded, "recorded before decoding_sha256: the same run"
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    (model_dir / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": [0, 1]}))
+    after = load_model(str(model_dir), dtype="float32")
+    assert after.fingerprint == before.fingerprint and after.cache_id != before.cache_id
+    path.write_text(json.dumps(run))
+    capsys.readouterr()
+    assert main(argv) == 2 and "decoding_sha256" in capsys.readouterr().err

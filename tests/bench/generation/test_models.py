@@ -53,6 +53,39 @@ def test_adapter_for_another_base_model_is_an_error(tiny_model_dir, other_tiny_m
         load_model(str(tiny_model_dir), adapter=str(adapter), dtype="float32")
 
 
+def test_an_adapter_trained_on_other_weights_of_the_same_shapes_is_refused(tiny_model_dir, tmp_path):
+    """It would load (the shapes fit) and measure neither model: its train.json names the weights it was trained on."""
+    import json
+
+    from conftest import build_tiny_model
+    from bench.generation.models import weights_sha256
+
+    other = build_tiny_model(tmp_path / "other", seed=7)
+    adapter = make_adapter(other, tmp_path / "adapter")
+    (adapter / "train.json").write_text(json.dumps({"weights_sha256": weights_sha256(other)}))
+    assert load_model(str(other), adapter=str(adapter), dtype="float32").adapter_sha256
+    with pytest.raises(BenchError, match=r"--adapter .*adapter: trained on other base weights than model"):
+        load_model(str(tiny_model_dir), adapter=str(adapter), dtype="float32")
+
+
+def test_a_file_replaced_by_one_of_the_same_size_and_mtime_is_hashed_again(tmp_path, monkeypatch):
+    """Adapters have a fixed size and cp -p / rsync -a keep mtimes: the memo must not return the old file's hash."""
+    import os
+    import shutil
+
+    from bench.generation import models
+
+    monkeypatch.setattr(models, "cache_dir", lambda: tmp_path)
+    (tmp_path / "a").write_bytes(b"a" * 1000)
+    (tmp_path / "b").write_bytes(b"b" * 1000)
+    os.utime(tmp_path / "b", ns=(os.stat(tmp_path / "a").st_atime_ns, os.stat(tmp_path / "a").st_mtime_ns))
+    target = tmp_path / "adapter_model.safetensors"
+    shutil.copy2(tmp_path / "a", target)
+    first = models._hash_files([target])
+    shutil.copy2(tmp_path / "b", target)
+    assert models._hash_files([target]) != first
+
+
 def test_directory_without_adapter_files_is_an_error(tiny_model_dir, tmp_path):
     with pytest.raises(BenchError, match="not a PEFT adapter"):
         load_model(str(tiny_model_dir), adapter=str(tmp_path), dtype="float32")
