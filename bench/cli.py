@@ -46,8 +46,10 @@ def _non_negative_float(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not 0 <= number < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {value}")
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    if number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be finite, got {value}")
     return number
 
 

@@ -191,18 +191,19 @@ STARTED = "started.json"  # an unfinished training's identity: what its resume s
 
 
 def begin_training(job: TrainJob, config: Any) -> None:
-    """Record the identity an unfinished checkpoint resumes under; a leftover of a training with other settings (or
-    settings not recorded) is an error, not a hybrid adapter recorded under this job's settings."""
+    """Record the identity an unfinished checkpoint resumes under; resume state left by a training with other
+    settings (or settings not recorded) is an error, not a hybrid adapter recorded under this job's settings. Without
+    resume state (a run that stopped on bad input before its first save) the new settings simply start."""
     expected = identity(job, config)
     path = job.out_dir / STARTED
-    if path.is_file():
+    if any(p.name != STARTED for p in job.out_dir.iterdir()) if job.out_dir.is_dir() else False:
+        if not path.is_file():
+            raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training whose "
+                             f"settings were not recorded; delete it to train again, or choose another --name")
         if json.loads(path.read_text()) != expected:
             raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training with other "
                              f"settings; delete it to train again, or choose another --name")
         return
-    if job.out_dir.is_dir() and any(job.out_dir.iterdir()):
-        raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training whose "
-                         f"settings were not recorded; delete it to train again, or choose another --name")
     write_json(path, expected)
 
 

@@ -128,10 +128,11 @@ def test_an_unfinished_training_resumes_only_under_the_settings_it_started_with(
 
     started = job(tmp_path)
     started.out_dir.mkdir()
-    begin_training(started, SFTConfig())
+    other = config_from_dict({"learning_rate": 1e-3}, "f", SFTConfig)
+    begin_training(started, other)
+    begin_training(started, SFTConfig())  # nothing saved yet (stopped on bad input, say): the new settings start
     (started.out_dir / "trainer" / "checkpoint-50").mkdir(parents=True)  # what a kill leaves
     begin_training(started, SFTConfig())  # the same settings: resumes
-    other = config_from_dict({"learning_rate": 1e-3}, "f", SFTConfig)
     with pytest.raises(BenchError, match="checkpoint ckpt in .* holds an unfinished training with other settings"):
         begin_training(started, other)
     with pytest.raises(BenchError, match="holds an unfinished training with other settings"):

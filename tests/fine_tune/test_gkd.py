@@ -237,7 +237,7 @@ def test_bad_input_is_one_line(capsys, tiny_model_dir, other_tiny_model_dir, wid
     adapter = tmp_path / "checkpoints" / "other-sft"
     code, _, err = bench(capsys, "train", "gkd", *base, "--teacher", str(tiny_model_dir), "--teacher-adapter",
                          str(adapter), "--name", "mismatch")
-    assert code == 2 and f"--teacher-adapter {adapter}: does not fit model" in err
+    assert code == 2 and f"--teacher-adapter {adapter}: trained on other base weights than model" in err
     code, _, err = bench(capsys, "train", "gkd", *base, "--teacher", str(tiny_model_dir), "--teacher-adapter",
                          str(tmp_path), "--name", "mismatch")
     assert code == 2 and "not a PEFT adapter" in err
