@@ -188,23 +188,35 @@ def trained_already(job: TrainJob, config: Any) -> bool:
 
 
 STARTED = "started.json"  # an unfinished training's identity: what its resume state was trained under
+COMPUTED_IN = "computed_in"  # started.json: the dtype the unfinished training computes in
 
 
 def begin_training(job: TrainJob, config: Any) -> None:
-    """Record the identity an unfinished checkpoint resumes under; resume state left by a training with other
-    settings (or settings not recorded) is an error, not a hybrid adapter recorded under this job's settings. Without
-    resume state (a run that stopped on bad input before its first save) the new settings simply start."""
+    """Record the identity an unfinished checkpoint resumes under, and the dtype `--dtype` resolved to here; resume
+    state left by a training with other settings (or settings not recorded), or computed in another dtype (`auto` on
+    a machine without bf16, the results directory copied), is an error, not a hybrid adapter recorded under this
+    job's settings. Without resume state (a run that stopped on bad input before its first save) the new settings
+    simply start."""
+    from bench.generation.models import resolve_dtype
+
     expected = identity(job, config)
+    computed_in = resolve_dtype(job.dtype)
     path = job.out_dir / STARTED
     if any(p.name != STARTED for p in job.out_dir.iterdir()) if job.out_dir.is_dir() else False:
         if not path.is_file():
             raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training whose "
                              f"settings were not recorded; delete it to train again, or choose another --name")
-        if json.loads(path.read_text()) != expected:
+        started = json.loads(path.read_text())
+        started_in = started.pop(COMPUTED_IN, computed_in)  # not recorded before 2026-12-06
+        if started != expected:
             raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training with other "
                              f"settings; delete it to train again, or choose another --name")
+        if started_in != computed_in:
+            raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training computed in "
+                             f"{started_in}, and --dtype {job.dtype} is {computed_in} here; resume it where it started, "
+                             f"delete it to train again, or choose another --name")
         return
-    write_json(path, expected)
+    write_json(path, {**expected, COMPUTED_IN: computed_in})
 
 
 def provenance(job: TrainJob, config: Any) -> dict[str, Any]:

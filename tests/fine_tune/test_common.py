@@ -144,6 +144,28 @@ def test_an_unfinished_training_resumes_only_under_the_settings_it_started_with(
     assert not (started.out_dir / STARTED).exists() and trained_already(started, SFTConfig())
 
 
+def test_an_unfinished_training_resumes_only_in_the_dtype_it_started_in(tmp_path, monkeypatch):
+    """`--dtype auto` is bf16 on one machine and fp32 on another: resume state computed in bf16 must not be continued
+    in fp32 (a results directory copied to a machine without bf16) into an adapter of neither."""
+    from bench.generation import models
+    from fine_tune.common import COMPUTED_IN, STARTED, begin_training
+
+    started = job(tmp_path)
+    monkeypatch.setattr(models, "resolve_dtype", lambda dtype: "bfloat16" if dtype == "auto" else dtype)
+    begin_training(started, SFTConfig())
+    assert json.loads((started.out_dir / STARTED).read_text())[COMPUTED_IN] == "bfloat16"
+    (started.out_dir / "trainer" / "checkpoint-50").mkdir(parents=True)
+    begin_training(started, SFTConfig())  # the same machine: resumes
+    monkeypatch.setattr(models, "resolve_dtype", lambda dtype: "float32" if dtype == "auto" else dtype)
+    with pytest.raises(BenchError, match=r"checkpoint ckpt in .* holds an unfinished training computed in bfloat16, "
+                                         r"and --dtype auto is float32 here; resume it where it started"):
+        begin_training(started, SFTConfig())
+    recorded = json.loads((started.out_dir / STARTED).read_text())
+    del recorded[COMPUTED_IN]  # as recorded before the dtype was
+    (started.out_dir / STARTED).write_text(json.dumps(recorded))
+    begin_training(started, SFTConfig())
+
+
 def test_a_gkd_checkpoint_recorded_with_the_teacher_adapter_hash_of_before_2a3432b_is_reused(tmp_path):
     from bench.generation.models import unsorted_adapter_sha256
 
