@@ -234,6 +234,16 @@ class Judge:
     def key(self) -> str:
         return _sha256(json.dumps(self.identity(), sort_keys=True))[:16]
 
+    def cache_id(self) -> str:
+        """The judge part of a cached judgment's key: for a local judge, besides its identity, the model's decoding
+        files (its chat template renders the judge's prompt) and the engine whose forward gave the log-probabilities,
+        so that neither change is served the judgments of before. Not in the identity: judged runs stay valid."""
+        if self.local is None:
+            return self.key()
+        from bench.generation.engine import ENGINE_VERSION
+
+        return _sha256(f"{self.key()}:{self.local.cache_id}:engine{ENGINE_VERSION}")[:16]
+
     def check(self) -> None:
         """Before any generation: an API judge needs a key and an endpoint that answers (one line if not)."""
         if self.local is None and self.settings.get("fn_completions") == "openai_completions":
@@ -242,7 +252,7 @@ class Judge:
     def _pointwise_preferences(self, instructions: list[str], first: list[str], second: list[str]) -> list[Preference]:
         """The logistic of the second output's log-odds minus the first's: alike in either order by construction."""
         prompts = [POINTWISE_PROMPT.format(instruction=i, output=o) for i, o in zip(instructions * 2, first + second)]
-        scored = CachedCompletions(self.pointwise, self.cache, self.key())(prompts)
+        scored = CachedCompletions(self.pointwise, self.cache, self.cache_id())(prompts)
         log_odds, seconds = scored["log_odds"], scored["time_per_example"]
         out = []
         for i in range(len(instructions)):
@@ -257,7 +267,7 @@ class Judge:
         annotator = PairwiseAnnotator(annotators_config=str(self.config), seed=0, caching_path=None,
                                       is_avoid_reannotations=False, is_randomize_output_order=self.orders == "random")
         for single in annotator.annotators.values():
-            single.fn_completions = CachedCompletions(self.completions or single.fn_completions, self.cache, self.key())
+            single.fn_completions = CachedCompletions(self.completions or single.fn_completions, self.cache, self.cache_id())
         return annotator
 
     def preferences(self, instructions: list[str], first: list[str], second: list[str], progress=None,

@@ -171,6 +171,31 @@ def test_the_short_judge_asks_its_own_prompt_and_reads_b_over_a(tiny_model_dir, 
     assert preference.orders == pytest.approx((p_b(FIRST[1], SECOND[1]), 1 - p_b(SECOND[1], FIRST[1])), abs=1e-4)
 
 
+def test_a_local_judges_cached_judgments_are_keyed_by_its_decoding_files_and_the_engine(tiny_model_dir, tmp_path,
+                                                                                          monkeypatch):
+    """The same weights under another chat template (a Hub revision), or log-probabilities from another engine,
+    are judged again rather than served the judgments of before; the judge's identity (in every judged run's) stays."""
+    from dataclasses import replace
+
+    from bench.generation import engine
+
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    cache = Cache(tmp_path / "cache.sqlite")
+
+    def judged(m) -> tuple[dict, int]:
+        judge = Judge(f"short:{tiny_model_dir}", "both", m, Engine(m), cache)
+        asked, complete = [], judge.completions
+        judge.completions = lambda prompts, **kwargs: (asked.extend(prompts), complete(prompts, **kwargs))[1]
+        judge.preferences(INSTRUCTIONS[1:2], FIRST[1:2], SECOND[1:2])
+        return judge.identity(), len(asked)
+
+    identity, asked = judged(model)
+    assert asked == 2 and judged(model) == (identity, 0), "the same judge again: both orders from the cache"
+    assert judged(replace(model, decoding_sha256="0" * 64)) == (identity, 2)
+    monkeypatch.setattr(engine, "ENGINE_VERSION", engine.ENGINE_VERSION + 1)
+    assert judged(model) == (identity, 2)
+
+
 def test_win_rate_is_alpaca_evals_with_ties_as_half():
     rates = win_rates([Preference(1.0, (1.0, 1.0)), Preference(0.0, (0.0, 0.0)), Preference(0.5, (0.5, 0.5)),
                        Preference(0.75, (1.0, 0.5))])
