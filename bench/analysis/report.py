@@ -143,6 +143,18 @@ def instruction_table(instructions: pd.DataFrame, reference: str) -> list[str]:
     return lines
 
 
+def bootstrap_over(entries: list[dict[str, Any]]) -> str:
+    """What the joint bootstrap resamples; a method of one training seed beside methods of several varies by its
+    examples only, so its interval leaves out the seed-to-seed spread the others' include: said, not silent."""
+    single = [e["method"] for e in entries if e["seeds"] == 1]
+    if len(single) == len(entries):
+        return "examples only (one training seed each)"
+    if not single:
+        return "training seeds and examples"
+    return (f"training seeds and examples, but examples only for {', '.join(single)} (one training seed: "
+            f"{'its interval leaves' if len(single) == 1 else 'their intervals leave'} out the spread between seeds)")
+
+
 def ranking_lines(ranking: dict[str, list[dict[str, Any]]]) -> list[str]:
     """The ranking in words, least forgetting and least drift first, each method with its interval, the probability
     that it is the least of all, and the tasks it rests on."""
@@ -161,8 +173,7 @@ def ranking_lines(ranking: dict[str, list[dict[str, Any]]]) -> list[str]:
                            if e["significant_losses"])
         uncorrected = "; ".join(f"{e['method']}: {', '.join(e['significant_losses_uncorrected'])}" for e in entries
                                 if e.get("significant_losses_uncorrected"))
-        seeds = {e["seeds"] for e in entries}
-        over = "training seeds and examples" if seeds != {1} else "examples only (one training seed each)"
+        over = bootstrap_over(entries)
         said = "" if key == "drift" else (  # drift is one task, whose KL above 0 is the measure itself
             f"; single-task losses against the reference significant after Holm across each method's tasks: {losses}"
             if losses else "; no single task's loss against the reference is significant after Holm across each "

@@ -12,7 +12,7 @@ import pytest
 from bench.cli import main
 from bench.analysis.compare import (UNKNOWN, Comparison, drift_against_forgetting, forgetting, judge_agreements,
                                    trained_capability)
-from bench.analysis.report import judge_label, judge_lines, write_report
+from bench.analysis.report import judge_label, judge_lines, ranking_lines, write_report
 
 
 def comparison(rows: pd.DataFrame, reference: str, trained: dict, records: dict | None = None,
@@ -58,6 +58,23 @@ def test_a_capability_judged_by_a_judge_that_does_not_inform_stays_out_of_mean_f
     [label] = [label for label in mean.index if label.startswith("untrained")]
     assert label.endswith("without helpfulness: its judge does not inform)")
     assert mean.loc[label, "forgetting"] == pytest.approx(0.075), "the mean of knowledge alone"
+
+
+def test_the_verdict_says_which_methods_intervals_leave_out_the_spread_between_training_seeds():
+    """Beside methods over seven training seeds, one of a single seed is resampled by its examples only: its narrower
+    interval is not a steadier method, and the verdict says so."""
+    def entry(method: str, seeds: int) -> dict:
+        return {"method": method, "seeds": seeds, "forgetting": 0.01, "low": 0.0, "high": 0.02, "p_least": 0.5,
+                "tasks": {"humaneval": 64}, "significant_losses": [], "significant_losses_uncorrected": []}
+
+    def said(*entries) -> str:
+        [line] = ranking_lines({"forgetting": list(entries)})
+        return line
+
+    assert "joint bootstrap over training seeds and examples; it rests" in said(entry("sft", 7), entry("gkd", 7))
+    assert "over examples only (one training seed each)" in said(entry("sft", 1), entry("gkd", 1))
+    assert ("over training seeds and examples, but examples only for gkd (one training seed: its interval leaves out "
+            "the spread between seeds)") in said(entry("sft", 7), entry("gkd", 1))
 
 
 def test_a_head_to_head_row_stays_out_of_mean_forgetting_as_in_the_ranking():
