@@ -47,6 +47,7 @@ class Optimization:
     max_length: int = 1024  # tokens of prompt and response
     training_seed: int = 42  # LoRA initialisation, data order, dropout and samples
     save_steps: int = 50  # optimizer steps between resumable states
+    weight_decay: float = 0.0  # AdamW's decoupled decay, as transformers' Trainer and TRL's trainers default
 
     def epochs_for(self, task: str) -> float:
         return self.epochs if self.epochs is not None else EPOCHS.get(task, 2)
@@ -80,6 +81,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "scheduler": (lambda v: v in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
     **dict.fromkeys(("learning_rate", "epochs"), (lambda v: 0 < v < float("inf"), "finite and above 0")),
     **dict.fromkeys(("warmup_ratio", "dropout"), (lambda v: 0 <= v < 1, "at least 0 and below 1")),
+    "weight_decay": (lambda v: 0 <= v < float("inf"), "finite and at least 0"),
     **dict.fromkeys(("rank", "alpha", "batch_size", "gradient_accumulation", "max_length", "save_steps"),
                     (lambda v: v >= 1, "at least 1")),
 }
@@ -164,12 +166,21 @@ def identity(job: TrainJob, config: Any) -> dict[str, Any]:
                 adapter_sha256(Path(job.teacher_adapter))} if job.teacher else {})}
 
 
+# The weight decay each method trained with before `weight_decay` was a key (2026-12-06): SFT's Trainer 0, the
+# on-policy trainers torch AdamW's default 0.01.
+EARLIER_WEIGHT_DECAY = {"gkd": 0.01, "onpolicy_sd": 0.01}
+
+
 def recorded_identity(record: dict[str, Any]) -> dict[str, Any] | None:
-    """A train.json's identity in today's names: checkpoints trained before `seed` became `training_seed` stay valid."""
-    saved = record.get("identity")
+    """A train.json's (or started.json's) identity in today's names: checkpoints trained before `seed` became
+    `training_seed`, or before `weight_decay` was recorded, stay valid under the settings they were trained with."""
+    saved = record.get("identity", record)
     if saved and "seed" in saved.get("config", {}):
         config = {("training_seed" if k == "seed" else k): v for k, v in saved["config"].items()}
         saved = {**saved, "config": config}
+    if saved and "config" in saved and "weight_decay" not in saved["config"]:
+        saved = {**saved, "config": {**saved["config"],
+                                     "weight_decay": EARLIER_WEIGHT_DECAY.get(saved.get("method"), 0.0)}}
     return saved
 
 
@@ -208,7 +219,7 @@ def begin_training(job: TrainJob, config: Any) -> None:
                              f"settings were not recorded; delete it to train again, or choose another --name")
         started = json.loads(path.read_text())
         started_in = started.pop(COMPUTED_IN, computed_in)  # not recorded before 2026-12-06
-        if started != expected:
+        if recorded_identity(started) != expected:
             raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training with other "
                              f"settings; delete it to train again, or choose another --name")
         if started_in != computed_in:

@@ -247,7 +247,7 @@ def train_on_policy(student: Student, method: Method, task: str, examples: list[
     model, w = student.model, world()
     steps = step_order(len(examples), config, task)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * len(steps)),
                               num_training_steps=len(steps))
     state_dir, log_path = out_dir / "state", out_dir / "train_log.csv"

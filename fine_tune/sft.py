@@ -64,7 +64,7 @@ def train_sft(job: TrainJob, config: SFTConfig, examples: list[TrainExample] | N
     epochs = opt.epochs_for(job.task)
     args = TrainingArguments(
         output_dir=str(trainer_dir), num_train_epochs=epochs, learning_rate=opt.learning_rate,
-        lr_scheduler_type=opt.scheduler, warmup_steps=opt.warmup_ratio,
+        weight_decay=opt.weight_decay, lr_scheduler_type=opt.scheduler, warmup_steps=opt.warmup_ratio,
         per_device_train_batch_size=opt.batch_size, gradient_accumulation_steps=opt.gradient_accumulation // w.size,
         train_sampling_strategy="group_by_length", bf16=dtype == "bfloat16", fp16=dtype == "float16", logging_steps=1,
         save_strategy="steps", save_steps=opt.save_steps, save_total_limit=1, report_to=[], seed=opt.training_seed,

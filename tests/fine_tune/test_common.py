@@ -46,6 +46,7 @@ def test_config_keys_and_types_are_checked():
     ("rank", 0, "must be at least 1, got 0"),
     ("dropout", -0.1, "must be at least 0 and below 1"),
     ("gradient_accumulation", 0, "must be at least 1"),
+    ("weight_decay", -0.01, "must be finite and at least 0, got -0.01"),
 ])
 def test_a_value_no_trainer_can_run_is_an_error_naming_the_key(key, value, message):
     """Epochs 0 would write an untrained adapter as complete; a warmup over every step never trains at full rate."""
@@ -59,7 +60,7 @@ def test_flat_keys_round_trip_over_a_base():
     config = config_from_dict({"epochs": 2}, "g", GKDConfig, base)
     assert (config.lora.rank, config.lmbda, config.optimization.epochs) == (16, 1.0, 2)
     assert config_from_dict(flat(config), "h", GKDConfig) == config
-    assert len(flat(GKDConfig())) == 19 and "training_seed" in flat(SFTConfig())
+    assert len(flat(GKDConfig())) == 20 and "training_seed" in flat(SFTConfig())
 
 
 @pytest.mark.parametrize("name, text, message", [
@@ -119,6 +120,21 @@ def test_a_finished_checkpoint_is_reused_only_with_its_identity(tmp_path):
         trained_already(job(tmp_path, limit=11), SFTConfig())
     old = {**record, "config": {("seed" if k == "training_seed" else k): v for k, v in record["config"].items()}}
     assert recorded_identity({"identity": old}) == record, "checkpoints from before training_seed stay valid"
+
+
+def test_checkpoints_recorded_before_weight_decay_was_a_key_keep_the_decay_they_were_trained_with(tmp_path):
+    """The on-policy trainers' AdamW took torch's default 0.01 and SFT's Trainer 0 before `weight_decay` existed:
+    such a checkpoint is reused where a profile asks for that decay, and refused where it asks for another."""
+    for method, config, trained_with in (("sft", SFTConfig(), 0.0), ("gkd", GKDConfig(), 0.01)):
+        done = job(tmp_path, method=method, out_dir=tmp_path / method, **({"teacher": "big"} if method == "gkd" else {}))
+        done.out_dir.mkdir()
+        record = identity(done, config_from_dict({"weight_decay": trained_with}, "f", type(config)))
+        del record["config"]["weight_decay"]  # as recorded before
+        (done.out_dir / "train.json").write_text(json.dumps({"identity": record}))
+        assert trained_already(done, config_from_dict({"weight_decay": trained_with}, "f", type(config)))
+        if trained_with:
+            with pytest.raises(BenchError, match="was trained with other settings"):
+                trained_already(done, config)  # today's default, 0
 
 
 def test_an_unfinished_training_resumes_only_under_the_settings_it_started_with(tmp_path):
@@ -204,3 +220,34 @@ def test_the_adapter_is_saved_through_a_staging_directory(tmp_path):
     save_adapter(Saves(), out, safe_serialization=True)
     assert sorted(p.name for p in out.iterdir()) == ["adapter_model.safetensors"]
     assert json.loads((out / "adapter_model.safetensors").read_text()) == {"safe_serialization": True}
+
+
+@pytest.mark.parametrize("method", ["sft", "onpolicy_sd"])
+def test_every_trainer_decays_its_adapter_by_the_configured_weight_decay(method, capsys, tiny_model_dir, fixture_data,
+                                                                          tmp_path, monkeypatch):
+    """SFT (transformers' Trainer) and the on-policy loop (GKD's too) build AdamW with `weight_decay` (default 0, as
+    TRL's trainers; the on-policy loop took torch's 0.01 before), and train.json records it."""
+    import torch
+
+    from bench.cli import main
+
+    decays = []
+    real = torch.optim.AdamW.__init__
+
+    def recording(self, params, *args, **kwargs):
+        real(self, params, *args, **kwargs)
+        decays.extend(group["weight_decay"] for group in self.param_groups if group["params"])
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", recording)
+    for name, decay in (("default", None), ("decayed", 0.1)):
+        config = tmp_path / f"{name}.json"
+        config.write_text(json.dumps({"batch_size": 2, "gradient_accumulation": 1, "rank": 4, "epochs": 1,
+                                      **({"weight_decay": decay} if decay is not None else {})}))
+        decays.clear()
+        code = main(["train", method, "--task", "gsm8k", "--model", str(tiny_model_dir), "--limit", "2", "--config",
+                     str(config), "--data-dir", str(fixture_data), "--results-dir", str(tmp_path), "--name", name,
+                     "--dtype", "float32", *(["--max-new-tokens", "8"] if method != "sft" else [])])
+        assert code == 0, capsys.readouterr().err
+        record = json.loads((tmp_path / "checkpoints" / name / "train.json").read_text())
+        assert set(decays) == {decay or 0.0} and record["identity"]["config"]["weight_decay"] == (decay or 0.0)
+
