@@ -172,9 +172,9 @@ EARLIER_WEIGHT_DECAY = {"gkd": 0.01, "onpolicy_sd": 0.01}
 
 
 def recorded_identity(record: dict[str, Any]) -> dict[str, Any] | None:
-    """A train.json's (or started.json's) identity in today's names: checkpoints trained before `seed` became
+    """A train.json's identity in today's names: checkpoints trained before `seed` became
     `training_seed`, or before `weight_decay` was recorded, stay valid under the settings they were trained with."""
-    saved = record.get("identity", record)
+    saved = record.get("identity")
     if saved and "seed" in saved.get("config", {}):
         config = {("training_seed" if k == "seed" else k): v for k, v in saved["config"].items()}
         saved = {**saved, "config": config}
@@ -219,7 +219,7 @@ def begin_training(job: TrainJob, config: Any) -> None:
                              f"settings were not recorded; delete it to train again, or choose another --name")
         started = json.loads(path.read_text())
         started_in = started.pop(COMPUTED_IN, computed_in)  # not recorded before 2026-12-06
-        if recorded_identity(started) != expected:
+        if recorded_identity({"identity": started}) != expected:
             raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training with other "
                              f"settings; delete it to train again, or choose another --name")
         if started_in != computed_in:

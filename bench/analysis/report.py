@@ -91,9 +91,18 @@ def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
                          f"{scale_ * v[f'{key}_b']:.2f} ({v['b']}) {unit}, difference {scale_ * v[f'{key}_diff']:+.2f} "
                          f"[{scale_ * v[f'{key}_low']:+.2f}, {scale_ * v[f'{key}_high']:+.2f}]; the order holds in "
                          f"{100 * p:.0f}% of bootstrap replicates"
-                         + (" (one training seed each: over examples only, not over training runs)"
-                            if v["seeds_a"] == v["seeds_b"] == 1 else ""))
+                         + pair_caveat(v))
     return lines
+
+
+def pair_caveat(verdict: dict[str, Any]) -> str:
+    """What a pair's bootstrap leaves out where a side has one training seed (`bootstrap_over`, for a pair)."""
+    single = [verdict[side] for side in ("a", "b") if verdict[f"seeds_{side}"] == 1]
+    if len(single) == 2:
+        return " (one training seed each: over examples only, not over training runs)"
+    if single:
+        return f" ({single[0]} has one training seed: the spread between its seeds is not in this interval)"
+    return ""
 
 
 def task_table(rows: pd.DataFrame, cell) -> list[str]:

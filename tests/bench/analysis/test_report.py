@@ -12,7 +12,7 @@ import pytest
 from bench.cli import main
 from bench.analysis.compare import (UNKNOWN, Comparison, drift_against_forgetting, forgetting, judge_agreements,
                                    trained_capability)
-from bench.analysis.report import judge_label, judge_lines, ranking_lines, write_report
+from bench.analysis.report import judge_label, judge_lines, ranking_lines, verdict_lines, write_report
 
 
 def comparison(rows: pd.DataFrame, reference: str, trained: dict, records: dict | None = None,
@@ -75,6 +75,16 @@ def test_the_verdict_says_which_methods_intervals_leave_out_the_spread_between_t
     assert "over examples only (one training seed each)" in said(entry("sft", 1), entry("gkd", 1))
     assert ("over training seeds and examples, but examples only for gkd (one training seed: its interval leaves out "
             "the spread between seeds)") in said(entry("sft", 7), entry("gkd", 1))
+
+    def pair(seeds_a: int, seeds_b: int) -> str:
+        [line] = verdict_lines([{"a": "sft", "b": "gkd", "seeds_a": seeds_a, "seeds_b": seeds_b, "drift_a": 0.1,
+                                 "drift_b": 0.2, "drift_diff": -0.1, "drift_low": -0.2, "drift_high": 0.0,
+                                 "p_a_less_drift": 0.9}])
+        return line
+
+    assert pair(7, 7).endswith("the order holds in 90% of bootstrap replicates")
+    assert pair(1, 1).endswith("(one training seed each: over examples only, not over training runs)")
+    assert pair(7, 1).endswith("(gkd has one training seed: the spread between its seeds is not in this interval)")
 
 
 def test_a_head_to_head_row_stays_out_of_mean_forgetting_as_in_the_ranking():
