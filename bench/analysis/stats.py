@@ -56,7 +56,7 @@ def detectable_difference(differences: np.ndarray, pass_fail: bool, alpha: float
         return float("inf")
     z = POWER_Z if (alpha, power) == (0.05, 0.8) else norm.ppf(1 - alpha / 2) + norm.ppf(power)
     if pass_fail:
-        k = max(1, int(np.ceil(1 - np.log2(alpha))))
+        k = max(1, int(np.floor(1 - np.log2(alpha))) + 1)  # the fewest with 2^(1-k) below alpha, not at it
         floor = k / n if k <= n else float("inf")
         return max(z * float(np.sqrt(np.mean(differences != 0))) / np.sqrt(n), floor)
     return z * float(np.std(differences, ddof=1)) / np.sqrt(n)

@@ -126,6 +126,26 @@ def test_a_method_over_training_seeds_gets_an_interval_over_seeds_and_examples_a
     assert 0.5 < 1 - verdict["p_a_less_forgetting"] < 1, "sdft's seeds disagree: the order is likely, not certain"
 
 
+def test_seeds_never_make_significant_what_their_examples_cannot(tmp_path):
+    """Three seeds that each gain the same 4 of 48 questions: +8.33 at every seed, but 4 examples cannot reach
+    p < 0.05 (all one way: p = 2/16), and the percentile bootstrap alone (p = 0.03) would star it. The same gains
+    spread over 12 different questions are 12 examples: significant."""
+    seed = [(f"q{i}", 0.0) for i in range(48)]
+    write_run(tmp_path, "seed", {"code": seed})
+    for s in range(3):
+        write_run(tmp_path, f"same-s{s}", {"code": [(i, 1.0 if k < 4 else v) for k, (i, v) in enumerate(seed)]})
+        write_run(tmp_path, f"spread-s{s}", {"code": [(i, 1.0 if 4 * s <= k < 4 * s + 4 else v)
+                                                       for k, (i, v) in enumerate(seed)]})
+    names = ["seed"] + [f"{m}-s{s}" for m in ("same", "spread") for s in range(3)]
+    table = compare_runs_named(tmp_path, names).set_index("run")
+    same, spread = table.loc["same (3 seeds)"], table.loc["spread (3 seeds)"]
+    assert same.delta == spread.delta == pytest.approx(4 / 48)
+    assert (same.right_to_wrong, same.wrong_to_right) == (spread.right_to_wrong, spread.wrong_to_right) == (0, 12)
+    assert same.delta_low > 0, "the bootstrap's interval alone excludes 0"
+    assert same.p_value == pytest.approx(2 / 16) and not same.significant
+    assert spread.p_value < 0.05 and spread.significant
+
+
 def test_two_methods_head_to_head_by_seed_and_for_single_runs(tmp_path, capsys):
     """SDFT against SFT: over training seeds, paired by seed index; single runs keep the paired exact test,
     the same numbers `bench compare A B` gives."""

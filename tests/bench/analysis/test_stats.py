@@ -83,6 +83,9 @@ def test_the_detectable_difference_has_80_percent_power_by_exact_enumeration():
     assert 0.72 < power < 0.88, power
     floor = next(k for k in range(1, 20) if binomtest(0, k, 0.5).pvalue < 0.05)
     assert detectable_difference(np.zeros(60), True) == pytest.approx(floor / 60)
+    for alpha in (0.25, 0.125, 0.05, 0.01):  # at a power of 2, k all one way give p = alpha exactly: not below it
+        k = next(k for k in range(1, 30) if mcnemar_exact(0, k) < alpha)
+        assert detectable_difference(np.zeros(60), True, alpha=alpha) == pytest.approx(k / 60)
 
 
 def test_the_seed_and_example_bootstrap_draws_examples_once_for_all_seeds():
