@@ -4,10 +4,12 @@ is an error naming it."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 import tomllib
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,7 +17,7 @@ from rich.console import Console
 
 from bench.distributed import world
 from bench.generation.models import DTYPES, PROMPT_FORMATS
-from bench.machine import machine
+from bench.machine import describe, machine
 from bench.memory import PeakRSS
 from bench.store import write_json
 from bench.types import BenchError
@@ -133,13 +135,27 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
     common = {"data_dir": data_dir, "results_dir": results_dir}
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {}
+    stages_file = Path(results_dir) / "reports" / profile.name / "stages.json"
+    cold = _earlier_cold(stages_file, console)
+    here = describe(machine())
 
-    def stage(label: str, command, **values) -> None:
+    def stage(label: str, command, record: Path | None = None, **values) -> None:
+        """Runs a stage; where its work record (train.json, run.json) changed, this invocation did the stage's work,
+        and its seconds and peak are the stage's cold ones until the work is done again."""
         console.rule(f"[bold]{profile.name}: {label}")
+        before = _sha256(record)
         started = time.perf_counter()
         with PeakRSS() as peak:
             command(argparse.Namespace(**common, **values), console)
         timings[label], peaks[label] = round(time.perf_counter() - started, 1), peak.mib
+        after = _sha256(record)
+        if after is not None and after != before:
+            cold[label] = {"seconds": timings[label], "peak_rss_mib": peaks[label], "machine": here,
+                           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "record_sha256": after}
+        elif after is None or cold.get(label, {}).get("record_sha256") != after:
+            cold.pop(label, None)  # the work was done outside this study's invocations, or is gone
+        if world().main:  # after every stage, so that a killed study keeps the cold times of the stages it finished
+            write_json(stages_file, {**timings, "complete": False, "cold": cold})
 
     checkpoints = Path(results_dir) / "checkpoints"
     trained = profile.trained_names()
@@ -154,13 +170,15 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
                        "teacher_adapter": str(checkpoints / profile.teacher_name(seed))
                        if adapter in METHODS else adapter}
         values = profile.train_config(method) | ({"training_seed": seed} if seed is not None else {})
-        stage(f"train {name.removeprefix(profile.name + '-')}", commands["train"], method=method, task=profile.train_task,
+        stage(f"train {name.removeprefix(profile.name + '-')}", commands["train"], checkpoints / name / "train.json",
+              method=method, task=profile.train_task,
               model=model, limit=profile.train_limit, epochs=None, config=None, config_values=values,
               name=name, dtype=profile.dtype, prompt_format=profile.prompt_format, **teacher)
     runs = [f"{profile.name}-seed"] + [name for _, _, name in trained]
     for run, name in zip(runs, [None, *runs[1:]]):
         adapter = str(checkpoints / name) if name else None
-        stage(f"eval {run.removeprefix(profile.name + '-')}", commands["eval"], model=profile.model, adapter=adapter,
+        stage(f"eval {run.removeprefix(profile.name + '-')}", commands["eval"],
+              Path(results_dir) / "runs" / run / "run.json", model=profile.model, adapter=adapter,
               suite=profile.suites, tasks=profile.tasks, limit=profile.limit, task_limits=profile.task_limits,
               max_new_tokens=profile.max_new_tokens, name=run,
               batch_size=profile.batch_size, samples=1, temperature=None, workers=None, dtype=profile.dtype,
@@ -170,12 +188,31 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
     stage("compare", commands["compare"], runs=runs, flips=None, name=profile.name)
     timings["total"] = round(sum(timings.values()), 1)
     work, work_peaks = _work_seconds(Path(results_dir), profile.name, runs, [name for _, _, name, _ in teachers])
-    write_json(Path(results_dir) / "reports" / profile.name / "stages.json",
-               {**timings, "work": work, "peak_rss_mib": peaks, "work_peak_rss_mib": work_peaks, "machine": machine()})
+    cold = {label: entry for label, entry in cold.items() if label in timings}  # stages the profile no longer has go
+    write_json(stages_file, {**timings, "complete": True, "cold": cold, "work": work, "peak_rss_mib": peaks,
+                             "work_peak_rss_mib": work_peaks, "machine": machine()})
     console.print("stage seconds: " + json.dumps(timings))
+    console.print("cold stage seconds, in the invocation that did each stage's work: "
+                  + json.dumps({label: entry["seconds"] for label, entry in cold.items()}))
     console.print("work seconds, when it was done: " + json.dumps(work))
     console.print("peak resident MiB per stage: " + json.dumps(peaks) + "; when the work was done: "
                   + json.dumps(work_peaks))
+
+
+def _sha256(path: Path | None) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
+
+
+def _earlier_cold(stages_file: Path, console: Console) -> dict[str, dict[str, Any]]:
+    """The cold stage records of the study's earlier invocations (stages.json's `cold`); a stage keeps its record
+    while its work record's sha256 is the one recorded."""
+    try:
+        earlier = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
+    except (OSError, json.JSONDecodeError) as e:
+        console.print(f"[yellow]{stages_file}: not readable ({e}); the earlier stages' cold times are not kept")
+        return {}
+    cold = earlier.get("cold") if isinstance(earlier, dict) else None
+    return {label: entry for label, entry in cold.items() if isinstance(entry, dict)} if isinstance(cold, dict) else {}
 
 
 def _work_seconds(results_dir: Path, profile: str, runs: list[str], teachers: list[str]

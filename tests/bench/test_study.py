@@ -2,15 +2,17 @@
 end to end and a second run reuses everything."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shutil
 from dataclasses import asdict
 
 import pytest
 
 from conftest import SHARED
 from bench.cli import main
-from bench.machine import machine
+from bench.machine import describe, machine
 from bench.study import load_profile
 from bench.types import BenchError
 
@@ -134,7 +136,13 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
     stages = json.loads((report / "stages.json").read_text())
     methods = ("sft", "sdft", "gkd", "onpolicy_sd")
     labels = {*(f"{stage} {m}" for m in methods for stage in ("train", "eval")), "eval seed", "compare"}
-    assert set(stages) == labels | {"total", "work", "peak_rss_mib", "work_peak_rss_mib", "machine"}
+    assert set(stages) == labels | {"total", "complete", "cold", "work", "peak_rss_mib", "work_peak_rss_mib", "machine"}
+    assert stages["complete"] is True and set(stages["cold"]) == labels - {"compare"}  # the stages with a work record
+    for label, entry in stages["cold"].items():  # this invocation did every stage's work
+        assert entry["seconds"] == stages[label] and entry["peak_rss_mib"] == stages["peak_rss_mib"][label]
+        assert entry["machine"] == describe(machine())
+    record = tmp_path / "runs" / "micro-sdft" / "run.json"
+    assert stages["cold"]["eval sdft"]["record_sha256"] == hashlib.sha256(record.read_bytes()).hexdigest()
     assert stages["machine"] == machine() == trained["machine"]  # the stage times' machine; an adapter's rounding
     assert set(stages["peak_rss_mib"]) == labels and all(mib > 100 for mib in stages["peak_rss_mib"].values())
     assert set(stages["work_peak_rss_mib"]) == labels - {"compare"}
@@ -152,7 +160,15 @@ def test_tiny_study_end_to_end_and_reused(capsys, tiny_model_dir, fixture_data, 
     again = json.loads((report / "stages.json").read_text())
     assert again["work"] == stages["work"], "a re-run that reuses the work keeps where its time went"
     assert again["work_peak_rss_mib"] == stages["work_peak_rss_mib"]
+    assert again["cold"] == stages["cold"], "a re-run that reuses the work keeps the cold stage times"
     assert "peak RSS" in (report / "report.md").read_text()
+    shutil.rmtree(tmp_path / "runs" / "micro-sdft")  # work done again is timed again; the rest is kept
+    assert main(args) == 0
+    third = json.loads((report / "stages.json").read_text())
+    assert third["cold"]["eval sdft"]["seconds"] == third["eval sdft"]
+    assert third["cold"]["eval sdft"]["record_sha256"] != stages["cold"]["eval sdft"]["record_sha256"]
+    assert {k: v for k, v in third["cold"].items() if k != "eval sdft"} == \
+        {k: v for k, v in stages["cold"].items() if k != "eval sdft"}
 
 
 def test_helpfulness_profile_trains_what_the_tiny_study_trains():
@@ -249,7 +265,12 @@ def test_a_teacher_of_another_model_is_fine_tuned_first_and_distilled_from(capsy
 
     for checkpoint in ("distil-teacher-sft", "distil-gkd"):
         sigkill_after_step(train_in_subprocess(args(killed)), killed / "checkpoints" / checkpoint, 1)
+    partial = json.loads((killed / "reports" / "distil" / "stages.json").read_text())
+    assert partial["complete"] is False and set(partial["cold"]) == {"train teacher-sft"}  # kept through the kill
     assert main(args(killed)) == 0, capsys.readouterr().err
+    stages = json.loads((killed / "reports" / "distil" / "stages.json").read_text())
+    assert stages["complete"] is True and stages["cold"]["train teacher-sft"] == partial["cold"]["train teacher-sft"]
+    assert stages["cold"]["train gkd"]["seconds"] == stages["train gkd"]
     for checkpoint in ("distil-teacher-sft", "distil-gkd"):  # resumed from the last complete step: float tolerance
         ours, theirs = (load_file(d / "checkpoints" / checkpoint / "adapter_model.safetensors") for d in (killed, whole))
         assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in ours)
