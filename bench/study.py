@@ -4,7 +4,6 @@ is an error naming it."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 import tomllib
@@ -15,6 +14,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from bench.data import sha256_file
 from bench.distributed import world
 from bench.generation.models import DTYPES, PROMPT_FORMATS
 from bench.machine import describe, machine
@@ -139,16 +139,19 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
     cold = _earlier_cold(stages_file, console)
     here = describe(machine())
 
+    def record_sha256(record: Path | None) -> str | None:
+        return sha256_file(record) if record is not None and record.is_file() else None
+
     def stage(label: str, command, record: Path | None = None, **values) -> None:
         """Runs a stage; where its work record (train.json, run.json) changed, this invocation did the stage's work,
         and its seconds and peak are the stage's cold ones until the work is done again."""
         console.rule(f"[bold]{profile.name}: {label}")
-        before = _sha256(record)
+        before = record_sha256(record)
         started = time.perf_counter()
         with PeakRSS() as peak:
             command(argparse.Namespace(**common, **values), console)
         timings[label], peaks[label] = round(time.perf_counter() - started, 1), peak.mib
-        after = _sha256(record)
+        after = record_sha256(record)
         if after is not None and after != before:
             cold[label] = {"seconds": timings[label], "peak_rss_mib": peaks[label], "machine": here,
                            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "record_sha256": after}
@@ -197,10 +200,6 @@ def reproduce(profile: Profile, data_dir: str | None, results_dir: str, console:
     console.print("work seconds, when it was done: " + json.dumps(work))
     console.print("peak resident MiB per stage: " + json.dumps(peaks) + "; when the work was done: "
                   + json.dumps(work_peaks))
-
-
-def _sha256(path: Path | None) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
 
 
 def _earlier_cold(stages_file: Path, console: Console) -> dict[str, dict[str, Any]]:
