@@ -531,8 +531,11 @@ class Linears:
     bf16 outputs can part where logits tie; fp32's come from oneDNN's kernel instead of MKL's and round differently
     (about 1e-6 relative). Passes of more than PACKED_ROWS rows (prefill) gain nothing and run the model's own
     modules. The copies take the layers' size again, so they are made only where they fit in PACK_MEMORY_SHARE of
-    the memory available; elsewhere (a GPU, fp16, a CPU without bf16 support, projections that are not plain
-    `nn.Linear`, such as LoRA layers in training, memory too short) the model's own modules run."""
+    the memory available; elsewhere (a GPU, fp16, a CPU without bf16 support, projections that are neither
+    `nn.Linear` nor PEFT's LoRA layer over one, memory too short) the model's own modules run.
+
+    A LoRA layer (a trainer's student, sampling from the adapter of its current step) packs its frozen base weight
+    and adds its adapters' product as PEFT does, from their live weights, so samples follow every step's update."""
 
     def __init__(self, model, packed: dict | None):
         self.layers = model.get_decoder().layers
@@ -564,8 +567,34 @@ class Linears:
     def _product(self, name: str, i: int, x):
         import torch
 
-        weight, bias, sizes = self.packed[name][i]
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "").split(sizes, dim=-1)
+        weight, bias, sizes, lora_layers = self.packed[name][i]
+        products = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "").split(sizes, dim=-1)
+        return [p if layer is None else with_adapters(layer, x, p) for layer, p in zip(lora_layers, products)]
+
+
+def base_linear(module):
+    """The plain `nn.Linear` a projection computes first: itself, or a LoRA layer's base layer; None for any other."""
+    import torch
+
+    base = module.base_layer if hasattr(module, "lora_A") else module
+    return base if type(base) is torch.nn.Linear else None
+
+
+def with_adapters(layer, x, base_product):
+    """A PEFT LoRA layer's output from its base layer's product: `peft.tuners.lora.Linear.forward` for plain LoRA
+    (the same expression, so the same rounding). A merged layer's base weight has changed since it was packed, and
+    a LoRA variant (DoRA) has its own forward: both run the layer itself."""
+    if layer.merged or any(a in layer.lora_variant for a in layer.active_adapters):
+        return layer(x)
+    if layer.disable_adapters:
+        return base_product
+    result = base_product
+    for name in layer.active_adapters:
+        if name in layer.lora_A:
+            lora_x = layer._cast_input_dtype(x, layer.lora_A[name].weight.dtype)
+            lora_out = layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](lora_x)))
+            result = result + lora_out * layer.scaling[name]
+    return result.to(base_product.dtype)
 
 
 _PACKED = weakref.WeakKeyDictionary()  # model -> its packed Linears, made once
@@ -573,13 +602,20 @@ _PACKS = weakref.WeakKeyDictionary()  # model -> whether decoding packs its weig
 
 
 def linears_of(model, pack: bool) -> Linears:
-    """`pack` for decoding; teacher-forced passes and scoring (hundreds of rows a pass) gain nothing from it."""
+    """`pack` for decoding; teacher-forced passes and scoring (hundreds of rows a pass) gain nothing from it. A
+    model with LoRA layers is packed afresh at each call and its copies freed with the decode: a trainer samples
+    between training passes, whose peak memory they would otherwise add to."""
     if not pack:
         return Linears(model, None)
-    if model not in _PACKED:
-        groups = _projection_groups(model)  # None once LoRA layers replace the projections, whatever was decided
-        _PACKED[model] = Linears(model, _prepack(groups) if groups is not None and packs_weights(model) else None)
-    return _PACKED[model]
+    groups = _projection_groups(model)
+    modules = None if groups is None else [m for group_list in groups.values() for group in group_list for m in group]
+    cached = _PACKED.get(model)
+    if cached is not None and cached[0] == modules:  # the same modules: none replaced (by LoRA layers) since
+        return cached[1]
+    linears = Linears(model, _prepack(groups) if groups is not None and packs_weights(model) else None)
+    if modules is not None and all(base_linear(m) is m for m in modules):
+        _PACKED[model] = (modules, linears)
+    return linears
 
 
 def packs_weights(model) -> bool:
@@ -589,7 +625,7 @@ def packs_weights(model) -> bool:
     if model not in _PACKS:
         groups = _projection_groups(model)
         available = available_bytes()
-        size = 0 if groups is None else sum(m.weight.nbytes for group_list in groups.values()
+        size = 0 if groups is None else sum(base_linear(m).weight.nbytes for group_list in groups.values()
                                             for group in group_list for m in group)
         _PACKS[model] = groups is not None and (available is None or size <= PACK_MEMORY_SHARE * available)
     return _PACKS[model]
@@ -611,22 +647,25 @@ def _projection_groups(model) -> dict[str, list[tuple]] | None:
         groups["o"].append((a.o_proj,))
         groups["gate_up"].append((mlp.gate_proj, mlp.up_proj))
         groups["down"].append((mlp.down_proj,))
-    modules = [m for group_list in groups.values() for group in group_list for m in group]
-    if any(type(m) is not torch.nn.Linear for m in modules) or any(
-            len({m.bias is None for m in group}) > 1 for group_list in groups.values() for group in group_list):
+    bases = [[base_linear(m) for m in group] for group_list in groups.values() for group in group_list]
+    if any(b is None or b.weight.dtype != dtype for group in bases for b in group) or any(
+            len({b.bias is None for b in group}) > 1 for group in bases):
         return None
     return groups
 
 
 def _prepack(groups: dict[str, list[tuple]]) -> dict:
-    """`Linears`' packed weights: per group of projections and layer, (weight, bias, output sizes)."""
+    """`Linears`' packed weights: per group of projections and layer, (weight, bias, output sizes, and per
+    projection its LoRA layer or None)."""
     import torch
 
     def pack(group: tuple):
+        bases = [base_linear(m) for m in group]
         # A group of one is reordered from the module's own weight: a concatenated copy would only add page faults.
-        weight = group[0].weight.detach() if len(group) == 1 else torch.cat([m.weight.detach() for m in group])
-        bias = None if group[0].bias is None else torch.cat([m.bias.detach() for m in group])
-        return torch.ops.mkldnn._reorder_linear_weight(weight, DECODE_ROWS_HINT), bias, [m.out_features for m in group]
+        weight = bases[0].weight.detach() if len(bases) == 1 else torch.cat([b.weight.detach() for b in bases])
+        bias = None if bases[0].bias is None else torch.cat([b.bias.detach() for b in bases])
+        return (torch.ops.mkldnn._reorder_linear_weight(weight, DECODE_ROWS_HINT), bias,
+                [b.out_features for b in bases], [None if b is m else m for b, m in zip(bases, group)])
 
     with torch.no_grad():
         return {name: [pack(group) for group in group_list] for name, group_list in groups.items()}

@@ -228,32 +228,68 @@ def test_packed_weights_give_the_same_bf16_logits_bit_for_bit(tiny_model_dir):
     assert torch.equal(logits[0][0], logits[1][0]) and torch.equal(logits[0][1], logits[1][1])
 
 
-def test_lora_layers_are_never_packed_so_samples_follow_the_adapter(tiny_model_dir, tmp_path):
-    """Trainers sample from a PEFT model whose adapters change every step: its projections run as they are (a
-    packed copy would go stale), so the engine's outputs follow the adapter's current weights."""
+def packed_logits(model, prompts, linears):
+    """The logits of a packed prefill and of one decode step after it."""
+    import torch
+
+    token_lists = [model.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    prefix = common_prefix(token_lists)
+    with torch.inference_mode():
+        decoder = PackedDecoder(model.model, token_lists[0][:prefix], 5, 128, linears)
+        first = decoder.step(torch.zeros(0, dtype=torch.long), [t[prefix:] for t in token_lists])
+        return first, decoder.step(first.float().argmax(-1), [])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lora_layers_decode_packed_and_follow_the_adapter(tiny_model_dir, tmp_path, dtype):
+    """Trainers sample from a PEFT model whose adapters change every step. Its frozen base weights are packed and
+    each LoRA layer adds its adapters' product as PEFT does: the logits equal PEFT's own forward's (bf16 bit for
+    bit), the outputs follow the adapters' current weights, and with the adapters disabled or merged they are
+    the base model's or the merged model's."""
     import dataclasses
 
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
 
     config = GenerationConfig(max_new_tokens=30)
-    base = load_model(str(tiny_model_dir), dtype="float32")
+    base = load_model(str(tiny_model_dir), dtype=dtype)
     prompts = prompts_for(base)
     plain = [g.text for g in Engine(base).generate(prompts, config)]
-    adapted = load_model(str(tiny_model_dir), dtype="float32")
+    adapted = load_model(str(tiny_model_dir), dtype=dtype)
     adapted.model = PeftModel.from_pretrained(adapted.model, make_adapter(tiny_model_dir, tmp_path / "adapter"))
-    assert linears_of(adapted.model, pack=True).packed is None
-    injected = load_model(str(tiny_model_dir), dtype="float32")
-    assert packs_weights(injected.model)  # decided before adapters replace its projections in place
-    get_peft_model(injected.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    assert linears_of(injected.model, pack=True).packed is None
-    engine = Engine(dataclasses.replace(adapted, adapter_sha256="random"))
-    assert [g.text for g in engine.generate(prompts, config)] != plain
+    adapted = dataclasses.replace(adapted, adapter_sha256="random")
+    linears = linears_of(adapted.model, pack=True)
+    assert linears.packed is not None or dtype == "bfloat16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    own = packed_logits(adapted, prompts, linears_of(adapted.model, pack=False))
+    for ours, theirs in zip(packed_logits(adapted, prompts, linears), own):
+        if dtype == "bfloat16":
+            assert torch.equal(ours, theirs)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    engine = Engine(adapted)
+    outputs = [g.text for g in engine.generate(prompts, config)]
+    assert outputs != plain
+    with adapted.model.disable_adapter():
+        assert [g.text for g in engine.generate(prompts, config)] == plain
+        torch.testing.assert_close(packed_logits(adapted, prompts, linears_of(adapted.model, pack=True))[0],
+                                   packed_logits(base, prompts, linears_of(base.model, pack=False))[0])
+    adapted.model.merge_adapter()  # the base weights now hold the adapters: a packed copy must not add them again
+    for merged, unmerged in zip(packed_logits(adapted, prompts, linears_of(adapted.model, pack=True)), own):
+        torch.testing.assert_close(merged.float(), unmerged.float(), atol=0.05 if dtype == "bfloat16" else 1e-4,
+                                   rtol=0)
+    adapted.model.unmerge_adapter()
     with torch.no_grad():
         for name, param in adapted.model.named_parameters():
             if "lora_B" in name:
                 param.zero_()
     assert [g.text for g in engine.generate(prompts, config)] == plain
+
+    injected = load_model(str(tiny_model_dir), dtype=dtype)
+    before = linears_of(injected.model, pack=True)  # packed and kept while its projections are plain
+    get_peft_model(injected.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    after = linears_of(injected.model, pack=True)
+    assert after is not before
+    torch.testing.assert_close(packed_logits(injected, prompts, after)[0],
+                               packed_logits(injected, prompts, linears_of(injected.model, pack=False))[0])
 
 
 @pytest.mark.parametrize("packed,batch_size", [(True, 8), (True, 2), (False, 8)])
