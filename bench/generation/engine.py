@@ -22,6 +22,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -532,7 +533,7 @@ class Linears:
     (about 1e-6 relative). Passes of more than PACKED_ROWS rows (prefill) gain nothing and run the model's own
     modules. The copies take the layers' size again, so they are made only where they fit in PACK_MEMORY_SHARE of
     the memory available; elsewhere (a GPU, fp16, a CPU without bf16 support, projections that are neither
-    `nn.Linear` nor PEFT's LoRA layer over one, memory too short) the model's own modules run.
+    `nn.Linear` nor PEFT's plain, unmerged LoRA layer over one, memory too short) the model's own modules run.
 
     A LoRA layer (a trainer's student, sampling from the adapter of its current step) packs its frozen base weight
     and adds its adapters' product as PEFT does, from their live weights, so samples follow every step's update."""
@@ -567,37 +568,49 @@ class Linears:
     def _product(self, name: str, i: int, x):
         import torch
 
-        weight, bias, sizes, lora_layers = self.packed[name][i]
-        products = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "").split(sizes, dim=-1)
-        return [p if layer is None else with_adapters(layer, x, p) for layer, p in zip(lora_layers, products)]
+        packed = self.packed[name][i]
+        products = torch.ops.mkldnn._linear_pointwise(x, packed.weight, packed.bias, "none", [], "").split(
+            packed.sizes, dim=-1)
+        return [p if layer is None else with_adapters(layer, x, p) for layer, p in zip(packed.lora_layers, products)]
+
+
+class PackedGroup(NamedTuple):
+    """One product of `Linears`: projections side by side, packed as one weight."""
+
+    weight: Any  # oneDNN's blocked layout of the projections' base weights, concatenated
+    bias: Any
+    sizes: list[int]  # each projection's output features
+    lora_layers: list[Any]  # each projection's LoRA layer, or None where it is a plain `nn.Linear`
 
 
 def base_linear(module):
-    """The plain `nn.Linear` a projection computes first: itself, or a LoRA layer's base layer; None for any other."""
+    """The plain `nn.Linear` a projection computes first: itself, or the base layer of PEFT's plain LoRA layer
+    while unmerged (merging changes the base weight in place). None for any other, whose model is not packed."""
     import torch
 
-    base = module.base_layer if hasattr(module, "lora_A") else module
-    return base if type(base) is torch.nn.Linear else None
+    if hasattr(module, "lora_A"):
+        from peft.tuners.lora.layer import Linear as LoraLinear
+
+        if type(module) is not LoraLinear or module.merged or module.lora_variant:
+            return None
+        module = module.base_layer
+    return module if type(module) is torch.nn.Linear else None
 
 
 def with_adapters(layer, x, base_product):
-    """A PEFT LoRA layer's output from its base layer's product: `peft.tuners.lora.Linear.forward` for plain LoRA
-    (the same expression, so the same rounding). A merged layer's base weight has changed since it was packed, and
-    a LoRA variant (DoRA) has its own forward: both run the layer itself."""
-    if layer.merged or any(a in layer.lora_variant for a in layer.active_adapters):
-        return layer(x)
+    """A LoRA layer's output from its base layer's product, as `peft.tuners.lora.layer.Linear.forward` computes
+    it for plain LoRA (the same expression, so the same rounding)."""
     if layer.disable_adapters:
         return base_product
     result = base_product
     for name in layer.active_adapters:
         if name in layer.lora_A:
-            lora_x = layer._cast_input_dtype(x, layer.lora_A[name].weight.dtype)
-            lora_out = layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](lora_x)))
-            result = result + lora_out * layer.scaling[name]
+            x = layer._cast_input_dtype(x, layer.lora_A[name].weight.dtype)
+            result = result + layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](x))) * layer.scaling[name]
     return result.to(base_product.dtype)
 
 
-_PACKED = weakref.WeakKeyDictionary()  # model -> its packed Linears, made once
+_PACKED = weakref.WeakKeyDictionary()  # plain model -> (its projections, its packed Linears), made once
 _PACKS = weakref.WeakKeyDictionary()  # model -> whether decoding packs its weights, decided once
 
 
@@ -609,9 +622,10 @@ def linears_of(model, pack: bool) -> Linears:
         return Linears(model, None)
     groups = _projection_groups(model)
     modules = None if groups is None else [m for group_list in groups.values() for group in group_list for m in group]
-    cached = _PACKED.get(model)
-    if cached is not None and cached[0] == modules:  # the same modules: none replaced (by LoRA layers) since
-        return cached[1]
+    cached_modules, cached = _PACKED.pop(model, (None, None))
+    if cached is not None and cached_modules == modules:  # none replaced (by LoRA layers) since
+        _PACKED[model] = (modules, cached)
+        return cached
     linears = Linears(model, _prepack(groups) if groups is not None and packs_weights(model) else None)
     if modules is not None and all(base_linear(m) is m for m in modules):
         _PACKED[model] = (modules, linears)
@@ -655,8 +669,7 @@ def _projection_groups(model) -> dict[str, list[tuple]] | None:
 
 
 def _prepack(groups: dict[str, list[tuple]]) -> dict:
-    """`Linears`' packed weights: per group of projections and layer, (weight, bias, output sizes, and per
-    projection its LoRA layer or None)."""
+    """`Linears`' packed weights: per group of projections and layer, a `PackedGroup`."""
     import torch
 
     def pack(group: tuple):
@@ -664,8 +677,8 @@ def _prepack(groups: dict[str, list[tuple]]) -> dict:
         # A group of one is reordered from the module's own weight: a concatenated copy would only add page faults.
         weight = bases[0].weight.detach() if len(bases) == 1 else torch.cat([b.weight.detach() for b in bases])
         bias = None if bases[0].bias is None else torch.cat([b.bias.detach() for b in bases])
-        return (torch.ops.mkldnn._reorder_linear_weight(weight, DECODE_ROWS_HINT), bias,
-                [b.out_features for b in bases], [None if b is m else m for b, m in zip(bases, group)])
+        return PackedGroup(torch.ops.mkldnn._reorder_linear_weight(weight, DECODE_ROWS_HINT), bias,
+                           [b.out_features for b in bases], [None if b is m else m for b, m in zip(bases, group)])
 
     with torch.no_grad():
         return {name: [pack(group) for group in group_list] for name, group_list in groups.items()}
