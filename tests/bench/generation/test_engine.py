@@ -253,8 +253,7 @@ def test_lora_layers_decode_packed_and_follow_the_adapter(tiny_model_dir, tmp_pa
 
     import bench.generation.engine as engine_module
 
-    if dtype == "bfloat16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        pytest.skip("this CPU packs no bf16 weights")
+    packs = dtype == "float32" or torch.ops.mkldnn._is_mkldnn_bf16_supported()  # else PEFT's own modules decode
     config = GenerationConfig(max_new_tokens=30)
     base = load_model(str(tiny_model_dir), dtype=dtype)
     prompts = prompts_for(base)
@@ -263,7 +262,7 @@ def test_lora_layers_decode_packed_and_follow_the_adapter(tiny_model_dir, tmp_pa
     adapted.model = PeftModel.from_pretrained(adapted.model, make_adapter(tiny_model_dir, tmp_path / "adapter"))
     adapted = dataclasses.replace(adapted, adapter_sha256="random")
     linears = linears_of(adapted.model, pack=True)
-    assert linears.packed is not None and adapted.model not in engine_module._PACKED  # freed after each decode
+    assert (linears.packed is not None) == packs and adapted.model not in engine_module._PACKED  # freed after use
     own = packed_logits(adapted, prompts, linears_of(adapted.model, pack=False))
     for ours, theirs in zip(packed_logits(adapted, prompts, linears), own):
         if dtype == "bfloat16":
