@@ -226,8 +226,8 @@ def _labelled(rows: pd.DataFrame, judges: dict[str, dict[str, Any]]) -> pd.DataF
 
 
 def _against_caption(reference: str) -> str:
-    return (f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals (Wilson for pass/fail "
-            f"scores); Δ against {reference}, paired over the same examples (* p < 0.05: McNemar's exact test for "
+    return (f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals (Wilson for a run's "
+            f"pass/fail scores; for a method over training seeds, the seed-and-example bootstrap's); Δ against {reference}, paired over the same examples (* p < 0.05: McNemar's exact test for "
             "pass/fail scores, a sign-flip permutation test otherwise; a method over training seeds: the larger p of "
             "a bootstrap over seeds and examples, the examples drawn once for all seeds, and a sign-flip test over "
             "the examples of each one's delta averaged over seeds); lost / gained: examples right->wrong / "

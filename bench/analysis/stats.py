@@ -47,18 +47,18 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, str
 def detectable_difference(differences: np.ndarray, pass_fail: bool, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest mean paired difference this many examples detect with `power` at two-sided level `alpha`:
     (z_(1-alpha/2) + z_power) * spread / sqrt(n), the spread being the paired differences' standard deviation (for
-    pass/fail scores, the square root of the discordant share, as in McNemar's test). For pass/fail scores it is never
-    below what the exact test can show at all: k discordant examples, all one way, give p = 2^(1-k), so k / n."""
+    pass/fail scores, the square root of the discordant share, as in McNemar's test). Both paired tests need k
+    examples changed, all one way, to reach p = 2^(1-k) below alpha, so fewer than k examples detect nothing; for
+    pass/fail scores, each changing the mean by 1 / n, it is never below k / n."""
     from scipy.stats import norm
 
     n = len(differences)
-    if n < 2:
+    k = int(np.floor(1 - np.log2(alpha))) + 1  # the fewest with 2^(1-k) below alpha, not at it
+    if n < k:
         return float("inf")
     z = POWER_Z if (alpha, power) == (0.05, 0.8) else norm.ppf(1 - alpha / 2) + norm.ppf(power)
     if pass_fail:
-        k = max(1, int(np.floor(1 - np.log2(alpha))) + 1)  # the fewest with 2^(1-k) below alpha, not at it
-        floor = k / n if k <= n else float("inf")
-        return max(z * float(np.sqrt(np.mean(differences != 0))) / np.sqrt(n), floor)
+        return max(z * float(np.sqrt(np.mean(differences != 0))) / np.sqrt(n), k / n)
     return z * float(np.std(differences, ddof=1)) / np.sqrt(n)
 
 
@@ -96,24 +96,59 @@ def mcnemar_exact(right_to_wrong: int, wrong_to_right: int) -> float:
 
 
 EXACT_SIGN_FLIPS = 16  # up to this many non-zero differences, all 2^n sign vectors are enumerated
+LATTICE_DENOMINATORS = range(1, 65)  # differences that are multiples of 1/q (means over q seeds, judged halves) ...
+LATTICE_WORK = 50_000_000  # ... get the exact distribution of their sum when (examples x grid span) is below this
+
+
+def lattice_weights(values: np.ndarray) -> np.ndarray | None:
+    """Integers w with values = w / q for the smallest q in LATTICE_DENOMINATORS, or None where there is no such q:
+    pass/fail deltas averaged over q training seeds are multiples of 1/q, a judge's wins and ties of 1/2."""
+    for q in LATTICE_DENOMINATORS:
+        scaled = values * q
+        weights = np.rint(scaled)
+        if np.all(np.abs(scaled - weights) < 1e-9 * q):
+            return weights.astype(np.int64)
+    return None
 
 
 def sign_flip_p(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, rng_seed: int = BOOTSTRAP_SEED) -> float:
-    """Two-sided paired permutation p-value of mean(differences) = 0 under random sign flips: exact for up to
-    EXACT_SIGN_FLIPS non-zero differences (zeros flip to themselves), else Monte Carlo with the +1 rule."""
+    """Two-sided paired permutation p-value of mean(differences) = 0 under random sign flips (zeros flip to
+    themselves). Exact: by enumeration for up to EXACT_SIGN_FLIPS non-zero differences, else, where the differences
+    lie on a grid of 1/q, from the distribution of their signed sum, convolved one example at a time (so a method
+    over seeds is tested as exactly as one seed is by McNemar's test). Else Monte Carlo with the +1 rule."""
     nonzero = differences[differences != 0]
     if not len(nonzero):
         return 1.0
-    observed = abs(nonzero.sum()) - 1e-12
     if len(nonzero) <= EXACT_SIGN_FLIPS:
+        observed = abs(nonzero.sum()) - 1e-12
         signs = 1.0 - 2.0 * ((np.arange(2 ** len(nonzero))[:, None] >> np.arange(len(nonzero))) & 1)
         return float(np.mean(np.abs(signs @ nonzero) >= observed))
+    weights = lattice_weights(nonzero)
+    if weights is not None and len(weights) * int(np.abs(weights).sum()) <= LATTICE_WORK:
+        return exact_sign_flip_p(weights)
+    observed = abs(nonzero.sum()) - 1e-12
     rng = np.random.default_rng(rng_seed)
     extreme = 0
     for start in range(0, resamples, 1000):  # chunks bound memory for large n
         signs = rng.choice((-1.0, 1.0), size=(min(1000, resamples - start), len(nonzero)))
         extreme += int(np.sum(np.abs(signs @ nonzero) >= observed))
     return float((extreme + 1) / (resamples + 1))
+
+
+def exact_sign_flip_p(weights: np.ndarray) -> float:
+    """P(|sum of +-w_i| >= |sum of w_i|) over independent fair signs, for integer w_i: the sum is 2T - W, where T,
+    the weight given a plus sign, has the distribution built here one weight at a time."""
+    sizes = np.abs(weights)
+    total = int(sizes.sum())
+    distribution = np.zeros(total + 1)
+    distribution[0] = 1.0
+    reached = 0
+    for size in sizes:
+        reached += int(size)
+        distribution[size:reached + 1] = 0.5 * (distribution[size:reached + 1] + distribution[:reached + 1 - size])
+        distribution[:size] *= 0.5
+    plus = np.arange(total + 1)
+    return float(min(1.0, distribution[np.abs(2 * plus - total) >= abs(int(weights.sum()))].sum()))
 
 
 def holm(p_values: list[float]) -> list[float]:

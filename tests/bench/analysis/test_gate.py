@@ -87,6 +87,16 @@ def test_a_slice_too_small_for_any_drop_fails_under_strict_at_the_default_allowa
     assert gate(tmp_path / "more", "--strict") == 0, "60 examples can show a drop: not underpowered at allowance 0"
 
 
+def test_a_continuous_slice_too_small_for_any_drop_is_underpowered(tmp_path, capsys):
+    """5 examples of a score that is not pass/fail, all dropping: the sign-flip test's p is at least 2^(1-5) = 1/16,
+    as McNemar's is, so no drop can be shown; the power note says so instead of a finite detectable drop."""
+    write_run(tmp_path, "base", {"gsm8k": [(f"q{i}", 0.9) for i in range(5)]})
+    write_run(tmp_path, "cand", {"gsm8k": [(f"q{i}", 0.2 + 0.1 * i) for i in range(5)]})
+    assert gate(tmp_path) == 0
+    assert "(underpowered)" in capsys.readouterr().out
+    assert gate(tmp_path, "--strict") == 1
+
+
 def test_a_max_drop_naming_no_gated_task_or_capability_is_said(tmp_path, capsys):
     runs(tmp_path, candidate_lost=0)
     assert gate(tmp_path, "--max-drop", "gsm8k=2,knowlege=3") == 0
