@@ -13,6 +13,7 @@ takes the gradient, of the single-process run's. Rank 0 writes the log and the a
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 from bench.distributed import World, barrier, world
 from bench.generation.models import is_plain, resolve_dtype, resolve_model_dir, weights_sha256
+from bench.store import write_json
 from bench.types import BenchError
 from fine_tune.common import LoRA, Optimization, TrainJob, add_lora, append_log_row, base_record, keep_log_rows, \
     peak_memory_mb, save_adapter
@@ -72,10 +74,14 @@ def train_sft(job: TrainJob, config: SFTConfig, examples: list[TrainExample] | N
         use_cpu=not torch.cuda.is_available())
     mean_length = sum(len(f["input_ids"]) for f in features) / len(features)
     log = _log_callback(job.out_dir / "train_log.csv", mean_length * opt.batch_size * opt.gradient_accumulation)
-    trainer = _global_batch_trainer(opt.batch_size * opt.gradient_accumulation)(
+    orders = trainer_dir / EPOCH_ORDERS
+    trainer = _global_batch_trainer(opt.batch_size * opt.gradient_accumulation, orders, w.main)(
         model=model, args=args, train_dataset=Dataset.from_list(features), callbacks=[log],
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX))
     checkpoint = last_complete_checkpoint(w, trainer_dir)
+    if checkpoint is None and w.main:
+        orders.unlink(missing_ok=True)  # drawn by a training that saved no step: this one draws its own
+    barrier(w)
     if w.main:
         keep_log_rows(job.out_dir / "train_log.csv", checkpoint_step(checkpoint) if checkpoint else 0)
     started = time.perf_counter()
@@ -90,16 +96,37 @@ def train_sft(job: TrainJob, config: SFTConfig, examples: list[TrainExample] | N
             "resumed": checkpoint is not None, "world_size": w.size, "peak_memory_mb": peak_memory_mb()}
 
 
-def _global_batch_trainer(global_batch: int):
+EPOCH_ORDERS = "epoch_orders.json"  # under trainer/: each epoch's example order, as drawn
+
+
+def _global_batch_trainer(global_batch: int, orders_path: Path, main: bool):
     """Trainer whose length-grouped order is drawn for the global batch, as one process draws it, whatever the
-    number of processes (Trainer's own groups by the per-process share)."""
+    number of processes (Trainer's own groups by the per-process share). Each epoch's order is kept in
+    `orders_path`: Trainer restores the random state of a checkpoint only after it has drawn the resumed epoch's
+    order, so a training resumed inside epoch 2 or later would otherwise take epoch 1's order, training some
+    examples twice and others not at all."""
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochOrderSampler(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:  # Trainer calls it before each epoch's iteration
+            self.epoch = epoch
+
+        def __iter__(self):
+            drawn = list(super().__iter__())  # always drawn: the random state moves on as in an uninterrupted run
+            kept = json.loads(orders_path.read_text()) if orders_path.is_file() else {}
+            if str(self.epoch) in kept:
+                return iter(kept[str(self.epoch)])
+            if main:
+                write_json(orders_path, {**kept, str(self.epoch): drawn})
+            return iter(drawn)
 
     class GlobalBatchTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            return LengthGroupedSampler(global_batch, dataset=dataset, model_input_name="input_ids")
+            return EpochOrderSampler(global_batch, dataset=dataset, model_input_name="input_ids")
 
     return GlobalBatchTrainer
 

@@ -79,30 +79,39 @@ def test_train_bad_input_is_one_line(capsys, tiny_model_dir, fixture_data, tmp_p
 
 
 @pytest.mark.slow  # over 10 s here: left out by make test-fast
-def test_sigkill_mid_training_then_rerun_resumes_to_the_same_adapter(tiny_model_dir, fixture_data, tmp_path):
-    """kill -9 after a Trainer checkpoint, re-run: training resumes there, logs each step once, and ends with the
-    adapter an uninterrupted training gives."""
+def test_sigkill_mid_training_then_rerun_resumes_to_the_same_adapter(tiny_model_dir, tmp_path):
+    """kill -9 after a Trainer checkpoint in the third epoch, re-run: training resumes there, logs each step once, and
+    ends with the adapter an uninterrupted training gives. The examples are of one length, so each epoch's
+    length-grouped order is a fresh shuffle: the resumed epoch must continue its own order, not the first epoch's."""
     import torch
     from safetensors.torch import load_file
 
+    data = tmp_path / "data" / "gsm8k"
+    data.mkdir(parents=True)
+    data.joinpath("train.jsonl").write_text("".join(
+        json.dumps({"question": f"What is {a} plus {b}?", "answer": f"{a} plus {b} is {a + b}.\nThe answer is {a + b}."})
+        + "\n" for a in (1, 2) for b in (5, 6, 7, 8)))  # 12 + 19 tokens each with the tiny tokenizer
     config = tmp_path / "resume.json"
     config.write_text(json.dumps({"batch_size": 1, "gradient_accumulation": 1, "learning_rate": 0.01, "rank": 4,
-                                  "save_steps": 2, "epochs": 6}))
+                                  "save_steps": 2, "epochs": 4}))
     args = ["--task", "gsm8k", "--model", str(tiny_model_dir), "--config", str(config), "--data-dir",
-            str(fixture_data), "--name", "tiny", "--dtype", "float32"]
+            str(tmp_path / "data"), "--name", "tiny", "--dtype", "float32"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
 
-    # Kill once step 3 is logged: the last checkpoint is step 2, so step 3 is trained and logged again.
+    # Kill once step 19 is logged: the last checkpoint is step 18, two steps into the third epoch (8 steps each).
     sigkill_after_step(train_in_subprocess(["train", "sft", *args, "--results-dir", str(killed)]),
-                       killed / "checkpoints" / "tiny", 3)
+                       killed / "checkpoints" / "tiny", 19)
 
     for results in (killed, clean):
         run = train_in_subprocess(["train", "sft", *args, "--results-dir", str(results)])
         assert run.wait(timeout=300) == 0, run.stderr.read()
     record = json.loads((killed / "checkpoints" / "tiny" / "train.json").read_text())
-    assert record["resumed"] and record["steps"] == 24
+    assert record["resumed"] and record["steps"] == 32
     steps = [int(r["step"]) for r in csv.DictReader((killed / "checkpoints" / "tiny" / "train_log.csv").open())]
-    assert steps == list(range(1, 25))
+    assert steps == list(range(1, 33))
+    logs = [[float(r["loss"]) for r in csv.DictReader((r / "checkpoints" / "tiny" / "train_log.csv").open())]
+            for r in (killed, clean)]
+    assert logs[0] == pytest.approx(logs[1], rel=1e-5)
     resumed, uninterrupted = (load_file(r / "checkpoints" / "tiny" / "adapter_model.safetensors")
                               for r in (killed, clean))
     assert resumed.keys() == uninterrupted.keys()
