@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import resolve_data_dir
-from bench.generation.models import adapter_sha256, unsorted_adapter_sha256
+from bench.generation.models import (adapter_sha256, decoding_sha256, resolve_model_dir, unsorted_adapter_sha256,
+                                     weights_sha256)
 from bench.memory import peak_rss_mib
 from bench.store import write_json
 from bench.types import BenchError
@@ -143,6 +144,15 @@ class TrainJob:
     results_dir: Path = Path("results")  # its generation cache serves SDFT's distillation
     teacher: str | None = None  # gkd only
     teacher_adapter: str | None = None
+    model_files: dict[str, str] | None = None  # the seed's weights and decoding files, hashed (model_files)
+    teacher_files: dict[str, str] | None = None
+
+
+def model_files(spec: str) -> dict[str, str]:
+    """What a model's name does not pin: its weights, and the tokenizer, chat template and config that render and
+    decode the training's prompts (a directory or Hub snapshot can change under the same name)."""
+    model_dir = resolve_model_dir(spec)
+    return {"weights_sha256": weights_sha256(model_dir), "decoding_sha256": decoding_sha256(model_dir)}
 
 
 def train_job(method: str, task: str, model: str, name: str, results_dir: Path, data_dir: str | None,
@@ -154,7 +164,8 @@ def train_job(method: str, task: str, model: str, name: str, results_dir: Path, 
                          f"adapter_model.safetensors)")
     examples, data_sha256 = load_train_examples(task, resolve_data_dir(data_dir), limit)
     return TrainJob(method, task, model, results_dir / "checkpoints" / name, examples, data_sha256, limit, dtype,
-                    prompt_format, results_dir, teacher, teacher_adapter)
+                    prompt_format, results_dir, teacher, teacher_adapter, model_files(model),
+                    model_files(teacher) if teacher else None)
 
 
 def identity(job: TrainJob, config: Any) -> dict[str, Any]:
@@ -163,7 +174,23 @@ def identity(job: TrainJob, config: Any) -> dict[str, Any]:
             "data_sha256": job.data_sha256, "config": json.loads(json.dumps(flat(config))),
             **({"prompt_format": job.prompt_format} if job.prompt_format != "chat" else {}),
             **({"teacher": job.teacher, "teacher_adapter_sha256": job.teacher_adapter and
-                adapter_sha256(Path(job.teacher_adapter))} if job.teacher else {})}
+                adapter_sha256(Path(job.teacher_adapter))} if job.teacher else {}),
+            **({"model_files": job.model_files} if job.model_files else {}),
+            **({"teacher_files": job.teacher_files} if job.teacher_files else {})}
+
+
+FILES_KEYS = ("model_files", "teacher_files")  # recorded from 2026-12-06 on
+
+
+def identity_forms(expected: dict[str, Any], job: TrainJob) -> list[dict[str, Any]]:
+    """The identity as a checkpoint may have recorded it: today's; before the models' files were hashed (a checkpoint
+    of then is judged on what it recorded); and, with a teacher adapter, before 2a3432b sorted its hash's module
+    list."""
+    before_files = {k: v for k, v in expected.items() if k not in FILES_KEYS}
+    forms = [expected, before_files]
+    if job.teacher_adapter:
+        forms.append({**before_files, "teacher_adapter_sha256": unsorted_adapter_sha256(Path(job.teacher_adapter))})
+    return forms
 
 
 # The weight decay each method trained with before `weight_decay` was a key (2026-12-06): SFT's Trainer 0, the
@@ -189,10 +216,7 @@ def trained_already(job: TrainJob, config: Any) -> bool:
     done = job.out_dir / "train.json"
     if not done.is_file():
         return False
-    expected = identity(job, config)
-    earlier = {**expected, "teacher_adapter_sha256": unsorted_adapter_sha256(Path(job.teacher_adapter))} \
-        if job.teacher_adapter else None  # recorded before 2a3432b sorted the hash's module list
-    if recorded_identity(json.loads(done.read_text())) not in (expected, earlier):
+    if recorded_identity(json.loads(done.read_text())) not in identity_forms(identity(job, config), job):
         raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} was trained with other settings; choose "
                          f"another --name")
     return True
@@ -219,7 +243,7 @@ def begin_training(job: TrainJob, config: Any) -> None:
                              f"settings were not recorded; delete it to train again, or choose another --name")
         started = json.loads(path.read_text())
         started_in = started.pop(COMPUTED_IN, computed_in)  # not recorded before 2026-12-06
-        if recorded_identity({"identity": started}) != expected:
+        if recorded_identity({"identity": started}) not in identity_forms(expected, job):
             raise BenchError(f"checkpoint {job.out_dir.name} in {job.out_dir} holds an unfinished training with other "
                              f"settings; delete it to train again, or choose another --name")
         if started_in != computed_in:

@@ -200,6 +200,43 @@ def test_a_gkd_checkpoint_recorded_with_the_teacher_adapter_hash_of_before_2a343
         trained_already(done, GKDConfig())
 
 
+def test_a_checkpoint_is_refused_when_its_seed_or_teacher_changed_under_the_same_name(tmp_path, tiny_model_dir,
+                                                                                     fixture_data):
+    """A directory (or Hub snapshot) can change under the same name: a finished GKD checkpoint is reused only while
+    the seed's and the teacher's weights and decoding files (tokenizer, chat template) are the ones it trained with;
+    a checkpoint recorded before they were hashed is judged on what it recorded."""
+    import shutil
+
+    from fine_tune.common import train_job
+
+    seed, teacher = tmp_path / "seed", tmp_path / "teacher"
+    shutil.copytree(tiny_model_dir, seed)
+    shutil.copytree(tiny_model_dir, teacher)
+
+    def gkd_job():
+        return train_job("gkd", "gsm8k", str(seed), "ckpt", tmp_path / "results", str(fixture_data), 2, "float32",
+                         "chat", teacher=str(teacher))
+
+    done = gkd_job()
+    done.out_dir.mkdir(parents=True)
+    record = identity(done, GKDConfig())
+    (done.out_dir / "train.json").write_text(json.dumps({"identity": record}))
+    assert trained_already(gkd_job(), GKDConfig())
+    template = (seed / "chat_template.jinja").read_bytes()
+    (seed / "chat_template.jinja").write_bytes(b"System: be brief.\n" + template)
+    with pytest.raises(BenchError, match="checkpoint ckpt in .* was trained with other settings"):
+        trained_already(gkd_job(), GKDConfig())
+    (seed / "chat_template.jinja").write_bytes(template)
+    assert trained_already(gkd_job(), GKDConfig())
+    weights = next(teacher.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x01")
+    with pytest.raises(BenchError, match="was trained with other settings"):
+        trained_already(gkd_job(), GKDConfig())
+    before = {k: v for k, v in record.items() if k not in ("model_files", "teacher_files")}
+    (done.out_dir / "train.json").write_text(json.dumps({"identity": before}))
+    assert trained_already(gkd_job(), GKDConfig()), "recorded before the files were hashed: reused"
+
+
 def test_the_train_log_writes_its_header_once(tmp_path):
     log = tmp_path / "train_log.csv"
     for step in (1, 2):
