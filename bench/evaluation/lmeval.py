@@ -176,7 +176,7 @@ class Harness:
         from importlib.metadata import version
 
         return {"lm_eval": version("lm_eval"), "model": "forgetbench engine (bench.evaluation.lmeval.engine_lm)",
-                "dtype": self.model.dtype}
+                "dtype": self.model.dtype, "engine": ENGINE_VERSION}
 
     def lm(self):
         if self._lm is None:

@@ -74,7 +74,8 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
         if t.judged:
             head_to_head = seed is not None and seed.fingerprint != model.fingerprint
             return {"generation": engine.settings(t.generation), "judge": judge.identity(),
-                    "seed_fingerprint": seed.fingerprint if head_to_head else None}
+                    "seed_fingerprint": seed.fingerprint if head_to_head else None,
+                    **({"judge_cache_id": judge.cache_id()} if judge.local is not None else {})}
         return {"generation": engine.settings(t.generation), **({"samples": samples} if samples > 1 else {}),
                 **({"sandbox": sandbox.settings()} if t.program and sandbox else {})}
 
@@ -94,13 +95,21 @@ def run_identity(model: LoadedModel, engine: Engine, tasks: list[Task | HarnessT
 
 
 def earlier_identities(model: LoadedModel, identity: dict[str, Any]) -> list[dict[str, Any]]:
-    """The same run's identity as recorded before, so that runs finished then are reused, not refused: before the
-    decoding files were hashed (no `decoding_sha256`), and, with an adapter, also before adapter hashes sorted PEFT's
-    module list (2a3432b)."""
-    forms = [{k: v for k, v in identity.items() if k != "decoding_sha256"}]
+    """The same run's identity as recorded before, so that runs finished then are reused, not refused: before a
+    knowledge task's harness named the engine version and a local judge's run its decoding files and engine
+    (`judge_cache_id`; both 2026-12-06), before the decoding files were hashed (no `decoding_sha256`), and, with an
+    adapter, also before adapter hashes sorted PEFT's module list (2a3432b)."""
+    def before_engine(settings: dict[str, Any]) -> dict[str, Any]:
+        settings = {k: v for k, v in settings.items() if k != "judge_cache_id"}
+        if "harness" in settings:
+            settings["harness"] = {k: v for k, v in settings["harness"].items() if k != "engine"}
+        return settings
+
+    recorded = {**identity, "tasks": {name: before_engine(settings) for name, settings in identity["tasks"].items()}}
+    forms = [recorded, {k: v for k, v in recorded.items() if k != "decoding_sha256"}]
     if model.adapter is not None and Path(model.adapter).is_dir():
         earlier = replace(model, adapter_sha256=unsorted_adapter_sha256(Path(model.adapter)))
-        forms.append({**forms[0], "adapter_sha256": earlier.adapter_sha256, "fingerprint": earlier.fingerprint})
+        forms.append({**forms[1], "adapter_sha256": earlier.adapter_sha256, "fingerprint": earlier.fingerprint})
     return forms
 
 

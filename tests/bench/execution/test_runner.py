@@ -149,3 +149,48 @@ def test_a_model_whose_tokenizer_or_generation_config_changed_is_another_model(c
     path.write_text(json.dumps(run))
     capsys.readouterr()
     assert main(argv) == 2 and "decoding_sha256" in capsys.readouterr().err
+
+
+def test_a_change_to_what_computed_a_knowledge_or_judged_run_is_another_run(capsys, tiny_model_dir, fixture_data,
+                                                                             tmp_path, monkeypatch):
+    """A knowledge task's log-likelihoods come from the engine, and a local judge's verdicts from its model's chat
+    template and the engine: a new engine version or judge template is another run, refused under the old name, not
+    the finished one reused; runs recorded before these were in the identity are reused."""
+    import json
+
+    from bench.cli import main
+    from bench.evaluation import lmeval
+    from conftest import build_tiny_model
+
+    judge = build_tiny_model(tmp_path / "judge", seed=3)
+    results = tmp_path / "results"
+    common = ["--limit", "3", "--dtype", "float32", "--data-dir", str(fixture_data), "--results-dir", str(results)]
+    knowledge = ["eval", str(tiny_model_dir), "--tasks", "arc_easy", *common, "--name", "k"]
+    judged = ["eval", str(tiny_model_dir), "--tasks", "alpaca_eval", *common, "--judge", f"pointwise:{judge}",
+              "--judge-pairs", "none", "--name", "j"]
+    assert main(knowledge) == 0 and main(judged) == 0
+    capsys.readouterr()
+
+    def rerun(argv: list[str]) -> int:
+        code = main(argv)
+        assert code == 0 or "is complete with other settings (tasks differ)" in capsys.readouterr().err
+        return code
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lmeval, "ENGINE_VERSION", lmeval.ENGINE_VERSION + 1)
+        assert rerun(knowledge) == 2
+    template = judge / "chat_template.jinja"
+    original = template.read_bytes()
+    template.write_bytes(b"Judge strictly.\n" + original)
+    assert rerun(judged) == 2
+    template.write_bytes(original)
+    assert rerun(knowledge) == 0 and rerun(judged) == 0
+
+    for name, drop in (("k", lambda task: {**task, "harness": {k: v for k, v in task["harness"].items()
+                                                                if k != "engine"}}),
+                       ("j", lambda task: {k: v for k, v in task.items() if k != "judge_cache_id"})):
+        path = results / "runs" / name / "run.json"
+        record = json.loads(path.read_text())
+        record["identity"]["tasks"] = {t: drop(task) for t, task in record["identity"]["tasks"].items()}
+        path.write_text(json.dumps(record))
+    assert rerun(knowledge) == 0 and rerun(judged) == 0, "recorded before: reused"
