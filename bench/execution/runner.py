@@ -415,12 +415,15 @@ def summarize(values: list[float]) -> dict[str, Any]:
             "ci_method": method, "n": len(values)}
 
 
+INTERPRETER = "%d.%d" % sys.version_info[:2]  # runs the programs (sys.executable): part of an outcome's cache key
+
+
 def execute(programs: list[str], sandbox: Sandbox, cache: Cache | None, progress=None,
             label: str = "execute") -> list[dict[str, Any]]:
     """Run each program once in the sandbox; outcomes are cached in small chunks, so a killed run re-executes
     at most the programs that were running. A wall-time timeout is not cached: it says as much about the machine's
     load at the time (its CPU time stayed under the limit) as about the program."""
-    settings = sandbox.settings()
+    settings = {**sandbox.settings(), "python": INTERPRETER}
     keys = [cache_key("sandbox", p, settings) for p in programs]
     done = cache.get_outcomes(keys) if cache is not None else {}
     todo = list(dict.fromkeys(k for k in keys if k not in done))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from bench.execution.runner import pass_at_k
@@ -194,3 +196,22 @@ def test_a_change_to_what_computed_a_knowledge_or_judged_run_is_another_run(caps
         record["identity"]["tasks"] = {t: drop(task) for t, task in record["identity"]["tasks"].items()}
         path.write_text(json.dumps(record))
     assert rerun(knowledge) == 0 and rerun(judged) == 0, "recorded before: reused"
+
+
+def test_an_outcome_is_cached_for_the_interpreter_that_ran_it(tmp_path, monkeypatch):
+    """Programs run under this Python: an outcome cached under another version (3.12 removed distutils and imp) is
+    run again, not read back."""
+    from bench.execution import runner
+    from bench.execution.sandbox import Limits, Sandbox
+    from bench.generation.cache import Cache
+
+    cache, sandbox = Cache(tmp_path / "cache.sqlite"), Sandbox(Limits(wall_seconds=4.0, cpu_seconds=3), workers=1)
+    program = "import sys\nassert sys.version_info[:2] == (%d, %d)\n" % sys.version_info[:2]
+    assert runner.execute([program], sandbox, cache)[0]["status"] == "passed"
+    ran, run_many = [], sandbox.run_many
+    monkeypatch.setattr(sandbox, "run_many", lambda sources: ran.extend(sources) or run_many(sources))
+    runner.execute([program], sandbox, cache)
+    assert ran == [], "the same interpreter: read back"
+    monkeypatch.setattr(runner, "INTERPRETER", "3.99")
+    assert runner.execute([program], sandbox, cache)[0]["status"] == "passed" and ran == [program], \
+        "another interpreter: run again"
