@@ -286,7 +286,11 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
                                        verdict_lines, write_report)
 
     results_dir = Path(args.results_dir)
+    if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):
+        raise BenchError(f"--name {args.name!r}: a report name must be a plain directory name")
     comparison = build_comparison([load_run(results_dir, name) for name in args.runs])
+    changed = {name: flips(results_dir, comparison.reference, name, args.flips) for name in args.runs[1:]} \
+        if args.flips else {}
     report = write_report(results_dir / "reports" / (args.name or "-vs-".join(args.runs)), comparison)
     reference, rows = comparison.reference, comparison.rows
     against = f"deltas against {reference}, paired over the same examples (* p < 0.05; lost / gained: examples " \
@@ -316,15 +320,19 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
         console.print(f"ranking: {line}", markup=False, highlight=False)
     for line in verdict_lines(comparison.verdicts):
         console.print(f"verdict: {line}", markup=False, highlight=False)
-    for name in args.runs[1:] if args.flips else ():
-        changed = flips(results_dir, reference, name, args.flips)
-        flip_table = Table(title=f"{args.flips}: {len(changed)} examples changed from {reference} to {name}")
-        for column in changed.columns:
+    for name, rows in changed.items():
+        flip_table = Table(title=f"{args.flips}: {len(rows)} examples changed from {reference} to {name}")
+        for column in rows.columns:
             flip_table.add_column(str(column))
-        for values in changed.itertuples(index=False):
+        for values in rows.itertuples(index=False):
             flip_table.add_row(*(str(v) for v in values))
         console.print(flip_table)
     console.print(f"report: {report}/report.{{md,csv,json,html}}")
+
+
+def method_tables(method: str) -> str:
+    """The profile tables a method's config keys come from (bench.study.Profile.train_config)."""
+    return f"[sft] and [{method}]" if method in ("gkd", "onpolicy_sd") else "[sft]"
 
 
 def _train_config(args: argparse.Namespace, cls: type):
@@ -333,7 +341,7 @@ def _train_config(args: argparse.Namespace, cls: type):
     from fine_tune.common import config_from_dict, flat, load_config
 
     values = getattr(args, "config_values", None)  # from a profile's [sft] and [METHOD] tables
-    config = config_from_dict(values, f"profile [sft] and [{args.method}]", cls) if values else \
+    config = config_from_dict(values, f"profile {method_tables(args.method)}", cls) if values else \
         load_config(Path(args.config) if args.config else None, cls)
     options = {key: getattr(args, key, None) for key in TRAIN_OPTIONS}
     options = {key: value for key, value in options.items() if value is not None and value is not False}
@@ -392,6 +400,11 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
 
     profile = load_profile(args.profile)
     # What the train and eval stages would refuse, refused before the first stage (hours before the evaluation).
+    from fine_tune.common import config_from_dict
+
+    for method, trainer in METHODS.items():  # every table, used by this study or not: a typo is said
+        config_from_dict(profile.train_config(method), f"--profile {args.profile} {method_tables(method)}",
+                         trainer.config)
     if profile.train_task not in TRAIN_TASKS:
         raise BenchError(f"--profile {args.profile}: key 'train_task': unknown training task {profile.train_task!r}; "
                          f"choose from: {', '.join(TRAIN_TASKS)}")

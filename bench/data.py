@@ -53,8 +53,12 @@ def sha256_file(path: Path) -> str:
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) for every non-blank line; a malformed line is an error naming file and line."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BenchError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
@@ -64,6 +68,8 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
             if not isinstance(record, dict):
                 raise BenchError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             records.append((lineno, record))
+    if not records:
+        raise BenchError(f"{path}: no records (the file is empty)")
     return records
 
 
@@ -71,7 +77,10 @@ def _to_examples(task: Task, records: list[tuple[int, dict]], where: str) -> lis
     examples = []
     for index, (lineno, record) in enumerate(records):
         try:
-            examples.append(task.to_example(record, index))
+            example = task.to_example(record, index)
+            if not isinstance(example.input, str):
+                raise TypeError(f"its prompt must be a string, got {type(example.input).__name__}")
+            examples.append(example)
         except KeyError as e:
             raise BenchError(f"{where}:{lineno}: missing field {e} for task {task.name}") from None
         except (TypeError, ValueError) as e:

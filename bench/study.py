@@ -82,8 +82,8 @@ def load_profile(spec: str) -> Profile:
         known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.toml")))
         raise BenchError(f"--profile {spec}: no such profile ({known}, or a .toml file)")
     try:
-        values = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise BenchError(f"{path}: not valid TOML ({e})") from None
     types = {f.name: f.type for f in fields(Profile) if f.name != "name"}
     for key, value in values.items():

@@ -58,6 +58,12 @@ def add_lora(model: Any, lora: LoRA) -> Any:
     """The model with a fresh LoRA adapter: every trainer's student."""
     from peft import LoraConfig, get_peft_model
 
+    names = [name for name, _ in model.named_modules()]
+    for target in lora.target_modules:  # peft's rule: the module's name, or its name's last dotted parts
+        if not any(name == target or name.endswith("." + target) for name in names):
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+            raise BenchError(f"target_modules: the model has no module named {target!r} (its linear layers: "
+                             f"{', '.join(linear)})")
     return get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
 
@@ -83,7 +89,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     **dict.fromkeys(("learning_rate", "epochs"), (lambda v: 0 < v < float("inf"), "finite and above 0")),
     **dict.fromkeys(("warmup_ratio", "dropout"), (lambda v: 0 <= v < 1, "at least 0 and below 1")),
     "weight_decay": (lambda v: 0 <= v < float("inf"), "finite and at least 0"),
-    **dict.fromkeys(("rank", "alpha", "batch_size", "gradient_accumulation", "max_length", "save_steps"),
+    **dict.fromkeys(("rank", "alpha", "batch_size", "gradient_accumulation", "max_length", "save_steps",
+                     "max_new_tokens"),
                     (lambda v: v >= 1, "at least 1")),
 }
 

@@ -64,8 +64,8 @@ def check_config(config: GateConfig, where: str) -> None:
     if not 0 < config.alpha < 1:
         raise BenchError(f"{where}: alpha must be in (0, 1), got {config.alpha}")
     for name, drop in {"default_max_drop": config.default_max_drop, **config.max_drop}.items():
-        if drop < 0:
-            raise BenchError(f"{where}: max drop {name} must be >= 0, got {drop}")
+        if not 0 <= drop < float("inf"):
+            raise BenchError(f"{where}: max drop {name} must be finite and >= 0, got {drop}")
 
 
 def differences(baseline: RunScores, candidate: RunScores) -> list[str]:

@@ -321,7 +321,7 @@ def provenance_lines(comparison: Comparison) -> str:
 
 def report_json(comparison: Comparison) -> dict[str, Any]:
     c = comparison
-    records = lambda frame: json.loads(frame.to_json(orient="records"))
+    records = lambda frame: json.loads(frame.to_json(orient="records", double_precision=15))
     return {"reference": c.reference, "runs": list(c.rows["run"].unique()), "trained": c.trained,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tasks": records(c.rows),
             "capabilities": records(c.capabilities), "ranking": c.ranking, "verdict": c.verdicts,
@@ -552,7 +552,7 @@ def gate_junit(verdict: Verdict) -> str:
 def gate_json(verdict: Verdict) -> dict[str, Any]:
     return {"verdict": "fail" if verdict.failed else "pass", "candidate": verdict.candidate,
             "baseline": verdict.baseline, "alpha": verdict.config.alpha, "notes": verdict.notes,
-            "tasks": json.loads(verdict.rows.to_json(orient="records"))}
+            "tasks": json.loads(verdict.rows.to_json(orient="records", double_precision=15))}
 
 
 def agreement_markdown(readings: dict[str, dict[str, Any]], title: str) -> str:

@@ -35,11 +35,12 @@ def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float
     return float(interval.low), float(interval.high)
 
 
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, str]:
-    """The interval of a mean and how it was made: Wilson for pass/fail scores, else the percentile bootstrap."""
+def mean_ci(values: list[float], level: float = 0.95, pass_fail: bool | None = None) -> tuple[float, float, str]:
+    """The interval of a mean and how it was made: Wilson for pass/fail scores (`pass_fail`; by default, scores
+    that are all 0 or 1), else the percentile bootstrap."""
     if not values:
         raise ValueError("no values for an interval")
-    if all(v in (0.0, 1.0) for v in values):
+    if pass_fail if pass_fail is not None else all(v in (0.0, 1.0) for v in values):
         return (*wilson_ci(int(sum(values)), len(values), level), "Wilson score")
     return (*bootstrap_ci(values, level), f"percentile bootstrap, {BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}")
 

@@ -254,8 +254,8 @@ def task_metrics(task: Task, predictions: list[dict[str, Any]], samples: int) ->
 
 def drift_metrics(task: Task, predictions: list[dict[str, Any]], seed_fingerprint: str) -> dict[str, Any]:
     return {"task": task.name, "capability": task.capability, "metric": task.metric,
-            **summarize([r["score"] for r in predictions]),
-            "others": {"nll": summarize([r["scores"]["nll"] for r in predictions])},
+            **summarize([r["score"] for r in predictions], pass_fail=False),  # KL: the seed's own is all 0, not 0/n
+            "others": {"nll": summarize([r["scores"]["nll"] for r in predictions], pass_fail=False)},
             "generation": asdict(task.generation), "seed_fingerprint": seed_fingerprint}
 
 
@@ -409,8 +409,8 @@ def pass_at_k(correct: list[int], samples: int) -> dict[str, float]:
             for k in (1, 5, 10, 20, 50, 100) if k <= samples}
 
 
-def summarize(values: list[float]) -> dict[str, Any]:
-    low, high, method = mean_ci(values)
+def summarize(values: list[float], pass_fail: bool | None = None) -> dict[str, Any]:
+    low, high, method = mean_ci(values, pass_fail=pass_fail)
     return {"mean": sum(values) / len(values), "ci_low": low, "ci_high": high, "ci_level": 0.95,
             "ci_method": method, "n": len(values)}
 

@@ -27,3 +27,21 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
 def test_task_without_hub_source_needs_a_data_dir():
     with pytest.raises(BenchError, match="no data directory"):
         load_task_data(TASKS["harmbench"], None)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"question": "caf\xe9", "answer": "The answer is 1."}\n', r"test.jsonl:2: not UTF-8 \(invalid continuation"),
+    (b'{"question": 123, "answer": "The answer is 1."}\n', r"test.jsonl:2: bad record for task gsm8k \(its prompt "
+                                                          r"must be a string, got int\)"),
+    (None, r"test.jsonl: no records \(the file is empty\)"),
+])
+def test_a_mirror_file_that_is_not_utf8_wrongly_typed_or_empty_is_one_line_naming_it(tmp_path, fixture_data,
+                                                                                     content, message):
+    """Before, these ended in a UnicodeDecodeError, a jinja TypeError at the first prompt, or an interval of no
+    values after the run had begun."""
+    path = tmp_path / "gsm8k" / "test.jsonl"
+    path.parent.mkdir()
+    first = (fixture_data / "gsm8k" / "test.jsonl").read_bytes().splitlines(keepends=True)[0]
+    path.write_bytes(b"" if content is None else first + content)
+    with pytest.raises(BenchError, match=message):
+        load_task_data(TASKS["gsm8k"], tmp_path)

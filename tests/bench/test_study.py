@@ -85,6 +85,9 @@ def test_profile_errors_name_the_key(tmp_path, extra, message):
     ('suites = ["math"]\n[task_limits]\nifeval = 5\n', "--profile .*bad.toml: key 'task_limits': ifeval not among the "
      "selected tasks"),
     ('suites = ["math"]\n[max_new_tokens]\ndrift = 5\n', "key 'max_new_tokens': drift not among"),
+    ('suites = ["math"]\n[gkd]\nbogus = 1\n', "--profile .*bad.toml \\[sft\\] and \\[gkd\\]: unknown key 'bogus'"),
+    ('suites = ["math"]\n[onpolicy_sd]\nmax_new_tokens = 0\n', "\\[onpolicy_sd\\]: key 'max_new_tokens' must be at least 1"),
+    ('suites = ["math"]\n[sft]\nrank = 0\n', "--profile .*bad.toml \\[sft\\]: key 'rank' must be at least 1"),
 ])
 def test_a_profile_naming_what_no_stage_could_run_fails_before_the_first_stage(tmp_path, capsys, extra, message):
     """Before, an unknown task or a limit for a task not selected failed at the evaluation, after hours of training."""

@@ -288,3 +288,17 @@ def test_every_trainer_decays_its_adapter_by_the_configured_weight_decay(method,
         record = json.loads((tmp_path / "checkpoints" / name / "train.json").read_text())
         assert set(decays) == {decay or 0.0} and record["identity"]["config"]["weight_decay"] == (decay or 0.0)
 
+
+
+def test_a_lora_target_the_model_lacks_is_one_line_naming_the_key(tiny_model_dir):
+    """Before, peft's NoMatchingPeftModuleError ended the training in a traceback."""
+    from transformers import AutoModelForCausalLM
+
+    from fine_tune.common import LoRA, add_lora
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(BenchError, match=r"target_modules: the model has no module named 'nope_proj' \(its linear "
+                                         r"layers: down_proj, .*q_proj"):
+        add_lora(model, LoRA(target_modules=("q_proj", "nope_proj")))
+    adapted = add_lora(model, LoRA(target_modules=("self_attn.q_proj",)))  # peft's dotted suffix
+    assert any("lora_A" in name for name, _ in adapted.named_parameters())

@@ -63,6 +63,12 @@ def test_different_examples_missing_runs_and_tasks_are_errors(tmp_path, capsys):
     write_run(tmp_path, "same", {"gsm8k": [("b", 1.0), ("a", 1.0)]})
     assert main(["compare", "seed", "same", "--results-dir", str(tmp_path), "--flips", "nope"]) == 2
     assert "--flips nope" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists(), "a bad --flips is said before any report is written"
+    assert main(["compare", "seed", "seed", "--results-dir", str(tmp_path)]) == 2
+    assert "run seed is named twice" in capsys.readouterr().err
+    assert main(["compare", "seed", "same", "--results-dir", str(tmp_path), "--name", "../out"]) == 2
+    assert "--name '../out': a report name must be a plain directory name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "reports").exists()
 
 
 def test_cli_prints_the_table_and_flips(tmp_path, capsys):

@@ -117,7 +117,9 @@ def test_config_file_and_its_errors(tmp_path, capsys):
     assert gate(tmp_path, "--config", str(config)) == 0, "the capability's allowance covers gsm8k"
     for text, message in (("alpah = 0.1\n", "unknown key 'alpah'"), ("alpha = 'x'\n", "key 'alpha' must be a float"),
                           ("[max_drop]\ngsm8k = 'a'\n", "key max_drop.gsm8k must be a number"),
-                          ("alpha = 2\n", "alpha must be in (0, 1)")):
+                          ("alpha = 2\n", "alpha must be in (0, 1)"),
+                          ("default_max_drop = inf\n", "max drop default_max_drop must be finite"),
+                          ("[max_drop]\ngsm8k = inf\n", "max drop gsm8k must be finite")):
         config.write_text(text)
         assert gate(tmp_path, "--config", str(config)) == 2
         assert message in capsys.readouterr().err

@@ -303,3 +303,21 @@ def test_instruction_kinds_table_pools_training_seeds_and_shows_the_cap(tmp_path
     assert "| startend:quotation | 2/4 | 5/8 (+12.5) |" in md
     assert "At most 512 new tokens per prompt (lm-eval's IFEval: 1280)." in md
     assert len(json.loads((out / "report.json").read_text())["by_instruction"]) == 6
+
+
+def test_report_json_keeps_a_tiny_p_value_and_the_seeds_own_drift_a_point_interval(tmp_path):
+    """40 examples lost and none gained: McNemar's p is 1.8e-12, which report.json must not round to 0 (pandas
+    writes 10 decimals by default). The seed's drift against itself is 0 at every example: its interval is [0, 0]
+    from the bootstrap, not the proportion interval of 0 out of 40."""
+    from bench.analysis.stats import mcnemar_exact
+    from bench.execution.runner import drift_metrics
+    from conftest import write_run
+    from tasks.drift import drift
+
+    write_run(tmp_path, "seed", {"gsm8k": [(f"q{i}", 1.0) for i in range(40)]})
+    write_run(tmp_path, "sft", {"gsm8k": [(f"q{i}", 0.0) for i in range(40)]})
+    assert main(["compare", "seed", "sft", "--results-dir", str(tmp_path), "--name", "r"]) == 0
+    rows = json.loads((tmp_path / "reports" / "r" / "report.json").read_text())["tasks"]
+    assert next(r for r in rows if r["run"] == "sft")["p_value"] == pytest.approx(mcnemar_exact(40, 0), rel=1e-9)
+    metrics = drift_metrics(drift, [{"score": 0.0, "scores": {"nll": 1.0 + i / 40}} for i in range(40)], "fp")
+    assert (metrics["ci_low"], metrics["ci_high"]) == (0.0, 0.0) and metrics["ci_method"].startswith("percentile")
