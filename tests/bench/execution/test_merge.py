@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,11 @@ def test_three_shards_merged_are_the_run_made_whole(capsys, tiny_model_dir, fixt
     outputs = json.loads((parts / "runs" / "tuned" / "alpaca_eval" / "model_outputs.json").read_text())
     assert outputs == json.loads((whole / "runs" / "tuned" / "alpaca_eval" / "model_outputs.json").read_text())
     assert main(["merge", *names, "--name", "tuned", "--results-dir", str(parts)]) == 0  # merged already: reused
-    assert main(["compare", "tuned", "tuned", "--results-dir", str(parts)]) == 0
+    shutil.copytree(whole / "runs" / "tuned", parts / "runs" / "whole")  # the merged run reads as the whole one
+    assert main(["compare", "whole", "tuned", "--results-dir", str(parts)]) == 0
+    rows = json.loads((parts / "reports" / "whole-vs-tuned" / "report.json").read_text())["tasks"]
+    paired = [r for r in rows if r["run"] == "tuned" and r.get("delta") is not None]
+    assert paired and all(r["delta"] == pytest.approx(0, abs=1e-6) for r in paired), paired
 
 
 @pytest.mark.slow
