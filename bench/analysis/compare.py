@@ -104,10 +104,9 @@ def compare_runs(runs: list[RunScores]) -> pd.DataFrame:
     those every run has."""
     if len(runs) < 2:
         raise BenchError("bench compare needs a reference run and at least one other run")
-    names = [r.name for r in runs]
+    names = [run.name for run in runs]
     if twice := next((name for name in names if names.count(name) > 1), None):
         raise BenchError(f"run {twice} is named twice; compare distinct runs")
-    names = [run.name for run in runs]
     reference = runs[0]
     tasks = [t for t in reference.tasks if all(t in r.tasks for r in runs[1:])]
     if not tasks:

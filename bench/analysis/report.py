@@ -227,13 +227,13 @@ def _labelled(rows: pd.DataFrame, judges: dict[str, dict[str, Any]]) -> pd.DataF
 
 def _against_caption(reference: str) -> str:
     return (f"Scores in % (drift: mean per-token KL from the seed, in nats), 95% intervals (Wilson for a run's "
-            f"pass/fail scores; for a method over training seeds, the seed-and-example bootstrap's); Δ against {reference}, paired over the same examples (* p < 0.05: McNemar's exact test for "
-            "pass/fail scores, a sign-flip permutation test otherwise; a method over training seeds: the larger p of "
-            "a bootstrap over seeds and examples, the examples drawn once for all seeds, and a sign-flip test over "
-            "the examples of each one's delta averaged over seeds); lost / gained: examples right->wrong / "
-            "wrong->right (over training seeds: summed over seeds, so one example counts once a seed); down / up: "
-            "examples whose score fell / rose; detectable: the smallest Δ these examples (and seeds) detect at 5% "
-            "with 80% power.")
+            f"pass/fail scores; for a method over training seeds, the seed-and-example bootstrap's); Δ against "
+            f"{reference}, paired over the same examples (* p < 0.05: McNemar's exact test for pass/fail scores, a "
+            "sign-flip permutation test otherwise; a method over training seeds: the larger p of a bootstrap over "
+            "seeds and examples, the examples drawn once for all seeds, and a sign-flip test over the examples of "
+            "each one's delta averaged over seeds); lost / gained: examples right->wrong / wrong->right (over "
+            "training seeds: summed over seeds, so one example counts once a seed); down / up: examples whose score "
+            "fell / rose; detectable: the smallest Δ these examples (and seeds) detect at 5% with 80% power.")
 
 
 PAIRS_CAPTION = ("B vs A: Δ = B minus A, paired over the same examples (methods over training seeds: paired by seed "
