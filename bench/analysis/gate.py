@@ -39,8 +39,8 @@ class GateConfig:
 def load_gate_config(path: Path) -> GateConfig:
     """A gate.toml; an unknown key or a wrong type is an error naming it."""
     try:
-        values = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise BenchError(f"--config {path}: not readable TOML ({e})") from None
     kinds = {f.name: f.type for f in fields(GateConfig)}
     for key, value in values.items():

@@ -263,6 +263,8 @@ class Engine:
 
         if any(not c for c in continuations):
             raise ValueError("an empty continuation: there is no token to score")
+        if any(not p for p in prompts):
+            raise ValueError("an empty prompt: no position predicts the continuation's first token")
         if not self.packed:
             for prompt, continuation in zip(prompts, continuations):
                 with torch.inference_mode():

@@ -119,8 +119,9 @@ def test_config_file_and_its_errors(tmp_path, capsys):
                           ("[max_drop]\ngsm8k = 'a'\n", "key max_drop.gsm8k must be a number"),
                           ("alpha = 2\n", "alpha must be in (0, 1)"),
                           ("default_max_drop = inf\n", "max drop default_max_drop must be finite"),
-                          ("[max_drop]\ngsm8k = inf\n", "max drop gsm8k must be finite")):
-        config.write_text(text)
+                          ("[max_drop]\ngsm8k = inf\n", "max drop gsm8k must be finite"),
+                          (b"alpha = 0.1 # caf\xe9\n", f"--config {config}: not readable TOML")):
+        config.write_bytes(text) if isinstance(text, bytes) else config.write_text(text)
         assert gate(tmp_path, "--config", str(config)) == 2
         assert message in capsys.readouterr().err
 

@@ -85,6 +85,11 @@ def test_teacher_forced_logits_equal_a_plain_forward_in_any_number_of_chunks(tin
     for expected, a, b, c in zip(plain, packed, one_by_one, continuations):
         assert a.shape == b.shape == (len(c), tiny.model.config.vocab_size)
         assert torch.allclose(a, expected, atol=1e-5) and torch.allclose(b, expected, atol=1e-5)
+    refusing = Engine(tiny)
+    for path in {refusing.packed, False}:  # nothing predicts the first token: refused, not one row or a RuntimeError
+        refusing.packed = path
+        with pytest.raises(ValueError, match="an empty prompt"):
+            list(refusing.logits_along([prompts[0], []], [[5], [6, 7]]))
 
 
 def uneven_stop(texts: list[str]) -> str:
