@@ -17,7 +17,7 @@ from rich.table import Table
 
 from bench.generation.models import DTYPES, PROMPT_FORMATS
 from bench.memory import keep_freed_memory
-from bench.store import RunStore
+from bench.store import RunStore, check_plain_name
 from fine_tune import METHODS
 from bench.types import BenchError, HarnessTask, Task
 
@@ -286,8 +286,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
                                        verdict_lines, write_report)
 
     results_dir = Path(args.results_dir)
-    if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):
-        raise BenchError(f"--name {args.name!r}: a report name must be a plain directory name")
+    if args.name is not None:
+        check_plain_name(args.name, "a report name")
     comparison = build_comparison([load_run(results_dir, name) for name in args.runs])
     changed = {name: flips(results_dir, comparison.reference, name, args.flips) for name in args.runs[1:]} \
         if args.flips else {}
@@ -396,12 +396,11 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> None:
     from bench.study import load_profile, reproduce
+    from fine_tune.common import config_from_dict
     from fine_tune.data import TRAIN_TASKS
 
     profile = load_profile(args.profile)
     # What the train and eval stages would refuse, refused before the first stage (hours before the evaluation).
-    from fine_tune.common import config_from_dict
-
     for method, trainer in METHODS.items():  # every table, used by this study or not: a typo is said
         config_from_dict(profile.train_config(method), f"--profile {args.profile} {method_tables(method)}",
                          trainer.config)

@@ -48,12 +48,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def check_plain_name(name: str, what: str) -> None:
+    """A `--name` is one directory under runs/ or reports/: never empty, a path, or hidden."""
+    if not name or "/" in name or name.startswith("."):
+        raise BenchError(f"--name {name!r}: {what} must be a plain directory name")
+
+
 class RunStore:
     """One run directory. `identity` is what makes two invocations the same run (model, data, settings)."""
 
     def __init__(self, results_dir: Path, name: str):
-        if not name or "/" in name or name.startswith("."):
-            raise BenchError(f"--name {name!r}: a run name must be a plain directory name")
+        check_plain_name(name, "a run name")
         self.results_dir = results_dir
         self.dir = results_dir / "runs" / name
         self.name = name
